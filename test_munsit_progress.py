@@ -1,0 +1,1069 @@
+"""Tests for munsit_progress, in the order of the module.
+
+Everything that touches HTTP goes through a real server on 127.0.0.1 that
+the tests start, written on stdlib sockets so that each test controls the
+bytes, their chunking and their timing.  Every server loop is bounded in
+count and in time and stops by itself.
+"""
+
+import gc
+import gzip
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+import zlib
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import munsit_progress as mp
+from munsit_progress import (
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    DenoiseFailedError,
+    DoneEvent,
+    ErrorEvent,
+    JobNotFoundError,
+    MunsitError,
+    ProcessingEvent,
+    ProtocolError,
+    RetryPolicy,
+    TransportError,
+    WaitTimeoutError,
+    iter_events,
+    wait,
+)
+
+JOB = "5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1"
+KEY = "test-key-5ecret-0123456789"
+RESULT_URL = "https://cdn.munsit.com/denoising/user_123/5b1d2f7e_denoised.wav"
+# Small reconnect delays, so that tests of many reconnections stay fast.
+FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.005)
+
+
+# --------------------------------------------------------------------------
+# The loopback server
+# --------------------------------------------------------------------------
+
+
+class Request:
+    def __init__(self, method, path, version, headers, at):
+        self.method = method
+        self.path = path
+        self.version = version
+        self.headers = headers  # lower-cased names
+        self.at = at
+
+
+class Server:
+    """An HTTP server on 127.0.0.1 whose answers are scripts.
+
+    Each incoming request is answered by the next script in ``scripts`` (the
+    last one repeats).  A script is ``script(conn, request, server)`` and
+    writes whatever bytes it likes.  ``client_closed`` is set when a script
+    that holds a connection open sees the client hang up.
+    """
+
+    LIFETIME = 120.0
+    MAX_CONNECTIONS = 5000
+
+    def __init__(self, host="127.0.0.1"):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self.origin = "http://%s:%d" % (host, self.port)
+        self.base_url = self.origin + "/api/v1"
+        self.scripts = []
+        self.requests = []
+        self.client_closed = threading.Event()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def serve(self, *scripts):
+        """Answer the next requests with ``scripts``, forgetting earlier ones."""
+        with self._lock:
+            self.scripts = list(scripts)
+            self.requests = []
+            self.client_closed.clear()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self):
+        end = time.monotonic() + self.LIFETIME
+        for _ in range(self.MAX_CONNECTIONS):
+            while not self._stop.is_set() and time.monotonic() < end:
+                try:
+                    conn, _ = self._listener.accept()
+                    break
+                except socket.timeout:
+                    continue
+            else:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        try:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                piece = conn.recv(4096)
+                if not piece:
+                    return
+                head += piece
+            lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+            method, path, version = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            with self._lock:
+                request = Request(method, path, version, headers, time.monotonic())
+                self.requests.append(request)
+                scripts = self.scripts
+                script = scripts[min(len(self.requests), len(scripts)) - 1] if scripts else None
+            if script is None:
+                conn.sendall(b"HTTP/1.1 500 No script\r\nContent-Length: 0\r\n\r\n")
+            else:
+                script(conn, request, self)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+def hold(conn, server, seconds):
+    """Keep the connection open, silent, until the client hangs up or time ends."""
+    conn.settimeout(0.02)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data = conn.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            server.client_closed.set()
+            return
+
+
+def reset(conn):
+    """Close with a TCP RST instead of a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+
+
+def sse_data(payload):
+    return ("data: %s\n\n" % json.dumps(payload, ensure_ascii=False)).encode("utf-8")
+
+
+def processing(pct, message=None):
+    payload = {"stage": "processing", "pct": pct}
+    if message is not None:
+        payload["message"] = message
+    return sse_data(payload)
+
+
+DONE = sse_data({"stage": "done", "url": RESULT_URL, "denoiseId": JOB})
+FAILED = sse_data({"stage": "error", "message": "audio file is corrupt"})
+EXPECTED_DONE = DoneEvent(RESULT_URL, JOB)
+
+
+def head(status=200, headers=None, version="HTTP/1.1", reason="OK"):
+    lines = ["%s %d %s" % (version, status, reason)]
+    for name, value in (headers or {}).items():
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def stream(
+    *parts,
+    framing="chunked",
+    delay=0.0,
+    end="finish",
+    hold_for=0.0,
+    content_type="text/event-stream",
+    extra_headers=None,
+):
+    """A script that sends ``parts`` as an SSE body in the given framing.
+
+    framing: chunked, close (HTTP/1.1, no length), http10, length, gzip
+    (chunked and gzip-encoded, flushed after every part).
+    end: finish (a proper end of body), cut (close without ending a chunked
+    body), reset (TCP RST).  ``hold_for`` keeps the connection open and
+    silent before the end, watching for the client to hang up.
+    """
+
+    def script(conn, request, server):
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        headers.update(extra_headers or {})
+        version = "HTTP/1.1"
+        body = b"".join(parts)
+        if framing in ("chunked", "gzip"):
+            headers["Transfer-Encoding"] = "chunked"
+        elif framing == "close":
+            headers["Connection"] = "close"
+        elif framing == "http10":
+            version = "HTTP/1.0"
+        elif framing == "length":
+            headers["Content-Length"] = str(len(body))
+        if framing == "gzip":
+            headers["Content-Encoding"] = "gzip"
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        conn.sendall(head(200, headers, version))
+        for index, part in enumerate(parts):
+            if index and delay:
+                time.sleep(delay)
+            if framing == "gzip":
+                part = compressor.compress(part) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            if framing in ("chunked", "gzip"):
+                part = b"%x\r\n%s\r\n" % (len(part), part) if part else b""
+            conn.sendall(part)
+        if hold_for:
+            hold(conn, server, hold_for)
+        if end == "reset":
+            reset(conn)
+        elif end == "finish" and framing in ("chunked", "gzip"):
+            tail = b""
+            if framing == "gzip":
+                tail = compressor.flush()
+                tail = b"%x\r\n%s\r\n" % (len(tail), tail)
+            conn.sendall(tail + b"0\r\n\r\n")
+
+    return script
+
+
+def raw_bytes(data, then_hold=0.0):
+    """A script that sends ``data`` exactly as given, then closes."""
+
+    def script(conn, request, server):
+        conn.sendall(data)
+        if then_hold:
+            hold(conn, server, then_hold)
+
+    return script
+
+
+def error_response(status, body=b"", headers=None, reason="Error"):
+    def script(conn, request, server):
+        # This server closes every connection after one answer, and says so.
+        all_headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }
+        all_headers.update(headers or {})
+        conn.sendall(head(status, all_headers, reason=reason) + body)
+
+    return script
+
+
+def events_of(server, **kwargs):
+    kwargs.setdefault("api_key", KEY)
+    kwargs.setdefault("base_url", server.base_url)
+    return list(iter_events(JOB, **kwargs))
+
+
+def wait_on(server, **kwargs):
+    kwargs.setdefault("api_key", KEY)
+    kwargs.setdefault("base_url", server.base_url)
+    kwargs.setdefault("retry", FAST)
+    return wait(JOB, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Events and exceptions
+# --------------------------------------------------------------------------
+
+
+def test_events_carry_their_wire_stage_and_are_frozen():
+    event = ProcessingEvent(50, "half")
+    assert (event.stage, DoneEvent("u", JOB).stage, ErrorEvent("m").stage) == (
+        "processing",
+        "done",
+        "error",
+    )
+    with pytest.raises(AttributeError):
+        event.pct = 60
+
+
+def test_every_error_is_a_munsit_error_and_timeout_is_a_timeout_error():
+    for cls in (
+        ConfigurationError,
+        APIError,
+        AuthenticationError,
+        JobNotFoundError,
+        DenoiseFailedError,
+        ProtocolError,
+        TransportError,
+        WaitTimeoutError,
+    ):
+        assert issubclass(cls, MunsitError)
+    assert issubclass(WaitTimeoutError, TimeoutError)
+    assert issubclass(AuthenticationError, APIError) and issubclass(JobNotFoundError, APIError)
+
+
+# --------------------------------------------------------------------------
+# SSE decoding (no HTTP)
+# --------------------------------------------------------------------------
+
+
+def parse(chunks):
+    """Messages as (event type, data, last event id) from byte chunks."""
+    splitter = mp._LineSplitter()
+    decoder = mp._SSEDecoder()
+    out = []
+    for chunk in chunks:
+        for line in splitter.feed(chunk):
+            message = decoder.feed(line)
+            if message is not None:
+                out.append((message.event, message.data, message.id))
+    return out
+
+
+def test_lf_crlf_and_cr_all_end_lines():
+    assert parse([b"data: a\n\ndata: b\r\n\r\ndata: c\r\r"]) == [
+        ("message", "a", ""),
+        ("message", "b", ""),
+        ("message", "c", ""),
+    ]
+
+
+def test_cr_at_chunk_end_and_lf_at_next_start_is_one_line_end():
+    assert parse([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]) == [("message", "a\nb", "")]
+
+
+def test_leading_bom_is_dropped_even_when_split():
+    assert parse([b"\xef", b"\xbb", b"\xbfdata: a\n\n"]) == [("message", "a", "")]
+
+
+def test_only_one_leading_bom_is_dropped():
+    assert parse([b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n"]) == []
+
+
+def test_comment_lines_are_ignored():
+    assert parse([b": heartbeat\n:\ndata: a\n: more\n\n"]) == [("message", "a", "")]
+
+
+def test_field_without_colon_has_empty_value():
+    assert parse([b"data\ndata\n\n"]) == [("message", "\n", "")]
+
+
+def test_only_one_space_after_colon_is_dropped():
+    assert parse([b"data:a\n\ndata:  b\n\n"]) == [("message", "a", ""), ("message", " b", "")]
+
+
+def test_data_lines_join_with_newline():
+    assert parse([b"data: one\ndata: two\ndata: three\n\n"]) == [("message", "one\ntwo\nthree", "")]
+
+
+def test_blank_line_without_data_dispatches_nothing():
+    assert parse([b"\n\nevent: x\n\nid: 3\n\n"]) == []
+
+
+def test_event_field_sets_type_and_resets_after_dispatch():
+    assert parse([b"event: done\ndata: a\n\ndata: b\n\n"]) == [
+        ("done", "a", ""),
+        ("message", "b", ""),
+    ]
+
+
+def test_id_persists_and_id_with_nul_is_ignored():
+    assert parse([b"id: 7\ndata: a\n\ndata: b\n\nid: 8\x00\ndata: c\n\nid\ndata: d\n\n"]) == [
+        ("message", "a", "7"),
+        ("message", "b", "7"),
+        ("message", "c", "7"),
+        ("message", "d", ""),
+    ]
+
+
+def test_retry_accepts_ascii_digits_only():
+    decoder = mp._SSEDecoder()
+    for line, expected in [
+        ("retry: 1500", 1500),
+        ("retry: 15x", 1500),
+        ("retry: -1", 1500),
+        ("retry: \u0661\u0662", 1500),
+        ("retry:", 1500),
+        ("retry: 20", 20),
+    ]:
+        decoder.feed(line)
+        assert decoder.retry == expected, line
+
+
+def test_unknown_fields_are_ignored():
+    assert parse([b"foo: bar\ndata: a\nData: b\n\n"]) == [("message", "a", "")]
+
+
+def test_event_not_closed_by_blank_line_is_discarded():
+    assert parse([b"data: a\n\ndata: b\n"]) == [("message", "a", "")]
+
+
+def test_invalid_utf8_is_replaced_not_fatal():
+    assert parse([b"data: \xff\xfeok\n\n"]) == [("message", "\ufffd\ufffdok", "")]
+
+
+def test_multibyte_utf8_split_across_chunks():
+    payload = "data: تقليل الضوضاء\n\n".encode("utf-8")
+    assert parse([payload[i : i + 1] for i in range(len(payload))]) == [
+        ("message", "تقليل الضوضاء", "")
+    ]
+
+
+def test_line_over_the_cap_without_newline_fails_before_buffering_much():
+    splitter = mp._LineSplitter(limit=1000)
+    splitter.feed(b"data: " + b"x" * 900)
+    with pytest.raises(ProtocolError):
+        splitter.feed(b"x" * 200)
+
+
+def test_event_over_the_cap_in_many_lines_fails():
+    decoder = mp._SSEDecoder(limit=1000)
+    with pytest.raises(ProtocolError):
+        for _ in range(100):
+            decoder.feed("data: " + "x" * 50)
+
+
+# One model event: (event type or None, id or None, data lines, comment or None).
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"),
+    max_size=12,
+)
+_model_event = st.tuples(
+    st.one_of(st.none(), st.sampled_from(["done", "processing", "ping"])),
+    st.one_of(st.none(), st.text(alphabet="0123456789abc", max_size=4)),
+    st.lists(_text, min_size=0, max_size=3),
+    st.one_of(st.none(), _text),
+)
+
+
+@st.composite
+def _streams(draw):
+    events = draw(st.lists(_model_event, max_size=6))
+    lines = []
+    expected = []
+    last_id = ""
+    for event_type, event_id, data_lines, comment in events:
+        if comment is not None:
+            lines.append(":" + comment)
+        if event_type is not None:
+            lines.append("event: " + event_type)
+        if event_id is not None:
+            lines.append("id: " + event_id)
+            last_id = event_id
+        for data in data_lines:
+            lines.append("data: " + data)
+        lines.append("")
+        if data_lines:
+            expected.append((event_type or "message", "\n".join(data_lines), last_id))
+    body = ""
+    previous = None
+    for line in lines:
+        endings = ["\n", "\r\n", "\r"]
+        if previous == "\r" and line == "":
+            # CR then an empty line ended by LF would read as one CRLF.
+            endings = ["\r\n", "\r"]
+        previous = draw(st.sampled_from(endings))
+        body += line + previous
+    data = body.encode("utf-8")
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    return data, expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(_streams(), st.data())
+def test_any_stream_split_anywhere_parses_the_same(sample, data):
+    body, expected = sample
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=20)))
+    chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+    assert parse(chunks) == expected
+    assert parse([body[i : i + 1] for i in range(len(body))]) == expected
+
+
+# --------------------------------------------------------------------------
+# Event validation (through the server)
+# --------------------------------------------------------------------------
+
+
+def test_iter_events_yields_processing_then_done(server):
+    server.serve(stream(processing(15, "Extracting audio"), processing(62), DONE))
+    assert events_of(server) == [
+        ProcessingEvent(15, "Extracting audio"),
+        ProcessingEvent(62, None),
+        EXPECTED_DONE,
+    ]
+
+
+def test_request_has_key_accept_cache_control_and_canonical_path(server):
+    server.serve(stream(DONE))
+    list(iter_events(JOB.upper(), api_key=KEY, base_url=server.base_url + "/"))
+    (request,) = server.requests
+    assert request.method == "GET"
+    assert request.path == "/api/v1/denoise/%s/progress" % JOB
+    assert request.headers["x-api-key"] == KEY
+    assert request.headers["accept"] == "text/event-stream"
+    assert request.headers["cache-control"] == "no-cache"
+    assert "last-event-id" not in request.headers
+
+
+def test_key_and_base_url_come_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("MUNSIT_API_KEY", KEY + "\n")
+    monkeypatch.setenv("MUNSIT_BASE_URL", server.base_url)
+    server.serve(stream(DONE))
+    assert list(iter_events(JOB)) == [EXPECTED_DONE]
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+def test_iter_events_yields_the_error_event_as_data(server):
+    server.serve(stream(processing(10), FAILED))
+    assert events_of(server) == [ProcessingEvent(10), ErrorEvent("audio file is corrupt")]
+
+
+@pytest.mark.parametrize("pct", [0, 100, 42.5, 1e-9])
+def test_pct_edges_are_accepted(server, pct):
+    server.serve(stream(processing(pct), DONE))
+    assert events_of(server)[0] == ProcessingEvent(pct)
+
+
+@pytest.mark.parametrize(
+    "pct_json", ["-0.5", "100.01", "true", '"50"', "null", "NaN", "Infinity", "1e400", "[1]"]
+)
+def test_invalid_pct_is_a_protocol_error(server, pct_json):
+    server.serve(stream(b'data: {"stage":"processing","pct":%s}\n\n' % pct_json.encode()))
+    with pytest.raises(ProtocolError, match="pct"):
+        events_of(server)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"stage": "processing", "pct": 5, "message": 7},
+        {"stage": "done", "denoiseId": JOB},
+        {"stage": "done", "url": RESULT_URL},
+        {"stage": "done", "url": RESULT_URL, "denoiseId": "11111111-2222-3333-4444-555555555555"},
+        {"stage": "error"},
+        ["stage", "done"],
+    ],
+)
+def test_wrong_fields_on_a_known_stage_are_protocol_errors(server, payload):
+    server.serve(stream(sse_data(payload)))
+    with pytest.raises(ProtocolError):
+        events_of(server)
+
+
+def test_malformed_json_is_a_protocol_error(server):
+    server.serve(stream(b"data: {not json\n\n", DONE))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        events_of(server)
+
+
+def test_unknown_stage_is_skipped_with_a_warning(server, caplog):
+    server.serve(stream(sse_data({"stage": "queued", "position": 3}), DONE))
+    with caplog.at_level(logging.WARNING, logger="munsit_progress"):
+        assert events_of(server) == [EXPECTED_DONE]
+    assert "queued" in caplog.text
+
+
+def test_unknown_extra_fields_are_ignored(server):
+    payload = {"stage": "processing", "pct": 3, "eta": 12, "message": "m", "x": {"y": 1}}
+    server.serve(stream(sse_data(payload), DONE))
+    assert events_of(server)[0] == ProcessingEvent(3, "m")
+
+
+def test_heartbeats_comments_and_empty_data_yield_nothing(server):
+    server.serve(stream(b": ping\n\n", b"data:\n\n", b"data:   \n\n", b"\n", DONE))
+    assert events_of(server) == [EXPECTED_DONE]
+
+
+def test_event_type_names_the_stage_when_the_payload_does_not(server):
+    body = b"event: ping\ndata: keepalive\n\nevent: done\ndata: %s\n\n" % json.dumps(
+        {"url": RESULT_URL, "denoiseId": JOB}
+    ).encode("ascii")
+    server.serve(stream(body))
+    assert events_of(server) == [EXPECTED_DONE]
+
+
+def test_arabic_message_is_utf8_without_a_charset(server):
+    server.serve(stream(processing(40, "جارٍ تقليل الضوضاء"), DONE))
+    assert events_of(server)[0].message == "جارٍ تقليل الضوضاء"
+
+
+# --------------------------------------------------------------------------
+# Framing, promptness and stream ends
+# --------------------------------------------------------------------------
+
+FRAMINGS = ["chunked", "close", "http10", "length", "gzip"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_events_arrive_whole_in_every_framing(server, framing):
+    server.serve(stream(processing(1, "a"), processing(50, "ب"), DONE, framing=framing, delay=0.01))
+    assert events_of(server) == [ProcessingEvent(1, "a"), ProcessingEvent(50, "ب"), EXPECTED_DONE]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close", "http10", "gzip"])
+def test_event_is_delivered_while_the_server_holds_the_connection(server, framing):
+    # One short event, then silence: a client that waits for a full buffer
+    # (requests' iter_lines waits for 512 bytes) would sit here for 3 s.
+    server.serve(stream(processing(7), framing=framing, hold_for=3.0, end="cut"))
+    start = time.monotonic()
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
+    try:
+        assert next(events) == ProcessingEvent(7)
+        assert time.monotonic() - start < 1.0
+    finally:
+        events.close()
+
+
+@pytest.mark.parametrize("end", ["cut", "reset"])
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_stream_ending_before_a_terminal_event_is_a_transport_error(server, framing, end):
+    server.serve(stream(processing(5), framing=framing, end=end))
+    with pytest.raises(TransportError):
+        events_of(server)
+
+
+def test_truncated_chunk_is_a_transport_error(server):
+    body = head(200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+    server.serve(raw_bytes(body + b"40\r\n" + processing(5)[:20]))
+    with pytest.raises(TransportError):
+        events_of(server)
+
+
+def test_short_content_length_body_is_a_transport_error(server):
+    body = head(200, {"Content-Type": "text/event-stream", "Content-Length": "500"})
+    server.serve(raw_bytes(body + processing(5)))
+    with pytest.raises(TransportError):
+        events_of(server)
+
+
+def test_silent_connection_past_read_timeout_is_a_transport_error(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    start = time.monotonic()
+    with pytest.raises(TransportError, match="stalled"):
+        events_of(server, read_timeout=0.3)
+    assert time.monotonic() - start < 2.0
+
+
+def test_connection_refused_is_a_transport_error_with_its_cause():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(TransportError) as info:
+        list(iter_events(JOB, api_key=KEY, base_url="http://127.0.0.1:%d" % port))
+    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+
+
+def test_line_over_one_mib_is_a_protocol_error(server):
+    server.serve(stream(b"data: " + b"x" * (mp.MAX_LINE_BYTES + 10), hold_for=3.0, end="cut"))
+    with pytest.raises(ProtocolError, match="longer"):
+        events_of(server)
+
+
+def test_event_over_one_mib_in_many_lines_is_a_protocol_error(server):
+    server.serve(stream(*[b"data: " + b"x" * 1000 + b"\n"] * 1100))
+    with pytest.raises(ProtocolError, match="larger"):
+        events_of(server)
+
+
+def test_gzip_body_with_corrupt_bytes_is_a_protocol_error(server):
+    body = head(
+        200,
+        {"Content-Type": "text/event-stream", "Content-Encoding": "gzip", "Connection": "close"},
+    )
+    server.serve(raw_bytes(body + gzip.compress(DONE)[:10] + b"garbage-garbage"))
+    with pytest.raises((ProtocolError, TransportError)):
+        events_of(server)
+
+
+# --------------------------------------------------------------------------
+# HTTP errors
+# --------------------------------------------------------------------------
+
+
+def test_wrong_content_type_is_a_protocol_error_naming_it(server):
+    server.serve(stream(b"<html>proxy login</html>", content_type="text/html; charset=utf-8"))
+    with pytest.raises(ProtocolError, match="text/html"):
+        wait_on(server)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_are_authentication_errors_never_retried(server, status):
+    body = b'{"errorCode":"40101","errorMessage":"Invalid or missing API key"}'
+    server.serve(error_response(status, body))
+    with pytest.raises(AuthenticationError) as info:
+        wait_on(server)
+    assert info.value.status_code == status
+    assert info.value.error_code == "40101"
+    assert info.value.error_message == "Invalid or missing API key"
+    assert len(server.requests) == 1
+
+
+def test_404_is_job_not_found_never_retried(server):
+    server.serve(error_response(404, b'{"message":"Denoising job not found"}'))
+    with pytest.raises(JobNotFoundError) as info:
+        wait_on(server)
+    assert info.value.error_message == "Denoising job not found"
+    assert "Denoising job not found" in str(info.value)
+    assert len(server.requests) == 1
+
+
+def test_other_4xx_is_an_api_error_not_retried(server):
+    server.serve(error_response(400, b"not json at all"))
+    with pytest.raises(APIError) as info:
+        wait_on(server)
+    assert type(info.value) is APIError and info.value.status_code == 400
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_429_and_5xx_are_retried_then_succeed(server, status):
+    server.serve(error_response(status), error_response(status), stream(DONE))
+    assert wait_on(server) == EXPECTED_DONE
+    assert len(server.requests) == 3
+
+
+def test_5xx_every_time_gives_up_after_max_retries_with_the_last_error(server):
+    server.serve(error_response(503, b'{"message":"down"}'))
+    with pytest.raises(APIError) as info:
+        wait_on(server, retry=RetryPolicy(max_retries=2, backoff_base=0.001))
+    assert info.value.status_code == 503 and info.value.error_message == "down"
+    assert len(server.requests) == 3
+
+
+def test_iter_events_does_not_retry(server):
+    server.serve(error_response(503), stream(DONE))
+    with pytest.raises(APIError):
+        events_of(server)
+    assert len(server.requests) == 1
+
+
+def test_retry_after_is_honoured(server):
+    server.serve(error_response(429, headers={"Retry-After": "1"}), stream(DONE))
+    assert wait_on(server) == EXPECTED_DONE
+    first, second = server.requests
+    assert 0.9 <= second.at - first.at < 3.0
+
+
+def test_retry_after_longer_than_allowed_raises_at_once(server):
+    server.serve(error_response(503, headers={"Retry-After": "7200"}), stream(DONE))
+    start = time.monotonic()
+    with pytest.raises(APIError):
+        wait_on(server)
+    assert time.monotonic() - start < 1.0
+    assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------
+# wait(): reconnection, resumption, deadline
+# --------------------------------------------------------------------------
+
+
+def test_wait_reports_progress_and_returns_done(server):
+    server.serve(stream(processing(10, "a"), processing(90, "b"), DONE))
+    seen = []
+    assert wait_on(server, on_progress=seen.append) == EXPECTED_DONE
+    assert seen == [ProcessingEvent(10, "a"), ProcessingEvent(90, "b")]
+
+
+def test_wait_raises_denoise_failed_on_an_error_event(server):
+    server.serve(stream(processing(10), FAILED))
+    with pytest.raises(DenoiseFailedError) as info:
+        wait_on(server)
+    assert info.value.message == "audio file is corrupt"
+    assert len(server.requests) == 1
+
+
+SHORT_STREAM = b"".join([b": hi\n\n", processing(20, "a"), processing(80, "ب"), DONE])
+
+
+@pytest.mark.parametrize("framing", ["close", "chunked"])
+def test_wait_survives_a_drop_at_every_byte_offset(server, framing):
+    # Each offset: the first connection is cut after `offset` body bytes,
+    # the second delivers the whole stream; the result must not change.
+    for offset in range(len(SHORT_STREAM)):
+        cut = stream(SHORT_STREAM[:offset], framing=framing, end="cut")
+        server.serve(cut, stream(SHORT_STREAM, framing=framing))
+        seen = []
+        assert wait_on(server, on_progress=seen.append) == EXPECTED_DONE, offset
+        assert len(server.requests) == 2, offset
+        assert seen[-2:] == [ProcessingEvent(20, "a"), ProcessingEvent(80, "ب")], offset
+
+
+def test_wait_survives_a_reset(server):
+    server.serve(stream(processing(20), end="reset"), stream(DONE))
+    assert wait_on(server) == EXPECTED_DONE
+    assert len(server.requests) == 2
+
+
+def test_wait_reconnects_after_a_stall(server):
+    server.serve(stream(processing(20), hold_for=5.0, end="cut"), stream(DONE))
+    start = time.monotonic()
+    assert wait_on(server, read_timeout=0.3) == EXPECTED_DONE
+    assert len(server.requests) == 2
+    assert time.monotonic() - start < 3.0
+
+
+def test_drops_without_events_give_up_after_max_retries(server):
+    server.serve(stream(b": nothing\n\n", end="cut"))
+    with pytest.raises(TransportError):
+        wait_on(server, retry=RetryPolicy(max_retries=3, backoff_base=0.001))
+    assert len(server.requests) == 4
+
+
+def test_a_connection_that_delivers_events_resets_the_failure_count(server):
+    drops = [stream(processing(n), end="cut") for n in range(6)]
+    server.serve(*(drops + [stream(DONE)]))
+    assert wait_on(server, retry=RetryPolicy(max_retries=1, backoff_base=0.001)) == EXPECTED_DONE
+    assert len(server.requests) == 7
+
+
+def test_retry_field_sets_the_reconnect_delay(server):
+    slow = RetryPolicy(backoff_base=30.0, jitter=False)
+    server.serve(stream(b"retry: 200\n\n", processing(5), end="cut"), stream(DONE))
+    assert wait_on(server, retry=slow, timeout=10) == EXPECTED_DONE
+    first, second = server.requests
+    assert 0.15 <= second.at - first.at < 2.0
+
+
+def test_last_event_id_is_sent_on_reconnect(server):
+    server.serve(
+        stream(b"id: 41\n" + processing(5), b"id: 42\ndata:\n\n", end="cut"), stream(DONE)
+    )
+    assert wait_on(server) == EXPECTED_DONE
+    first, second = server.requests
+    assert "last-event-id" not in first.headers
+    assert second.headers["last-event-id"] == "42"
+
+
+def test_deadline_bounds_a_silent_stream(server):
+    server.serve(stream(processing(5), hold_for=10.0, end="cut"))
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=0.5, read_timeout=60)
+    assert 0.45 <= time.monotonic() - start < 1.5
+
+
+def test_deadline_bounds_a_stream_of_heartbeats(server):
+    server.serve(stream(*[b": tick\n\n"] * 100, delay=0.05))
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=0.5)
+    assert 0.45 <= time.monotonic() - start < 1.5
+
+
+def test_deadline_is_not_overslept_in_backoff(server):
+    server.serve(error_response(503), stream(DONE))
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=1.0, retry=RetryPolicy(backoff_base=10.0, jitter=False))
+    assert time.monotonic() - start < 0.9
+    assert len(server.requests) == 1
+
+
+def test_deadline_raises_before_any_request_when_already_past(server):
+    server.serve(stream(DONE))
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=0)
+    assert server.requests == []
+
+
+def test_retry_policy_delay_grows_exponentially_up_to_the_cap():
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=5.0, jitter=False)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert policy.delay(3, retry_after=7.0) == 7.0
+    assert policy.delay(1, server_retry=0.25) == 0.25
+    jittered = RetryPolicy(backoff_base=1.0, backoff_max=5.0)
+    assert all(0 <= jittered.delay(3) <= 4.0 for _ in range(200))
+
+
+def test_clock_and_sleep_of_the_policy_are_used(server):
+    sleeps = []
+    policy = RetryPolicy(backoff_base=2.0, jitter=False, sleep=sleeps.append)
+    server.serve(error_response(500), error_response(500), stream(DONE))
+    assert wait_on(server, retry=policy) == EXPECTED_DONE
+    assert sleeps == [2.0, 4.0]
+
+
+# --------------------------------------------------------------------------
+# Security and configuration
+# --------------------------------------------------------------------------
+
+
+def test_redirect_to_another_origin_is_not_followed_and_the_key_stays(server):
+    other = Server(host="127.0.0.1")
+    try:
+        other.serve(stream(DONE))
+        target = "http://localhost:%d/api/v1/denoise/%s/progress" % (other.port, JOB)
+        server.serve(error_response(302, headers={"Location": target}))
+        with pytest.raises(APIError, match="another origin"):
+            wait_on(server)
+        assert other.requests == []
+        assert len(server.requests) == 1
+    finally:
+        other.close()
+
+
+def test_redirect_within_the_same_origin_is_followed(server):
+    server.serve(
+        error_response(307, headers={"Location": "/api/v2/denoise/%s/progress" % JOB}),
+        stream(DONE),
+    )
+    assert events_of(server) == [EXPECTED_DONE]
+    assert server.requests[1].path == "/api/v2/denoise/%s/progress" % JOB
+    assert server.requests[1].headers["x-api-key"] == KEY
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "../../admin", JOB + "/../x", None, 42])
+def test_non_uuid_ids_raise_before_any_request(server, bad_id):
+    server.serve(stream(DONE))
+    with pytest.raises(ConfigurationError):
+        iter_events(bad_id, api_key=KEY, base_url=server.base_url)
+    with pytest.raises(ConfigurationError):
+        wait(bad_id, api_key=KEY, base_url=server.base_url)
+    assert server.requests == []
+
+
+def test_missing_key_raises_before_any_request(server, monkeypatch):
+    monkeypatch.delenv("MUNSIT_API_KEY", raising=False)
+    server.serve(stream(DONE))
+    with pytest.raises(ConfigurationError, match="MUNSIT_API_KEY"):
+        wait(JOB, base_url=server.base_url)
+    with pytest.raises(ConfigurationError):
+        iter_events(JOB, api_key="  ", base_url=server.base_url)
+    assert server.requests == []
+
+
+def test_key_with_control_characters_is_refused_without_showing_it(server):
+    with pytest.raises(ConfigurationError) as info:
+        wait(JOB, api_key="abc\ndef", base_url=server.base_url)
+    assert "abc" not in str(info.value)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("base_url", ["ftp://example.com", "example.com/api", "http://"])
+def test_malformed_base_url_is_a_configuration_error(base_url):
+    with pytest.raises(ConfigurationError):
+        iter_events(JOB, api_key=KEY, base_url=base_url)
+
+
+def test_key_never_appears_in_errors_or_logs(server, caplog):
+    server.serve(
+        stream(processing(5), end="cut"),
+        error_response(500),
+        error_response(401, b'{"errorCode":"40101","errorMessage":"bad key"}'),
+    )
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        with pytest.raises(AuthenticationError) as info:
+            wait_on(server)
+    assert "reconnecting" in caplog.text
+    for text in (caplog.text, str(info.value), repr(info.value)):
+        assert KEY not in text
+    assert KEY not in repr(mp._Target(JOB, KEY, server.base_url))
+
+
+# --------------------------------------------------------------------------
+# The connection is closed on every exit path
+# --------------------------------------------------------------------------
+
+
+def test_connection_closed_right_after_the_terminal_event(server):
+    server.serve(stream(DONE, hold_for=5.0, end="cut"))
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
+    assert next(events) == EXPECTED_DONE
+    # The generator is still alive and has not been asked for more.
+    assert server.client_closed.wait(2.0)
+    events.close()
+
+
+def test_connection_closed_on_a_protocol_error(server):
+    server.serve(stream(b"data: {oops\n\n", hold_for=5.0, end="cut"))
+    with pytest.raises(ProtocolError):
+        events_of(server)
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_consumer_stops_early(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    for event in iter_events(JOB, api_key=KEY, base_url=server.base_url):
+        break
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_generator_is_garbage_collected(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
+    next(events)
+    del events
+    gc.collect()
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_callback_raises(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+
+    def explode(event):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError):
+        wait_on(server, on_progress=explode)
+    assert server.client_closed.wait(2.0)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_ctrl_c_during_a_blocking_read_closes_the_connection(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wait_on(server)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 2.0
+    assert server.client_closed.wait(2.0)
+
+
+def test_a_given_session_is_reused_and_left_open(server):
+    class CountingSession(requests.Session):
+        sent = 0
+        closed = 0
+
+        def send(self, request, **kwargs):
+            CountingSession.sent += 1
+            return super().send(request, **kwargs)
+
+        def close(self):
+            CountingSession.closed += 1
+            super().close()
+
+    session = CountingSession()
+    server.serve(stream(processing(5), end="cut"), stream(DONE))
+    assert wait_on(server, session=session) == EXPECTED_DONE
+    assert (CountingSession.sent, CountingSession.closed) == (2, 0)
+    session.close()
