@@ -14,13 +14,18 @@ error raised is a :class:`MunsitError`.
 """
 
 import codecs
+import contextlib
+import html
 import http.client
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import socket
+import sys
+import threading
 import time
 import uuid
 import zlib
@@ -34,6 +39,7 @@ from typing import (
     Iterator,
     List,
     Optional,
+    TextIO,
     Tuple,
     Union,
 )
@@ -109,6 +115,13 @@ class ProcessingEvent:
     pct: float
     message: Optional[str] = None
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The event as the server sent it (a JSON-ready dict)."""
+        out = {"stage": self.stage, "pct": self.pct}  # type: Dict[str, Any]
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
 
 @dataclass(frozen=True)
 class DoneEvent:
@@ -118,6 +131,10 @@ class DoneEvent:
     url: str
     denoise_id: str
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The event as the server sent it (a JSON-ready dict)."""
+        return {"stage": self.stage, "url": self.url, "denoiseId": self.denoise_id}
+
 
 @dataclass(frozen=True)
 class ErrorEvent:
@@ -125,6 +142,10 @@ class ErrorEvent:
 
     stage: ClassVar[str] = "error"
     message: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The event as the server sent it (a JSON-ready dict)."""
+        return {"stage": self.stage, "message": self.message}
 
 
 #: Any event the stream can yield; tell them apart by ``event.stage``.
@@ -424,7 +445,13 @@ class _Target:
 
     __slots__ = ("denoise_id", "api_key", "base_url")
 
-    def __init__(self, denoise_id: Any, api_key: Optional[str], base_url: Optional[str]) -> None:
+    def __init__(
+        self,
+        denoise_id: Any,
+        api_key: Optional[str],
+        base_url: Optional[str],
+        require_key: bool = True,
+    ) -> None:
         canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
         if canonical is None:
             raise ConfigurationError("denoise_id must be a UUID, got %r" % (denoise_id,))
@@ -432,7 +459,7 @@ class _Target:
             api_key = os.environ.get(_API_KEY_ENV)
         # A key read from a file or an env var often ends in a newline.
         api_key = (api_key or "").strip()
-        if not api_key:
+        if not api_key and require_key:
             raise ConfigurationError(
                 "no API key: pass api_key= or set the %s environment variable" % _API_KEY_ENV
             )
@@ -484,6 +511,65 @@ def _bounded(timeout: float, remaining: Optional[float]) -> float:
     return max(min(timeout, remaining), 0.001)
 
 
+_USER_AGENT = "munsit-progress/%s" % __version__
+
+
+def _get(
+    session: requests.Session,
+    url: str,
+    headers: Dict[str, str],
+    target: _Target,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: Optional[float],
+    clock: Callable[[], float],
+    leave_origin: bool,
+) -> requests.Response:
+    """GET ``url`` as a stream, following redirects by hand.
+
+    requests would forward the custom x-api-key header to any host a redirect
+    names, so the key is added here, to requests for the API's own origin
+    only.  A redirect to another origin raises, unless ``leave_origin``.
+    """
+    api_origin = _origin(target.base_url)
+    status = 0
+    for _ in range(_MAX_REDIRECTS + 1):
+        remaining = _remaining(deadline, clock)
+        if remaining is not None and remaining <= 0:
+            raise WaitTimeoutError("the deadline passed before the job ended")
+        timeout = (_bounded(connect_timeout, remaining), _bounded(read_timeout, remaining))
+        sent = dict(headers)
+        if target.api_key and _origin(url) == api_origin:
+            sent["x-api-key"] = target.api_key
+        logger.debug("GET %s", url)
+        try:
+            response = session.get(
+                url, headers=sent, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except requests.exceptions.RequestException as exc:
+            if deadline is not None and clock() >= deadline:
+                raise WaitTimeoutError("the deadline passed while connecting") from exc
+            raise TransportError("cannot reach %s: %s" % (_origin_text(url), exc)) from exc
+        status = response.status_code
+        if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
+            return response
+        location = urljoin(url, response.headers["Location"])
+        response.close()
+        if not leave_origin and _origin(location) != api_origin:
+            raise APIError(
+                status,
+                error_message="redirected to another origin (%s); not followed, so that "
+                "the API key is not sent there" % _origin_text(location),
+            )
+        url = location
+    raise APIError(status, error_message="more than %d redirects" % _MAX_REDIRECTS)
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = _origin(url)
+    return "%s://%s:%s" % (scheme, host, port)
+
+
 def _open(
     target: _Target,
     session: requests.Session,
@@ -494,61 +580,42 @@ def _open(
     clock: Callable[[], float],
 ) -> requests.Response:
     """Send the GET and return a 200 ``text/event-stream`` response."""
-    url = target.progress_url
     headers = {
-        "x-api-key": target.api_key,
         "Accept": "text/event-stream",
         "Cache-Control": "no-cache",
         # Only what _read_chunks can undo itself; never br or zstd.
         "Accept-Encoding": "gzip, deflate",
-        "User-Agent": "munsit-progress/%s %s" % (__version__, requests.utils.default_user_agent()),
+        "User-Agent": _USER_AGENT,
     }
     if resume.last_event_id:
         headers["Last-Event-ID"] = resume.last_event_id
-    for _ in range(_MAX_REDIRECTS + 1):
-        remaining = _remaining(deadline, clock)
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeoutError("the deadline passed before the job ended")
-        timeout = (_bounded(connect_timeout, remaining), _bounded(read_timeout, remaining))
-        logger.debug("GET %s", url)
-        try:
-            # Redirects are followed below, by hand: requests would forward
-            # the x-api-key header to any host a redirect names.
-            response = session.get(
-                url, headers=headers, stream=True, timeout=timeout, allow_redirects=False
-            )
-        except requests.exceptions.RequestException as exc:
-            if deadline is not None and clock() >= deadline:
-                raise WaitTimeoutError("the deadline passed while connecting") from exc
-            raise TransportError("cannot reach %s: %s" % (target.base_url, exc)) from exc
-        status = response.status_code
-        if status in _REDIRECT_STATUSES and "Location" in response.headers:
-            location = urljoin(url, response.headers["Location"])
-            response.close()
-            if _origin(location) != _origin(url):
-                scheme, host, port = _origin(location)
-                raise APIError(
-                    status,
-                    error_message="redirected to another origin (%s://%s:%s); not followed, "
-                    "so that the API key is not sent there" % (scheme, host, port),
-                )
-            url = location
-            continue
-        if status != 200:
-            raise _api_error(response)
-        content_type = response.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() != "text/event-stream":
-            response.close()
-            raise ProtocolError(
-                "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
-                % (content_type or "nothing")
-            )
-        return response
-    raise APIError(status, error_message="more than %d redirects" % _MAX_REDIRECTS)
+    response = _get(
+        session,
+        target.progress_url,
+        headers,
+        target,
+        connect_timeout,
+        read_timeout,
+        deadline,
+        clock,
+        leave_origin=False,
+    )
+    if response.status_code != 200:
+        raise _api_error(response)
+    content_type = response.headers.get("Content-Type", "")
+    if content_type.split(";")[0].strip().lower() != "text/event-stream":
+        response.close()
+        raise ProtocolError(
+            "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
+            % (content_type or "nothing")
+        )
+    return response
 
 
-def _api_error(response: requests.Response) -> APIError:
-    """Turn an error response into the matching APIError, closing it."""
+def _api_error(response: requests.Response, for_job: bool = True) -> APIError:
+    """Turn an error response into the matching APIError, closing it.
+
+    A 404 means "no such job" only for the job's own endpoints."""
     status = response.status_code
     body = b""
     try:
@@ -578,7 +645,7 @@ def _api_error(response: requests.Response) -> APIError:
     cls = APIError
     if status in (401, 403):
         cls = AuthenticationError
-    elif status == 404:
+    elif status == 404 and for_job:
         cls = JobNotFoundError
     return cls(status, code, text, retry_after)
 
@@ -687,6 +754,8 @@ def _read_chunks(
             urllib3.exceptions.HTTPError,
             requests.exceptions.RequestException,
         ) as exc:
+            if isinstance(exc, http.client.IncompleteRead):
+                raise TransportError("the server cut the stream short") from exc
             raise TransportError("the connection broke: %s" % (exc,)) from exc
         if not data:
             return
@@ -736,7 +805,7 @@ def _events(
                     return
                 yield event
             resume.last_event_id = decoder.last_event_id
-        raise TransportError("the stream ended before the job's final event")
+        raise TransportError("the server closed the stream before the job's final event")
     finally:
         response.close()
 
@@ -885,46 +954,72 @@ def wait(
     :class:`JobNotFoundError`, :class:`APIError`, :class:`TransportError`,
     :class:`ProtocolError`).
 
+    If ``on_progress`` has a ``finish`` method, as :class:`ProgressBar`
+    has, it is called once at the end with the done event or the exception.
+
     Example::
 
         done = wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
     """
     target = _Target(denoise_id, api_key, base_url)
     policy = retry if retry is not None else RetryPolicy()
-    clock = policy.clock
-    deadline = None if timeout is None else clock() + timeout
+    deadline = None if timeout is None else policy.clock() + timeout
     http_session, owned = _session_or_new(session)
-    resume = _Resume()
-    failures = 0
+    finish = getattr(on_progress, "finish", None)
     try:
-        while True:
-            delivered = False
-            try:
-                events = _events(
-                    target, http_session, resume, connect_timeout, read_timeout, deadline, clock
-                )
-                try:
-                    for event in events:
-                        delivered = True
-                        if isinstance(event, ProcessingEvent):
-                            if on_progress is not None:
-                                on_progress(event)
-                        elif isinstance(event, DoneEvent):
-                            return event
-                        else:
-                            raise DenoiseFailedError(event.message)
-                finally:
-                    events.close()
-            except (TransportError, APIError) as exc:
-                if not _is_retryable(exc):
-                    raise
-                failures = 1 if delivered else failures + 1
-                if failures > policy.max_retries:
-                    raise
-                _pause(exc, failures, policy, resume, deadline)
+        done = _follow(
+            target, http_session, on_progress, policy, deadline, read_timeout, connect_timeout
+        )
+    except BaseException as exc:
+        if finish is not None:
+            finish(exc)
+        raise
     finally:
         if owned:
             http_session.close()
+    if finish is not None:
+        finish(done)
+    return done
+
+
+def _follow(
+    target: _Target,
+    http_session: requests.Session,
+    on_progress: Optional[Callable[[ProcessingEvent], Any]],
+    policy: RetryPolicy,
+    deadline: Optional[float],
+    read_timeout: float,
+    connect_timeout: float,
+) -> DoneEvent:
+    """wait()'s loop: connect, read, and reconnect until a terminal event."""
+    clock = policy.clock
+    resume = _Resume()
+    failures = 0
+    while True:
+        delivered = False
+        try:
+            events = _events(
+                target, http_session, resume, connect_timeout, read_timeout, deadline, clock
+            )
+            try:
+                for event in events:
+                    delivered = True
+                    if isinstance(event, ProcessingEvent):
+                        if on_progress is not None:
+                            on_progress(event)
+                    elif isinstance(event, DoneEvent):
+                        return event
+                    else:
+                        raise DenoiseFailedError(event.message)
+            finally:
+                events.close()
+        except (TransportError, APIError) as exc:
+            if not _is_retryable(exc):
+                raise
+            failures = 1 if delivered else failures + 1
+            if failures > policy.max_retries:
+                raise
+            _pause(exc, failures, policy, resume, deadline)
 
 
 def _pause(
@@ -954,3 +1049,771 @@ def _pause(
         exc,
     )
     policy.sleep(delay)
+
+
+# --------------------------------------------------------------------------
+# Progress display
+# --------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A ready-made ``on_progress`` display for terminals, logs and notebooks.
+
+    ::
+
+        done = wait(denoise_id, on_progress=ProgressBar())
+
+    - On a terminal: one line updated in place (bar, percent, message,
+      elapsed time), ended with a newline when the job ends.
+    - Not a terminal (cron, a file, a pipe): no carriage returns; one
+      timestamped line for each new message or 10-percent step, and one for
+      the result.
+    - In Jupyter: one display, updated in place (IPython's own display; no
+      other dependency).
+
+    ``stream`` defaults to ``sys.stderr`` (looked up when needed); ``mode``
+    forces ``"terminal"``, ``"log"`` or ``"notebook"`` instead of guessing.
+    :func:`wait` calls :meth:`finish` with the outcome; so does leaving a
+    ``with ProgressBar() as bar:`` block.
+    """
+
+    _MODES = ("terminal", "log", "notebook")
+
+    def __init__(self, stream: Optional[TextIO] = None, *, mode: Optional[str] = None) -> None:
+        if mode is not None and mode not in self._MODES:
+            raise ConfigurationError("mode must be one of %s" % ", ".join(self._MODES))
+        self._stream = stream
+        self._mode = mode
+        self._started = None  # type: Optional[float]
+        self._pct = 0.0
+        self._message = None  # type: Optional[str]
+        self._logged_step = -1
+        self._logged_message = None  # type: Optional[str]
+        self._line_width = 0  # characters of the in-place line now shown
+        self._last_draw = 0.0
+        self._handle = None  # type: Any
+        self._shown = None  # type: Optional[Tuple[str, str]]
+        self._finished = False
+
+    @property
+    def mode(self) -> str:
+        """The display in use: "terminal", "log" or "notebook"."""
+        if self._mode is None:
+            if self._stream is None and _notebook_kernel():
+                self._mode = "notebook"
+            else:
+                isatty = getattr(self._out(), "isatty", None)
+                self._mode = "terminal" if isatty is not None and isatty() else "log"
+        return self._mode
+
+    def __call__(self, event: ProcessingEvent) -> None:
+        """Show one processing event."""
+        now = time.monotonic()
+        if self._started is None or self._finished:
+            self._started = now
+            self._finished = False
+        changed = event.message != self._message
+        self._pct = float(event.pct)
+        self._message = event.message
+        mode = self.mode
+        if mode == "log":
+            step = int(self._pct // 10)
+            if step > self._logged_step or (event.message and event.message != self._logged_message):
+                self._logged_step = step
+                self._logged_message = event.message
+                self._log_line(self._status_text())
+        elif changed or now - self._last_draw >= 0.1 or self._pct >= 100:
+            # Redrawing at most ten times a second keeps a chatty stream cheap.
+            self._last_draw = now
+            self._show(self._bar(self._pct), self._status_text())
+
+    def transfer(self, received: int, total: Optional[int]) -> None:
+        """Show a download's progress: ``received`` of ``total`` bytes."""
+        now = time.monotonic()
+        if self._finished:
+            self._finished = False
+            self._started = now
+            self._logged_step = -1
+        if self._started is None:
+            self._started = now
+        pct = 100.0 * received / total if total else None
+        text = "downloading %s" % _size(received)
+        if total:
+            text += " of %s" % _size(total)
+        if self.mode == "log":
+            step = int(pct // 10) if pct is not None else received // (10 * 1024 * 1024)
+            if step > self._logged_step:
+                self._logged_step = step
+                self._log_line(text)
+        elif now - self._last_draw >= 0.1 or received == total:
+            self._last_draw = now
+            self._show(self._bar(pct) if pct is not None else "", text)
+
+    def finish(self, outcome: Union[DoneEvent, BaseException, str, None] = None) -> None:
+        """End the display with the outcome: a :class:`DoneEvent`, an
+        exception, a line of text, or ``None`` to just end the line."""
+        if self._finished:
+            return
+        self._finished = True
+        mode = self.mode
+        if isinstance(outcome, DoneEvent):
+            self._pct = 100.0
+            # On a terminal the URL follows on stdout; a log line carries it.
+            text = "100%  done" if mode == "terminal" else "done: %s" % outcome.url
+            bar = self._bar(100.0)
+        elif isinstance(outcome, DenoiseFailedError):
+            text = "failed: %s" % outcome.message
+            bar = self._bar(self._pct)
+        elif isinstance(outcome, BaseException):
+            text = "stopped: %s" % (_describe(outcome),)
+            bar = self._bar(self._pct)
+        else:
+            text = outcome or ""
+            bar = ""
+        if mode == "log":
+            if text:
+                self._log_line(text)
+        elif mode == "notebook":
+            self._show(bar, text)
+        else:
+            if text:
+                self._show(bar, text)
+            if self._line_width:
+                self._write("\n")
+                self._line_width = 0
+            self._shown = None
+
+    def note(self, text: str) -> None:
+        """Show a line of text (a warning, say) without garbling the display."""
+        mode = self.mode
+        if mode == "log":
+            self._log_line(text)
+        elif mode == "notebook":
+            self._show("", text)
+        else:
+            shown = self._line_width
+            self._write(("\r" + " " * shown + "\r" if shown else "") + text + "\n")
+            self._line_width = 0
+            if shown and self._shown is not None:
+                self._show(*self._shown)  # put the bar back under the note
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        self.finish(exc)
+
+    # -- rendering --
+
+    def _out(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def _elapsed(self) -> str:
+        seconds = int(time.monotonic() - (self._started or time.monotonic()))
+        return "%d:%02d" % divmod(seconds, 60)
+
+    def _status_text(self) -> str:
+        text = "%3d%%" % int(self._pct)
+        if self._message:
+            text += "  " + self._message
+        return text
+
+    def _bar(self, pct: Optional[float], width: int = 24) -> str:
+        if pct is None:
+            return ""
+        filled = int(round(width * min(max(pct, 0.0), 100.0) / 100.0))
+        full, empty = ("\u2588", "\u2591") if self._unicode_ok() else ("#", "-")
+        return "[%s%s]" % (full * filled, empty * (width - filled))
+
+    def _unicode_ok(self) -> bool:
+        encoding = getattr(self._out(), "encoding", None) or ""
+        return encoding.lower().replace("-", "").startswith("utf")
+
+    def _show(self, bar: str, text: str) -> None:
+        if self.mode == "notebook":
+            self._show_notebook(bar, text)
+            return
+        self._shown = (bar, text)
+        line = "%s %s  %s" % (bar, text, self._elapsed()) if bar else "%s  %s" % (text, self._elapsed())
+        columns = shutil.get_terminal_size((80, 24)).columns
+        if len(line) > columns - 1:
+            line = line[: max(columns - 2, 10)] + "\u2026"
+        padding = " " * max(self._line_width - len(line), 0)
+        self._line_width = len(line)
+        self._write("\r" + line + padding)
+
+    def _log_line(self, text: str) -> None:
+        self._write("%s munsit: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), text))
+
+    def _write(self, text: str) -> None:
+        out = self._out()
+        try:
+            out.write(text)
+        except UnicodeEncodeError:
+            # A log stream in an ASCII locale still gets a readable line.
+            encoding = getattr(out, "encoding", None) or "ascii"
+            out.write(text.encode(encoding, "replace").decode(encoding))
+        flush = getattr(out, "flush", None)
+        if flush is not None:
+            flush()
+
+    def _show_notebook(self, bar: str, text: str) -> None:
+        from IPython.display import display  # only reached inside a kernel
+
+        pct = self._pct
+        if text.startswith("done: ") and self._finished:
+            url = text[len("done: ") :]
+            body = 'done: <a href="%s" target="_blank">%s</a>' % (
+                html.escape(url, quote=True),
+                html.escape(url),
+            )
+        else:
+            body = '<span dir="auto">%s</span>' % html.escape(text)
+        markup = (
+            '<div style="font-family: monospace">'
+            '<progress value="%.1f" max="100" style="width: 16em; vertical-align: middle">'
+            "</progress> %s <span style=\"color: gray\">%s</span></div>"
+            % (pct, body, html.escape(self._elapsed()))
+        )
+        bundle = {"text/plain": "%s %s  %s" % (bar, text, self._elapsed()), "text/html": markup}
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True)
+
+
+def _notebook_kernel() -> bool:
+    """Whether we run inside a Jupyter kernel (without importing IPython)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+        value /= 1000
+    return "%d B" % count  # pragma: no cover
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------
+
+
+def download(
+    done: DoneEvent,
+    path: str,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    timeout: Optional[float] = None,
+    read_timeout: float = 60.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    on_progress: Optional[Callable[[int, Optional[int]], Any]] = None,
+) -> str:
+    """Save the denoised audio of ``done`` to ``path``; return the path.
+
+    The file is streamed to disk and written atomically: bytes go to a
+    temporary file in the same folder, renamed to ``path`` only when the
+    whole body has arrived, so a failure or Ctrl-C leaves nothing at
+    ``path`` (and an earlier file there untouched).  The API key is sent only
+    if the result lives at the API's own origin, never to a CDN or a host a
+    redirect names.  ``on_progress(received, total)`` is called as bytes
+    arrive (``total`` is ``None`` when the size is unknown); a
+    :class:`ProgressBar`'s ``transfer`` method fits.  ``timeout`` is an
+    overall deadline in seconds.
+
+    Raises :class:`APIError` for an HTTP error, :class:`TransportError` for
+    a broken or short transfer, :class:`WaitTimeoutError` at the deadline,
+    ``OSError`` if the file cannot be written.
+    """
+    target = _Target(done.denoise_id, api_key, base_url, require_key=False)
+    clock = time.monotonic
+    deadline = None if timeout is None else clock() + timeout
+    http_session, owned = _session_or_new(session)
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(
+        folder, ".%s.%s.part" % (os.path.basename(path), uuid.uuid4().hex[:8])
+    )
+    try:
+        response = _get(
+            http_session,
+            done.url,
+            {"User-Agent": _USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+            target,
+            connect_timeout,
+            read_timeout,
+            deadline,
+            clock,
+            leave_origin=True,
+        )
+        try:
+            if response.status_code != 200:
+                raise _api_error(response, for_job=False)
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            length = response.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() and encoding == "identity" else None
+            received = 0
+            # O_EXCL on a fresh name; the mode lets the umask decide, as for
+            # any file the user creates.
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in _read_chunks(response, read_timeout, deadline, clock):
+                    out.write(chunk)
+                    received += len(chunk)
+                    if on_progress is not None:
+                        on_progress(received, total)
+                if total is not None and received != total:
+                    raise TransportError(
+                        "the download ended after %d of %d bytes" % (received, total)
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            response.close()
+        os.replace(temporary, path)
+        return path
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        if owned:
+            http_session.close()
+
+
+
+# --------------------------------------------------------------------------
+# Demo server: a local simulator of the progress endpoint
+# --------------------------------------------------------------------------
+
+_DEMO_STEPS = (
+    (3, "Queued"),
+    (9, "Extracting audio"),
+    (17, "جارٍ استخراج الصوت"),
+    (26, "Analysing the noise profile"),
+    (37, "تحليل بصمة الضوضاء"),
+    (49, "Running noise reduction"),
+    (61, "جارٍ تقليل الضوضاء"),
+    (72, "Restoring speech clarity"),
+    (84, "تحسين وضوح الكلام"),
+    (93, "Encoding the result"),
+    (100, "اكتملت المعالجة"),
+)
+_DEMO_FAILURE = "the audio could not be processed (تعذّرت معالجة الملف الصوتي)"
+
+
+@contextlib.contextmanager
+def demo_server(*, fail: bool = False, duration: float = 4.0) -> Iterator[str]:
+    """Run a local simulator of the Munsit progress API; yield its base URL.
+
+    The simulator listens on 127.0.0.1 (a free port) and speaks the
+    documented protocol: chunked SSE with ``processing`` events (English and
+    Arabic messages), heartbeat comments, then ``done`` (or ``error`` when
+    ``fail``), over about ``duration`` seconds per job.  A job starts when
+    its id is first asked for; reconnecting resumes it, and a finished job
+    replays its final event.  The ``done`` URL serves a short WAV file.  Any
+    non-empty API key is accepted; a missing one gets a 401.  Use it to try
+    your integration without the real API::
+
+        with demo_server() as base_url:
+            done = wait(str(uuid.uuid4()), api_key="demo", base_url=base_url)
+            download(done, "out.wav", base_url=base_url)
+    """
+    import http.server  # only the demo needs it: keep it off the import path
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), _demo_handler(_DemoState(fail, duration))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield "http://127.0.0.1:%d/api/v1" % server.server_address[1]
+    finally:
+        server.RequestHandlerClass.demo.stop.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class _DemoState:
+    def __init__(self, fail: bool, duration: float) -> None:
+        self.fail = fail
+        self.interval = max(duration, 0.1) / len(_DEMO_STEPS)
+        self.started = {}  # type: Dict[str, float]
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def start_of(self, job: str) -> float:
+        with self.lock:
+            return self.started.setdefault(job, time.monotonic())
+
+
+def _demo_handler(state: _DemoState) -> Any:
+    """The simulator's request handler class, bound to one ``state``."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        demo = state
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("demo server: " + format, *args)
+
+        def do_GET(self) -> None:
+            parts = self.path.split("?")[0].strip("/").split("/")
+            if parts[:3] == ["api", "v1", "files"] and len(parts) == 4:
+                self._send_wav()
+            elif len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress":
+                job = _canonical_uuid(parts[3])
+                if not (self.headers.get("x-api-key") or "").strip():
+                    self._send_json(401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"})
+                elif job is None:
+                    self._send_json(404, {"message": "Denoising job not found"})
+                else:
+                    self._send_progress(job)
+            else:
+                self._send_json(404, {"message": "Not found"})
+
+        def _send_json(self, status: int, payload: Dict[str, str]) -> None:
+            body = json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _send_wav(self) -> None:
+            body = _demo_wav()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _send_progress(self, job: str) -> None:
+            demo = self.demo
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            started = demo.start_of(job)
+            last = len(_DEMO_STEPS)
+            failing_at = last // 2 if demo.fail else None
+            self._chunk("retry: 1000\n\n")
+            step = min(int((time.monotonic() - started) / demo.interval), last)
+            while step <= last:  # at most one pass over the steps
+                if step == failing_at:
+                    self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
+                    break
+                if step == last:
+                    url = "http://%s/api/v1/files/%s_denoised.wav" % (self.headers.get("Host"), job)
+                    self._event(step, {"stage": "done", "url": url, "denoiseId": job})
+                    break
+                pct, message = _DEMO_STEPS[step]
+                self._event(step, {"stage": "processing", "pct": pct, "message": message})
+                due = started + (step + 1) * demo.interval
+                while time.monotonic() < due:
+                    if demo.stop.wait(min(demo.interval / 2, max(due - time.monotonic(), 0))):
+                        return
+                    self._chunk(": keep-alive\n\n")
+                step += 1
+            self.wfile.write(b"0\r\n\r\n")
+
+        def _event(self, step: int, payload: Dict[str, Any]) -> None:
+            self._chunk("id: %d\ndata: %s\n\n" % (step, json.dumps(payload, ensure_ascii=False)))
+
+        def _chunk(self, text: str) -> None:
+            data = text.encode("utf-8")
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    return Handler
+
+
+def _demo_wav() -> bytes:
+    """One second of a quiet 440 Hz tone, as a 16 kHz mono WAV file."""
+    import io
+    import struct
+    import wave
+
+    rate = 16000
+    samples = struct.pack(
+        "<%dh" % rate, *(int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(rate))
+    )
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_GAVE_UP = 4
+EXIT_PROTOCOL = 5
+EXIT_INTERRUPTED = 130
+
+_EPILOG = """\
+exit status:
+  0    the job is done (its result URL is on stdout)
+  1    the job failed (the server sent an error event)
+  2    usage or configuration error (bad id, no API key, bad option)
+  3    the API refused the request (401/403: key; 404: no such job; other 4xx)
+  4    gave up: the deadline passed or the connection kept failing;
+       worth trying again later
+  5    the server sent something this client cannot read
+  130  interrupted (Ctrl-C)
+
+environment:
+  MUNSIT_API_KEY   the API key (or use --api-key-file)
+  MUNSIT_BASE_URL  the API's address (default %s)
+
+examples:
+  munsit-progress --demo                    # a simulated job, no key needed
+  munsit-progress 5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1 -o clean.wav
+  munsit-progress --json --quiet ID | jq .pct
+""" % DEFAULT_BASE_URL
+
+
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="munsit-progress",
+        description="Follow a Munsit denoise job until it ends: show its progress,\n"
+        "print the URL of the denoised audio, optionally download it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "denoise_id", nargs="?", metavar="DENOISE_ID", help="the denoiseId returned by POST /denoise"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="when done, download the denoised audio to FILE"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up (exit 4) if the job has not ended within SECONDS",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the API key from PATH ('-' for stdin) instead of $MUNSIT_API_KEY",
+    )
+    parser.add_argument(
+        "--base-url", metavar="URL", help="the API's address (default: $MUNSIT_BASE_URL or %s)"
+        % DEFAULT_BASE_URL
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="write each event to stdout as one JSON object per line"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log the connection's details and show tracebacks"
+    )
+    demo = parser.add_mutually_exclusive_group()
+    demo.add_argument(
+        "--demo",
+        action="store_true",
+        help="follow a simulated job on a local server (no key, no network)",
+    )
+    demo.add_argument(
+        "--demo-fail", action="store_true", help="like --demo, but the simulated job fails"
+    )
+    parser.add_argument("--version", action="version", version="munsit-progress " + __version__)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
+        )
+    if not (args.demo or args.demo_fail or args.denoise_id):
+        parser.error("give a DENOISE_ID, or --demo to watch a simulated job")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    bar = None if args.quiet else ProgressBar()
+    _terminate_on_sigterm()
+    handler = None
+    if not args.verbose:
+        # Reconnections and warnings, shown through the display.
+        handler = _NoteHandler(bar)
+        handler.setLevel(logging.WARNING if args.quiet else logging.INFO)
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET or logger.level > handler.level:
+            logger.setLevel(handler.level)
+    try:
+        if args.demo or args.demo_fail:
+            with demo_server(fail=args.demo_fail) as base_url:
+                job = args.denoise_id or str(uuid.uuid4())
+                _note(args, "demo: a simulated job %s on %s (no network, no key)" % (job, base_url))
+                return _run(args, job, "demo", base_url, bar)
+        api_key = _read_key(args.api_key_file)
+        if not (api_key or os.environ.get(_API_KEY_ENV) or "").strip():
+            raise ConfigurationError(
+                "no API key: set %s or use --api-key-file PATH" % _API_KEY_ENV
+            )
+        return _run(args, args.denoise_id, api_key, args.base_url, bar)
+    except KeyboardInterrupt as exc:
+        if bar is not None:
+            bar.finish(exc)
+        _complain(args, "interrupted")
+        return EXIT_INTERRUPTED
+    except MunsitError as exc:
+        if bar is not None and not isinstance(exc, (DenoiseFailedError, ConfigurationError)):
+            bar.finish(None)
+        _complain(args, str(exc))
+        return _exit_status(exc)
+    except OSError as exc:  # writing the output file
+        _complain(args, str(exc))
+        return EXIT_GAVE_UP
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
+class _NoteHandler(logging.Handler):
+    """The command line's log handler: one line on stderr per record."""
+
+    def __init__(self, bar: Optional[ProgressBar]) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = "munsit-progress: %s" % record.getMessage()
+        if self._bar is not None:
+            self._bar.note(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _run(
+    args: Any,
+    job: str,
+    api_key: Optional[str],
+    base_url: Optional[str],
+    bar: Optional[ProgressBar],
+) -> int:
+    started = time.monotonic()
+
+    def on_progress(event: ProcessingEvent) -> None:
+        if args.json:
+            _print_json(event)
+        if bar is not None:
+            bar(event)
+
+    try:
+        done = wait(
+            job, on_progress=on_progress, timeout=args.timeout, api_key=api_key, base_url=base_url
+        )
+    except DenoiseFailedError as exc:
+        if args.json:
+            _print_json(ErrorEvent(exc.message))
+        if bar is not None:
+            bar.finish(exc)
+        raise
+    if bar is not None:
+        bar.finish(done)
+    if args.json:
+        _print_json(done)
+    else:
+        print(done.url, flush=True)
+    if args.output:
+        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
+        download(
+            done,
+            args.output,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=remaining,
+            on_progress=bar.transfer if bar is not None else None,
+        )
+        if bar is not None:
+            bar.finish("saved %s" % args.output)
+    return EXIT_OK
+
+
+def _read_key(path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        if path == "-":
+            return sys.stdin.readline()
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError("cannot read the API key file: %s" % exc) from exc
+
+
+def _exit_status(exc: MunsitError) -> int:
+    if isinstance(exc, DenoiseFailedError):
+        return EXIT_JOB_FAILED
+    if isinstance(exc, ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(exc, (WaitTimeoutError, TransportError)):
+        return EXIT_GAVE_UP
+    if isinstance(exc, APIError):
+        return EXIT_GAVE_UP if _is_retryable(exc) else EXIT_REJECTED
+    return EXIT_PROTOCOL
+
+
+def _print_json(event: Event) -> None:
+    print(json.dumps(event.to_dict()), flush=True)
+
+
+def _note(args: Any, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _complain(args: Any, text: str) -> None:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exc()
+    print("munsit-progress: error: %s" % text, file=sys.stderr, flush=True)
+
+
+def _terminate_on_sigterm() -> None:
+    """Let SIGTERM (cron's or timeout's kill) unwind like Ctrl-C, so that the
+    connection is closed and a half-written download removed."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
