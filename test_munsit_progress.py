@@ -8,10 +8,15 @@ count and in time and stops by itself.
 
 import gc
 import gzip
+import io
 import json
 import logging
+import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -1067,3 +1072,471 @@ def test_a_given_session_is_reused_and_left_open(server):
     assert wait_on(server, session=session) == EXPECTED_DONE
     assert (CountingSession.sent, CountingSession.closed) == (2, 0)
     session.close()
+
+
+# --------------------------------------------------------------------------
+# Progress display
+# --------------------------------------------------------------------------
+
+
+class Utf8Stream(io.StringIO):
+    encoding = "utf-8"
+
+
+class AsciiStream(io.StringIO):
+    encoding = "ascii"
+
+    def write(self, text):
+        text.encode("ascii")  # raises like a real ASCII stream would
+        return super().write(text)
+
+
+def test_log_display_writes_a_line_per_ten_percent_step_or_new_message():
+    out = io.StringIO()
+    bar = mp.ProgressBar(out, mode="log")
+    for pct in (0, 1, 2, 9, 10, 11, 35, 36):
+        bar(ProcessingEvent(pct, "same"))
+    bar(ProcessingEvent(37, "new message"))
+    bar.finish(EXPECTED_DONE)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert [line.split("munsit: ")[1] for line in lines] == [
+        "  0%  same",
+        " 10%  same",
+        " 35%  same",
+        " 37%  new message",
+        "done: " + RESULT_URL,
+    ]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d munsit: ", line) for line in lines)
+
+
+def test_terminal_display_updates_one_line_in_place_and_ends_it():
+    out = Utf8Stream()
+    with mp.ProgressBar(out, mode="terminal") as bar:
+        bar(ProcessingEvent(10, "جارٍ التحليل"))
+        bar(ProcessingEvent(60, "Running noise reduction"))
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.count("\r") == 2
+    assert "جارٍ التحليل" in text and " 60%" in text and "\u2588" in text
+
+
+def test_display_falls_back_to_ascii_on_a_non_utf8_stream():
+    out = AsciiStream()
+    bar = mp.ProgressBar(out, mode="terminal")
+    bar(ProcessingEvent(50, "تقليل"))
+    bar.finish(None)
+    assert "[############------------]" in out.getvalue()
+    assert "?????" in out.getvalue()
+
+
+def test_display_mode_follows_the_stream():
+    assert mp.ProgressBar(io.StringIO()).mode == "log"
+    with pytest.raises(ConfigurationError):
+        mp.ProgressBar(mode="fancy")
+
+
+def test_wait_finishes_a_progress_bar_with_the_outcome(server):
+    out = io.StringIO()
+    server.serve(stream(processing(50), FAILED))
+    with pytest.raises(DenoiseFailedError):
+        wait_on(server, on_progress=mp.ProgressBar(out, mode="log"))
+    assert out.getvalue().splitlines()[-1].endswith("failed: audio file is corrupt")
+
+
+# --------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------
+
+AUDIO = bytes(range(256)) * 2000  # 512 000 bytes
+
+
+def file_response(body, status=200, declared=None, headers=None):
+    def script(conn, request, server):
+        all_headers = {
+            "Content-Type": "audio/wav",
+            "Content-Length": str(len(body) if declared is None else declared),
+            "Connection": "close",
+        }
+        all_headers.update(headers or {})
+        conn.sendall(head(status, all_headers))
+        for start in range(0, len(body), 65536):
+            conn.sendall(body[start : start + 65536])
+
+    return script
+
+
+def result_on(server, name="clean.wav"):
+    return DoneEvent(server.origin + "/files/" + name, JOB)
+
+
+def test_download_writes_the_file_and_reports_bytes(server, tmp_path):
+    server.serve(file_response(AUDIO))
+    seen = []
+    target = str(tmp_path / "out.wav")
+    path = mp.download(
+        result_on(server),
+        target,
+        api_key=KEY,
+        base_url=server.base_url,
+        on_progress=lambda got, total: seen.append((got, total)),
+    )
+    assert path == target
+    assert (tmp_path / "out.wav").read_bytes() == AUDIO
+    assert seen[-1] == (len(AUDIO), len(AUDIO))
+    assert os.listdir(str(tmp_path)) == ["out.wav"]
+
+
+def test_download_cut_short_leaves_nothing_behind(server, tmp_path):
+    (tmp_path / "out.wav").write_bytes(b"the previous file")
+    server.serve(file_response(AUDIO[:100000], declared=len(AUDIO)))
+    with pytest.raises(TransportError):
+        mp.download(result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url)
+    assert (tmp_path / "out.wav").read_bytes() == b"the previous file"
+    assert os.listdir(str(tmp_path)) == ["out.wav"]
+
+
+def test_download_http_error_is_an_api_error_and_writes_nothing(server, tmp_path):
+    server.serve(error_response(404, b'{"message":"gone"}'))
+    with pytest.raises(APIError) as info:
+        mp.download(result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url)
+    assert not isinstance(info.value, JobNotFoundError)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_download_sends_the_key_only_to_the_api_origin(server, tmp_path):
+    cdn = Server()
+    try:
+        cdn.serve(file_response(AUDIO))
+        server.serve(file_response(AUDIO))
+        cdn_result = DoneEvent("http://localhost:%d/files/a.wav" % cdn.port, JOB)
+        mp.download(cdn_result, str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url)
+        mp.download(result_on(server), str(tmp_path / "b.wav"), api_key=KEY, base_url=server.base_url)
+        assert "x-api-key" not in cdn.requests[0].headers
+        assert server.requests[0].headers["x-api-key"] == KEY
+    finally:
+        cdn.close()
+
+
+def test_download_follows_a_redirect_to_a_cdn_without_the_key(server, tmp_path):
+    cdn = Server()
+    try:
+        cdn.serve(file_response(AUDIO))
+        location = "http://localhost:%d/signed/a.wav" % cdn.port
+        server.serve(error_response(302, headers={"Location": location}))
+        mp.download(result_on(server), str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url)
+        assert server.requests[0].headers["x-api-key"] == KEY
+        assert "x-api-key" not in cdn.requests[0].headers
+        assert (tmp_path / "a.wav").read_bytes() == AUDIO
+    finally:
+        cdn.close()
+
+
+# --------------------------------------------------------------------------
+# Demo server
+# --------------------------------------------------------------------------
+
+
+def test_demo_server_runs_a_job_end_to_end_in_python(tmp_path):
+    job = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    seen = []
+    with mp.demo_server(duration=0.5) as base_url:
+        done = wait(job, api_key="demo", base_url=base_url, on_progress=seen.append)
+        # A finished job replays its final event to a new connection.
+        assert list(iter_events(job, api_key="demo", base_url=base_url)) == [done]
+        mp.download(done, str(tmp_path / "demo.wav"), api_key="demo", base_url=base_url)
+    assert done.denoise_id == job
+    assert [event.pct for event in seen] == sorted(event.pct for event in seen)
+    assert any(any("\u0600" <= c <= "\u06ff" for c in e.message or "") for e in seen)
+    assert (tmp_path / "demo.wav").read_bytes()[:4] == b"RIFF"
+
+
+def test_demo_server_fails_a_job_when_asked():
+    with mp.demo_server(fail=True, duration=0.5) as base_url:
+        with pytest.raises(DenoiseFailedError):
+            wait(JOB, api_key="demo", base_url=base_url)
+
+
+def test_demo_server_refuses_a_missing_key():
+    with mp.demo_server(duration=0.5) as base_url:
+        response = requests.get(base_url + "/denoise/%s/progress" % JOB)
+    assert response.status_code == 401
+
+
+# --------------------------------------------------------------------------
+# Command line (subprocesses against the loopback server)
+# --------------------------------------------------------------------------
+
+MODULE = os.path.abspath(mp.__file__)
+
+
+def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
+    environment = dict(os.environ)
+    environment.pop("MUNSIT_BASE_URL", None)
+    environment["MUNSIT_API_KEY"] = KEY
+    environment["PYTHONIOENCODING"] = "utf-8"
+    environment.update(env or {})
+    environment = {k: v for k, v in environment.items() if v is not None}
+    command = [sys.executable, "-m", "munsit_progress"] if module else [sys.executable, MODULE]
+    return subprocess.run(
+        command + list(args),
+        input=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment,
+        cwd=os.path.dirname(MODULE),
+        timeout=timeout,
+        universal_newlines=True,
+        encoding="utf-8",
+    )
+
+
+def test_cli_done_prints_only_the_url_on_stdout(server):
+    server.serve(stream(processing(40, "تقليل الضوضاء"), DONE))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == RESULT_URL + "\n"
+    assert "تقليل الضوضاء" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_runs_as_python_dash_m(server):
+    server.serve(stream(DONE))
+    result = run_cli(JOB, "--quiet", env={"MUNSIT_BASE_URL": server.base_url}, module=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, RESULT_URL + "\n", "")
+
+
+def test_cli_failed_job_exits_1_with_one_line(server):
+    server.serve(stream(processing(5), FAILED))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_JOB_FAILED == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "munsit-progress: error: denoise job failed: audio file is corrupt"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env",
+    [
+        (["not-a-uuid"], {}),
+        ([JOB], {"MUNSIT_API_KEY": None}),
+        ([], {}),
+        ([JOB, "--api-key", KEY], {}),
+        ([JOB, "--timeout", "-1"], {}),
+        ([JOB, "--api-key-file", "/nonexistent/key"], {"MUNSIT_API_KEY": None}),
+    ],
+)
+def test_cli_usage_and_configuration_errors_exit_2_and_send_nothing(server, args, env):
+    server.serve(stream(DONE))
+    result = run_cli(*(args + ["--base-url", server.base_url]), env=env)
+    assert result.returncode == mp.EXIT_USAGE == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 5
+    assert "Traceback" not in result.stderr
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 400])
+def test_cli_rejection_by_the_api_exits_3(server, status):
+    server.serve(error_response(status, b'{"message":"no"}'))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_REJECTED == 3
+    assert result.stderr.splitlines()[-1].startswith("munsit-progress: error: HTTP %d" % status)
+    assert len(server.requests) == 1
+
+
+def test_cli_deadline_exits_4(server):
+    server.serve(stream(processing(5), hold_for=10.0, end="cut"))
+    start = time.monotonic()
+    result = run_cli(JOB, "--base-url", server.base_url, "--timeout", "0.5")
+    assert result.returncode == mp.EXIT_GAVE_UP == 4
+    assert time.monotonic() - start < 5.0
+    assert "deadline" in result.stderr.splitlines()[-1]
+
+
+def test_cli_server_that_keeps_failing_exits_4(server):
+    server.serve(error_response(503, headers={"Retry-After": "7200"}))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 4
+    assert result.stderr.splitlines()[-1].startswith("munsit-progress: error: HTTP 503")
+
+
+def test_cli_protocol_error_exits_5(server):
+    server.serve(stream(b"<html></html>", content_type="text/html"))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_PROTOCOL == 5
+    assert "text/html" in result.stderr.splitlines()[-1]
+
+
+def test_cli_json_writes_one_event_per_line(server):
+    server.serve(stream(processing(10, "a"), processing(90, "ب"), DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "--json", "--quiet")
+    assert result.returncode == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"stage": "processing", "pct": 10, "message": "a"},
+        {"stage": "processing", "pct": 90, "message": "ب"},
+        {"stage": "done", "url": RESULT_URL, "denoiseId": JOB},
+    ]
+    assert result.stderr == ""
+
+
+def test_cli_json_reports_the_error_event(server):
+    server.serve(stream(FAILED))
+    result = run_cli(JOB, "--base-url", server.base_url, "--json", "--quiet")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"stage": "error", "message": "audio file is corrupt"}
+
+
+def test_cli_reads_the_key_from_a_file_or_stdin(server, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    server.serve(stream(DONE))
+    no_env = {"MUNSIT_API_KEY": None}
+    result = run_cli(JOB, "--base-url", server.base_url, "--api-key-file", str(key_file), env=no_env)
+    assert result.returncode == 0, result.stderr
+    server.serve(stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "--api-key-file", "-", stdin=KEY + "\n", env=no_env)
+    assert result.returncode == 0, result.stderr
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+def test_cli_log_display_has_no_carriage_returns(server):
+    events = [processing(pct, "step %d" % (pct // 25)) for pct in range(0, 100, 5)]
+    server.serve(stream(*(events + [DONE])))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 0
+    assert "\r" not in result.stderr
+    lines = result.stderr.splitlines()
+    # A line per 10% step, one per new message (at 25, 50, 75), one for the result.
+    shown = [int(line.split("munsit:")[1].split("%")[0]) for line in lines[:-1]]
+    assert shown == [0, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90]
+    assert lines[-1].endswith("done: " + RESULT_URL)
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_cli_terminal_display_under_a_pty(server):
+    server.serve(stream(processing(30, "جارٍ تقليل الضوضاء"), processing(70, "x"), DONE, delay=0.2))
+    master, slave = os.openpty()
+    environment = dict(os.environ, MUNSIT_API_KEY=KEY, COLUMNS="150", PYTHONIOENCODING="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, MODULE, JOB, "--base-url", server.base_url],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=environment,
+    )
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            piece = os.read(master, 4096)
+        except OSError:  # the pty closes when the child exits
+            break
+        if not piece:
+            break
+        output += piece
+    os.close(master)
+    stdout, _ = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert stdout.decode() == RESULT_URL + "\n"
+    text = output.decode("utf-8")
+    assert "جارٍ تقليل الضوضاء" in text
+    assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
+    assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
+
+
+def test_cli_demo_and_demo_fail():
+    result = run_cli("--demo", env={"MUNSIT_API_KEY": None})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("http://127.0.0.1:") and result.stdout.endswith("_denoised.wav\n")
+    assert "done" in result.stderr
+    result = run_cli("--demo-fail", env={"MUNSIT_API_KEY": None})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "failed" in result.stderr.splitlines()[-1]
+
+
+def test_cli_output_downloads_the_result(server, tmp_path):
+    done = sse_data({"stage": "done", "url": server.origin + "/files/x.wav", "denoiseId": JOB})
+    server.serve(stream(processing(50), done), file_response(AUDIO))
+    result = run_cli(JOB, "--base-url", server.base_url, "-o", str(tmp_path / "x.wav"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.wav").read_bytes() == AUDIO
+    assert server.requests[1].path == "/files/x.wav"
+
+
+def test_cli_output_cut_short_exits_4_and_leaves_no_file(server, tmp_path):
+    done = sse_data({"stage": "done", "url": server.origin + "/files/x.wav", "denoiseId": JOB})
+    server.serve(stream(done), file_response(AUDIO[:200000], declared=len(AUDIO)))
+    result = run_cli(JOB, "--base-url", server.base_url, "-o", str(tmp_path / "x.wav"))
+    assert result.returncode == 4
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupt_exits_130_without_a_traceback(server, signum):
+    server.serve(stream(processing(5), hold_for=10.0, end="cut"))
+    process = subprocess.Popen(
+        [sys.executable, MODULE, JOB, "--base-url", server.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == mp.EXIT_INTERRUPTED == 130
+    assert b"Traceback" not in stderr
+    assert stderr.decode().splitlines()[-1] == "munsit-progress: error: interrupted"
+    assert server.client_closed.wait(2.0)
+
+
+def test_cli_help_and_version():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for text in ("DENOISE_ID", "--demo", "exit status", "130", "MUNSIT_API_KEY"):
+        assert text in result.stdout
+    result = run_cli("--version")
+    assert result.stdout.strip() == "munsit-progress " + mp.__version__
+
+
+# --------------------------------------------------------------------------
+# Notebook display (a real Jupyter kernel)
+# --------------------------------------------------------------------------
+
+
+def test_notebook_display_is_one_output_updated_in_place(server):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    events = [processing(pct, "خطوة %d" % pct) for pct in range(0, 100, 4)]
+    server.serve(stream(*(events + [DONE]), delay=0.01))
+    source = "\n".join(
+        [
+            "import sys",
+            "sys.path.insert(0, %r)" % os.path.dirname(MODULE),
+            "import munsit_progress",
+            "done = munsit_progress.wait(%r, api_key=%r, base_url=%r,"
+            " on_progress=munsit_progress.ProgressBar())" % (JOB, KEY, server.base_url),
+            "print(done.url)",
+        ]
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    displays = [out for out in outputs if out.output_type == "display_data"]
+    streams = [out for out in outputs if out.output_type == "stream"]
+    assert len(displays) == 1, outputs
+    html = displays[0].data["text/html"]
+    assert "<progress" in html and RESULT_URL in html and "done" in html
+    assert [out.text for out in streams] == [RESULT_URL + "\n"]
