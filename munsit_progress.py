@@ -65,11 +65,15 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MunsitError",
     "ProcessingEvent",
+    "ProgressBar",
     "ProtocolError",
     "RetryPolicy",
     "TransportError",
     "WaitTimeoutError",
+    "demo_server",
+    "download",
     "iter_events",
+    "main",
     "wait",
 ]
 
