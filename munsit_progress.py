@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import html
 import http.client
+import importlib
 import json
 import logging
 import math
@@ -32,10 +33,12 @@ import zlib
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     ClassVar,
     Dict,
+    Generator,
     Iterator,
     List,
     Optional,
@@ -47,6 +50,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+
+if TYPE_CHECKING:  # the CLI imports argparse only when it runs
+    import argparse
 
 __version__ = "0.1.0"
 
@@ -784,7 +790,7 @@ def _events(
     read_timeout: float,
     deadline: Optional[float],
     clock: Callable[[], float],
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """The events of one connection; the response is closed on every exit."""
     response = _open(target, session, resume, connect_timeout, read_timeout, deadline, clock)
     try:
@@ -865,10 +871,9 @@ def _iter_events(
 ) -> Iterator[Event]:
     http_session, owned = _session_or_new(session)
     try:
-        for event in _events(
+        yield from _events(
             target, http_session, _Resume(), connect_timeout, read_timeout, None, time.monotonic
-        ):
-            yield event
+        )
     finally:
         if owned:
             http_session.close()
@@ -1122,7 +1127,9 @@ class ProgressBar:
         mode = self.mode
         if mode == "log":
             step = int(self._pct // 10)
-            if step > self._logged_step or (event.message and event.message != self._logged_message):
+            if step > self._logged_step or (
+                event.message and event.message != self._logged_message
+            ):
                 self._logged_step = step
                 self._logged_message = event.message
                 self._log_line(self._status_text())
@@ -1238,7 +1245,11 @@ class ProgressBar:
             self._show_notebook(bar, text)
             return
         self._shown = (bar, text)
-        line = "%s %s  %s" % (bar, text, self._elapsed()) if bar else "%s  %s" % (text, self._elapsed())
+        line = (
+            "%s %s  %s" % (bar, text, self._elapsed())
+            if bar
+            else "%s  %s" % (text, self._elapsed())
+        )
         columns = shutil.get_terminal_size((80, 24)).columns
         if len(line) > columns - 1:
             line = line[: max(columns - 2, 10)] + "\u2026"
@@ -1262,7 +1273,8 @@ class ProgressBar:
             flush()
 
     def _show_notebook(self, bar: str, text: str) -> None:
-        from IPython.display import display  # only reached inside a kernel
+        # Only reached inside a kernel, where IPython is already imported.
+        display = importlib.import_module("IPython.display").display
 
         pct = self._pct
         if text.startswith("done: ") and self._finished:
@@ -1276,7 +1288,7 @@ class ProgressBar:
         markup = (
             '<div style="font-family: monospace">'
             '<progress value="%.1f" max="100" style="width: 16em; vertical-align: middle">'
-            "</progress> %s <span style=\"color: gray\">%s</span></div>"
+            '</progress> %s <span style="color: gray">%s</span></div>'
             % (pct, body, html.escape(self._elapsed()))
         )
         bundle = {"text/plain": "%s %s  %s" % (bar, text, self._elapsed()), "text/html": markup}
@@ -1347,9 +1359,7 @@ def download(
     deadline = None if timeout is None else clock() + timeout
     http_session, owned = _session_or_new(session)
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        folder, ".%s.%s.part" % (os.path.basename(path), uuid.uuid4().hex[:8])
-    )
+    temporary = os.path.join(folder, ".%s.%s.part" % (os.path.basename(path), uuid.uuid4().hex[:8]))
     try:
         response = _get(
             http_session,
@@ -1393,7 +1403,6 @@ def download(
             os.unlink(temporary)
         if owned:
             http_session.close()
-
 
 
 # --------------------------------------------------------------------------
@@ -1478,10 +1487,14 @@ def _demo_handler(state: _DemoState) -> Any:
             parts = self.path.split("?")[0].strip("/").split("/")
             if parts[:3] == ["api", "v1", "files"] and len(parts) == 4:
                 self._send_wav()
-            elif len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress":
+            elif (
+                len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress"
+            ):
                 job = _canonical_uuid(parts[3])
                 if not (self.headers.get("x-api-key") or "").strip():
-                    self._send_json(401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"})
+                    self._send_json(
+                        401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"}
+                    )
                 elif job is None:
                     self._send_json(404, {"message": "Denoising job not found"})
                 else:
@@ -1578,7 +1591,8 @@ EXIT_GAVE_UP = 4
 EXIT_PROTOCOL = 5
 EXIT_INTERRUPTED = 130
 
-_EPILOG = """\
+_EPILOG = (
+    """\
 exit status:
   0    the job is done (its result URL is on stdout)
   1    the job failed (the server sent an error event)
@@ -1597,7 +1611,9 @@ examples:
   munsit-progress --demo                    # a simulated job, no key needed
   munsit-progress 5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1 -o clean.wav
   munsit-progress --json --quiet ID | jq .pct
-""" % DEFAULT_BASE_URL
+"""
+    % DEFAULT_BASE_URL
+)
 
 
 def _parser() -> "argparse.ArgumentParser":
@@ -1611,7 +1627,10 @@ def _parser() -> "argparse.ArgumentParser":
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "denoise_id", nargs="?", metavar="DENOISE_ID", help="the denoiseId returned by POST /denoise"
+        "denoise_id",
+        nargs="?",
+        metavar="DENOISE_ID",
+        help="the denoiseId returned by POST /denoise",
     )
     parser.add_argument(
         "-o", "--output", metavar="FILE", help="when done, download the denoised audio to FILE"
@@ -1628,15 +1647,19 @@ def _parser() -> "argparse.ArgumentParser":
         help="read the API key from PATH ('-' for stdin) instead of $MUNSIT_API_KEY",
     )
     parser.add_argument(
-        "--base-url", metavar="URL", help="the API's address (default: $MUNSIT_BASE_URL or %s)"
-        % DEFAULT_BASE_URL
+        "--base-url",
+        metavar="URL",
+        help="the API's address (default: $MUNSIT_BASE_URL or %s)" % DEFAULT_BASE_URL,
     )
     parser.add_argument(
         "--json", action="store_true", help="write each event to stdout as one JSON object per line"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="show no progress on stderr")
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log the connection's details and show tracebacks"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log the connection's details and show tracebacks",
     )
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument(
@@ -1681,9 +1704,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return _run(args, job, "demo", base_url, bar)
         api_key = _read_key(args.api_key_file)
         if not (api_key or os.environ.get(_API_KEY_ENV) or "").strip():
-            raise ConfigurationError(
-                "no API key: set %s or use --api-key-file PATH" % _API_KEY_ENV
-            )
+            raise ConfigurationError("no API key: set %s or use --api-key-file PATH" % _API_KEY_ENV)
         return _run(args, args.denoise_id, api_key, args.base_url, bar)
     except KeyboardInterrupt as exc:
         if bar is not None:

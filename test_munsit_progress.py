@@ -429,7 +429,7 @@ def test_invalid_utf8_is_replaced_not_fatal():
 
 
 def test_multibyte_utf8_split_across_chunks():
-    payload = "data: تقليل الضوضاء\n\n".encode("utf-8")
+    payload = "data: تقليل الضوضاء\n\n".encode()
     assert parse([payload[i : i + 1] for i in range(len(payload))]) == [
         ("message", "تقليل الضوضاء", "")
     ]
@@ -855,9 +855,7 @@ def test_retry_field_sets_the_reconnect_delay(server):
 
 
 def test_last_event_id_is_sent_on_reconnect(server):
-    server.serve(
-        stream(b"id: 41\n" + processing(5), b"id: 42\ndata:\n\n", end="cut"), stream(DONE)
-    )
+    server.serve(stream(b"id: 41\n" + processing(5), b"id: 42\ndata:\n\n", end="cut"), stream(DONE))
     assert wait_on(server) == EXPECTED_DONE
     first, second = server.requests
     assert "last-event-id" not in first.headers
@@ -1013,7 +1011,7 @@ def test_connection_closed_on_a_protocol_error(server):
 
 def test_connection_closed_when_the_consumer_stops_early(server):
     server.serve(stream(processing(5), hold_for=5.0, end="cut"))
-    for event in iter_events(JOB, api_key=KEY, base_url=server.base_url):
+    for _event in iter_events(JOB, api_key=KEY, base_url=server.base_url):
         break
     assert server.client_closed.wait(2.0)
 
@@ -1191,7 +1189,9 @@ def test_download_cut_short_leaves_nothing_behind(server, tmp_path):
     (tmp_path / "out.wav").write_bytes(b"the previous file")
     server.serve(file_response(AUDIO[:100000], declared=len(AUDIO)))
     with pytest.raises(TransportError):
-        mp.download(result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url)
+        mp.download(
+            result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url
+        )
     assert (tmp_path / "out.wav").read_bytes() == b"the previous file"
     assert os.listdir(str(tmp_path)) == ["out.wav"]
 
@@ -1199,7 +1199,9 @@ def test_download_cut_short_leaves_nothing_behind(server, tmp_path):
 def test_download_http_error_is_an_api_error_and_writes_nothing(server, tmp_path):
     server.serve(error_response(404, b'{"message":"gone"}'))
     with pytest.raises(APIError) as info:
-        mp.download(result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url)
+        mp.download(
+            result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url
+        )
     assert not isinstance(info.value, JobNotFoundError)
     assert os.listdir(str(tmp_path)) == []
 
@@ -1211,7 +1213,9 @@ def test_download_sends_the_key_only_to_the_api_origin(server, tmp_path):
         server.serve(file_response(AUDIO))
         cdn_result = DoneEvent("http://localhost:%d/files/a.wav" % cdn.port, JOB)
         mp.download(cdn_result, str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url)
-        mp.download(result_on(server), str(tmp_path / "b.wav"), api_key=KEY, base_url=server.base_url)
+        mp.download(
+            result_on(server), str(tmp_path / "b.wav"), api_key=KEY, base_url=server.base_url
+        )
         assert "x-api-key" not in cdn.requests[0].headers
         assert server.requests[0].headers["x-api-key"] == KEY
     finally:
@@ -1224,7 +1228,9 @@ def test_download_follows_a_redirect_to_a_cdn_without_the_key(server, tmp_path):
         cdn.serve(file_response(AUDIO))
         location = "http://localhost:%d/signed/a.wav" % cdn.port
         server.serve(error_response(302, headers={"Location": location}))
-        mp.download(result_on(server), str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url)
+        mp.download(
+            result_on(server), str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url
+        )
         assert server.requests[0].headers["x-api-key"] == KEY
         assert "x-api-key" not in cdn.requests[0].headers
         assert (tmp_path / "a.wav").read_bytes() == AUDIO
@@ -1281,12 +1287,11 @@ def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
     return subprocess.run(
         command + list(args),
         input=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         env=environment,
         cwd=os.path.dirname(MODULE),
         timeout=timeout,
-        universal_newlines=True,
+        text=True,
         encoding="utf-8",
     )
 
@@ -1393,10 +1398,14 @@ def test_cli_reads_the_key_from_a_file_or_stdin(server, tmp_path):
     key_file.write_text(KEY + "\n")
     server.serve(stream(DONE))
     no_env = {"MUNSIT_API_KEY": None}
-    result = run_cli(JOB, "--base-url", server.base_url, "--api-key-file", str(key_file), env=no_env)
+    result = run_cli(
+        JOB, "--base-url", server.base_url, "--api-key-file", str(key_file), env=no_env
+    )
     assert result.returncode == 0, result.stderr
     server.serve(stream(DONE))
-    result = run_cli(JOB, "--base-url", server.base_url, "--api-key-file", "-", stdin=KEY + "\n", env=no_env)
+    result = run_cli(
+        JOB, "--base-url", server.base_url, "--api-key-file", "-", stdin=KEY + "\n", env=no_env
+    )
     assert result.returncode == 0, result.stderr
     assert server.requests[0].headers["x-api-key"] == KEY
 
@@ -1449,7 +1458,9 @@ def test_cli_terminal_display_under_a_pty(server):
 def test_cli_demo_and_demo_fail():
     result = run_cli("--demo", env={"MUNSIT_API_KEY": None})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("http://127.0.0.1:") and result.stdout.endswith("_denoised.wav\n")
+    assert result.stdout.startswith("http://127.0.0.1:") and result.stdout.endswith(
+        "_denoised.wav\n"
+    )
     assert "done" in result.stderr
     result = run_cli("--demo-fail", env={"MUNSIT_API_KEY": None})
     assert result.returncode == 1
