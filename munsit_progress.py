@@ -15,7 +15,6 @@ error raised is a :class:`MunsitError`.
 
 import codecs
 import contextlib
-import html
 import http.client
 import importlib
 import json
@@ -23,12 +22,12 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import sys
 import threading
 import time
-import uuid
 import zlib
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -438,11 +437,22 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# 32 hex digits, hyphens optional (the uuid module costs an import of its own).
+_UUID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
+
+
 def _canonical_uuid(value: str) -> Optional[str]:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, TypeError, AttributeError):
+    """The lower-case, hyphenated form of a UUID, or None if it is not one."""
+    if not isinstance(value, str) or _UUID.fullmatch(value) is None:
         return None
+    digits = value.replace("-", "").lower()
+    return "%s-%s-%s-%s-%s" % (digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:])
+
+
+def _random_uuid() -> str:
+    import uuid  # only the demo makes ids
+
+    return str(uuid.uuid4())
 
 
 # --------------------------------------------------------------------------
@@ -1273,6 +1283,8 @@ class ProgressBar:
             flush()
 
     def _show_notebook(self, bar: str, text: str) -> None:
+        import html
+
         # Only reached inside a kernel, where IPython is already imported.
         display = importlib.import_module("IPython.display").display
 
@@ -1359,7 +1371,7 @@ def download(
     deadline = None if timeout is None else clock() + timeout
     http_session, owned = _session_or_new(session)
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, ".%s.%s.part" % (os.path.basename(path), uuid.uuid4().hex[:8]))
+    temporary = os.path.join(folder, ".%s.%s.part" % (os.path.basename(path), os.urandom(4).hex()))
     try:
         response = _get(
             http_session,
@@ -1699,7 +1711,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.demo or args.demo_fail:
             with demo_server(fail=args.demo_fail) as base_url:
-                job = args.denoise_id or str(uuid.uuid4())
+                job = args.denoise_id or _random_uuid()
                 _note(args, "demo: a simulated job %s on %s (no network, no key)" % (job, base_url))
                 return _run(args, job, "demo", base_url, bar)
         api_key = _read_key(args.api_key_file)
