@@ -103,6 +103,8 @@ _MAX_REDIRECTS = 5
 _ERROR_BODY_LIMIT = 64 * 1024
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _BOM = codecs.BOM_UTF8
+_LINE_END = re.compile("\r\n|\r|\n")
+_BYTE_LINE_END = re.compile(b"\r\n|\r|\n")
 
 logger = logging.getLogger("munsit_progress")
 
@@ -266,35 +268,31 @@ class _LineSplitter:
                 chunk = chunk[1:]
         if self._at_start:
             chunk = self._strip_bom(chunk)
-        if not chunk:
-            return []
-        if b"\n" not in chunk and b"\r" not in chunk:
-            self._hold(chunk)
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if not cut:
+            if chunk:
+                self._hold(chunk)
             return []
         if self._pending:
-            self._pending.append(chunk)
-            chunk = b"".join(self._pending)
+            head = b"".join(self._pending)
             self._pending = []
             self._pending_size = 0
-        pieces = chunk.splitlines(True)
-        tail = pieces[-1]
-        last = tail[-1:]
-        if last != b"\n" and last != b"\r":
-            pieces.pop()
-            self._hold(tail)
-        elif last == b"\r":
+            chunk = head + chunk
+            cut += len(head)
+        block = chunk[:cut]
+        if cut < len(chunk):
+            self._hold(chunk[cut:])
+        elif block[-1:] == b"\r":
             self._skip_lf = True
-        limit = self._limit
-        lines = []
-        for piece in pieces:
-            if piece[-2:] == b"\r\n":
-                piece = piece[:-2]
-            else:
-                piece = piece[:-1]
-            if len(piece) > limit:
-                raise ProtocolError("a line is longer than %d bytes" % limit)
-            # The SSE spec decodes as UTF-8, replacing invalid sequences.
-            lines.append(piece.decode("utf-8", "replace"))
+        if cut > self._limit:
+            # Only a block this long can hold a line over the cap.
+            if max(map(len, _BYTE_LINE_END.split(block))) > self._limit:
+                raise ProtocolError("a line is longer than %d bytes" % self._limit)
+        # Decoding whole lines at once: UTF-8 never puts CR or LF inside a
+        # character, and the spec replaces invalid sequences.
+        text = block.decode("utf-8", "replace")
+        lines = _LINE_END.split(text) if "\r" in text else text.split("\n")
+        lines.pop()  # what follows the last line end
         return lines
 
     def _hold(self, piece: bytes) -> None:
@@ -347,50 +345,58 @@ class _SSEDecoder:
         self.retry = None  # type: Optional[int]
         self._limit = limit
 
-    def feed(self, line: str) -> Optional[_Message]:
-        """Take one line; return a message when the line completes one."""
-        if not line:
-            return self._dispatch()
-        if line[0] == ":":
-            return None  # a comment: servers send these as heartbeats
-        name, colon, value = line.partition(":")
+    def feed(self, lines: List[str]) -> List[_Message]:
+        """Take complete lines; return the messages they complete."""
+        messages = []
+        for line in lines:
+            if not line:
+                # A blank line dispatches; without data there is nothing to send.
+                self.last_event_id = self._id
+                if self._data:
+                    data = "\n".join(self._data)
+                    messages.append(_Message(self._event or "message", data, self._id))
+                    self._data = []
+                    self._data_size = 0
+                self._event = ""
+            elif line[:5] == "data:":  # the usual line first, for speed
+                self._add_data(line[6:] if line[5:6] == " " else line[5:])
+            elif line[0] != ":":  # a colon first is a comment (a heartbeat)
+                self._field(line)
+        return messages
+
+    def _add_data(self, value: str) -> None:
+        self._data.append(value)
+        self._data_size += len(value) + 1
+        if self._data_size > self._limit:
+            raise ProtocolError("an event is larger than %d bytes" % self._limit)
+
+    def _field(self, line: str) -> None:
+        name, _, value = line.partition(":")
         if value[:1] == " ":
             value = value[1:]
         if name == "data":
-            self._data.append(value)
-            self._data_size += len(value) + 1
-            if self._data_size > self._limit:
-                raise ProtocolError("an event is larger than %d bytes" % self._limit)
+            self._add_data(value)
         elif name == "event":
             self._event = value
         elif name == "id":
             if "\0" not in value:
                 self._id = value
         elif name == "retry":
-            if value and value.isdigit() and value.isascii():
+            if value.isdigit() and value.isascii():
                 self.retry = int(value)
-        return None
 
-    def _dispatch(self) -> Optional[_Message]:
-        self.last_event_id = self._id
-        if not self._data:
-            self._event = ""
-            return None
-        message = _Message(self._event or "message", "\n".join(self._data), self._id)
-        self._data = []
-        self._data_size = 0
-        self._event = ""
-        return message
+
+_json_decode = json.JSONDecoder().decode
 
 
 def _decode_event(message: _Message, denoise_id: str) -> Optional[Event]:
     """Validate one message as a Munsit event; ``None`` for one to skip."""
     data = message.data
-    if not data.strip():
-        return None  # an empty data field is a heartbeat, not JSON
     try:
-        payload = json.loads(data)
+        payload = _json_decode(data)
     except ValueError:
+        if not data or data.isspace():
+            return None  # an empty data field is a heartbeat, not JSON
         if message.event != "message":
             # A named event of some other kind, not a Munsit payload.
             logger.debug("skipping non-JSON %r event", message.event)
@@ -402,13 +408,10 @@ def _decode_event(message: _Message, denoise_id: str) -> Optional[Event]:
     if stage is None and message.event != "message":
         stage = message.event  # the SSE event type names the stage
     if stage == "processing":
-        pct = payload.get("pct")
-        if (
-            isinstance(pct, bool)
-            or not isinstance(pct, (int, float))
-            or not math.isfinite(pct)
-            or not 0 <= pct <= 100
-        ):
+        pct: Any = payload.get("pct")
+        kind = type(pct)
+        # bool is not int here; NaN and the infinities fail the range test.
+        if (kind is not int and kind is not float) or not 0 <= pct <= 100:
             raise ProtocolError("processing event has an invalid pct: %s" % _shorten(data))
         text = payload.get("message")
         if text is not None and not isinstance(text, str):
@@ -806,15 +809,17 @@ def _events(
     try:
         splitter = _LineSplitter()
         decoder = _SSEDecoder(resume.last_event_id)
+        denoise_id = target.denoise_id
         for chunk in _read_chunks(response, read_timeout, deadline, clock):
-            for line in splitter.feed(chunk):
-                message = decoder.feed(line)
-                if decoder.retry is not None:
-                    resume.retry_ms = decoder.retry
-                if message is None:
-                    continue
-                resume.last_event_id = decoder.last_event_id
-                event = _decode_event(message, target.denoise_id)
+            lines = splitter.feed(chunk)
+            if not lines:
+                continue
+            messages = decoder.feed(lines)
+            resume.last_event_id = decoder.last_event_id
+            if decoder.retry is not None:
+                resume.retry_ms = decoder.retry
+            for message in messages:
+                event = _decode_event(message, denoise_id)
                 if event is None:
                     continue
                 if event.stage != "processing":
@@ -824,7 +829,6 @@ def _events(
                     yield event
                     return
                 yield event
-            resume.last_event_id = decoder.last_event_id
         raise TransportError("the server closed the stream before the job's final event")
     finally:
         response.close()

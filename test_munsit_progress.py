@@ -339,10 +339,8 @@ def parse(chunks):
     decoder = mp._SSEDecoder()
     out = []
     for chunk in chunks:
-        for line in splitter.feed(chunk):
-            message = decoder.feed(line)
-            if message is not None:
-                out.append((message.event, message.data, message.id))
+        for message in decoder.feed(splitter.feed(chunk)):
+            out.append((message.event, message.data, message.id))
     return out
 
 
@@ -412,7 +410,7 @@ def test_retry_accepts_ascii_digits_only():
         ("retry:", 1500),
         ("retry: 20", 20),
     ]:
-        decoder.feed(line)
+        decoder.feed([line])
         assert decoder.retry == expected, line
 
 
@@ -446,7 +444,7 @@ def test_event_over_the_cap_in_many_lines_fails():
     decoder = mp._SSEDecoder(limit=1000)
     with pytest.raises(ProtocolError):
         for _ in range(100):
-            decoder.feed("data: " + "x" * 50)
+            decoder.feed(["data: " + "x" * 50])
 
 
 # One model event: (event type or None, id or None, data lines, comment or None).
