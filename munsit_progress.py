@@ -40,6 +40,7 @@ from typing import (
     Generator,
     Iterator,
     List,
+    Mapping,
     Optional,
     TextIO,
     Tuple,
@@ -197,12 +198,16 @@ class APIError(MunsitError):
         self.error_message = error_message
         #: Seconds the server asked us to wait (``Retry-After``), if it did.
         self.retry_after = retry_after
+        self._init_args = (status_code, error_code, error_message, retry_after)
         text = "HTTP %d" % status_code
         if error_code:
             text += " [%s]" % error_code
         if error_message:
             text += ": %s" % error_message
         super().__init__(text)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), self._init_args)
 
 
 class AuthenticationError(APIError):
@@ -219,6 +224,9 @@ class DenoiseFailedError(MunsitError):
     def __init__(self, message: str) -> None:
         self.message = message
         super().__init__("denoise job failed: %s" % message)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (self.message,))
 
 
 class ProtocolError(MunsitError):
@@ -368,7 +376,7 @@ class _SSEDecoder:
         self._data.append(value)
         self._data_size += len(value) + 1
         if self._data_size > self._limit:
-            raise ProtocolError("an event is larger than %d bytes" % self._limit)
+            raise ProtocolError("an event is longer than %d characters" % self._limit)
 
     def _field(self, line: str) -> None:
         name, _, value = line.partition(":")
@@ -387,6 +395,8 @@ class _SSEDecoder:
 
 
 _json_decode = json.JSONDecoder().decode
+# SSE event types whose data must be a Munsit JSON payload.
+_JSON_EVENT_TYPES = frozenset(("message", "processing", "done", "error"))
 
 
 def _decode_event(message: _Message, denoise_id: str) -> Optional[Event]:
@@ -394,10 +404,10 @@ def _decode_event(message: _Message, denoise_id: str) -> Optional[Event]:
     data = message.data
     try:
         payload = _json_decode(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         if not data or data.isspace():
             return None  # an empty data field is a heartbeat, not JSON
-        if message.event != "message":
+        if message.event not in _JSON_EVENT_TYPES:
             # A named event of some other kind, not a Munsit payload.
             logger.debug("skipping non-JSON %r event", message.event)
             return None
@@ -491,8 +501,11 @@ class _Target:
             raise ConfigurationError("the API key contains characters not allowed in a header")
         if base_url is None:
             base_url = os.environ.get(_BASE_URL_ENV) or DEFAULT_BASE_URL
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            scheme, host, _ = _origin(base_url)
+        except ValueError:
+            scheme = host = ""
+        if scheme not in ("http", "https") or not host:
             raise ConfigurationError("base_url must be an http(s) URL, got %r" % (base_url,))
         self.denoise_id = canonical
         self.api_key = api_key
@@ -518,6 +531,7 @@ class _Resume:
 
 
 def _origin(url: str) -> Tuple[str, str, Optional[int]]:
+    """(scheme, host, port) of ``url``; ValueError for a malformed one."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme)
@@ -540,7 +554,7 @@ _USER_AGENT = "munsit-progress/%s" % __version__
 def _get(
     session: requests.Session,
     url: str,
-    headers: Dict[str, str],
+    headers: Mapping[str, Union[str, bytes]],
     target: _Target,
     connect_timeout: float,
     read_timeout: float,
@@ -573,12 +587,21 @@ def _get(
             if deadline is not None and clock() >= deadline:
                 raise WaitTimeoutError("the deadline passed while connecting") from exc
             raise TransportError("cannot reach %s: %s" % (_origin_text(url), exc)) from exc
+        if deadline is not None:
+            if clock() >= deadline:
+                _close(response)
+                raise WaitTimeoutError("the deadline passed while waiting for the response")
+            _watch(response, deadline - clock())
         status = response.status_code
         if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
             return response
-        location = urljoin(url, response.headers["Location"])
-        response.close()
-        if not leave_origin and _origin(location) != api_origin:
+        _close(response)
+        try:
+            location = urljoin(url, response.headers["Location"])
+            foreign = _origin(location) != api_origin
+        except ValueError:
+            raise ProtocolError("redirected to a malformed URL") from None
+        if foreign and not leave_origin:
             raise APIError(
                 status,
                 error_message="redirected to another origin (%s); not followed, so that "
@@ -586,6 +609,36 @@ def _get(
             )
         url = location
     raise APIError(status, error_message="more than %d redirects" % _MAX_REDIRECTS)
+
+
+def _watch(response: requests.Response, seconds: float) -> None:
+    """Cut the response's connection after ``seconds``.
+
+    Socket timeouts bound each receive, not their sum: a server trickling a
+    byte at a time could otherwise hold a read past the deadline.
+    """
+    sock = _socket_of(response.raw)
+    if sock is None:
+        return
+    timer = threading.Timer(seconds, _cut, (sock,))
+    timer.daemon = True
+    timer.start()
+    setattr(response, "_munsit_watchdog", timer)  # noqa: B010 (requests' class)
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
+
+
+def _close(response: requests.Response) -> None:
+    """Close the response and stop its deadline watchdog."""
+    timer = getattr(response, "_munsit_watchdog", None)
+    if timer is not None:
+        timer.cancel()
+    response.close()
 
 
 def _origin_text(url: str) -> str:
@@ -603,15 +656,18 @@ def _open(
     clock: Callable[[], float],
 ) -> requests.Response:
     """Send the GET and return a 200 ``text/event-stream`` response."""
-    headers = {
+    headers: Dict[str, Union[str, bytes]] = {
         "Accept": "text/event-stream",
         "Cache-Control": "no-cache",
         # Only what _read_chunks can undo itself; never br or zstd.
         "Accept-Encoding": "gzip, deflate",
         "User-Agent": _USER_AGENT,
     }
-    if resume.last_event_id:
-        headers["Last-Event-ID"] = resume.last_event_id
+    last_id = resume.last_event_id.strip()
+    if last_id:
+        # Sent as UTF-8 bytes: requests would encode a str as Latin-1 (and fail
+        # on Arabic), and refuses a value that starts with white space.
+        headers["Last-Event-ID"] = last_id.encode("utf-8")
     response = _get(
         session,
         target.progress_url,
@@ -627,7 +683,7 @@ def _open(
         raise _api_error(response)
     content_type = response.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "text/event-stream":
-        response.close()
+        _close(response)
         raise ProtocolError(
             "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
             % (content_type or "nothing")
@@ -649,7 +705,7 @@ def _api_error(response: requests.Response, for_job: bool = True) -> APIError:
     except Exception:  # the body is a courtesy; the status says enough
         pass
     finally:
-        response.close()
+        _close(response)
     code = text = None
     try:
         payload = json.loads(body.decode("utf-8", "replace"))
@@ -689,12 +745,12 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
 
 
 def _socket_of(raw: Any) -> Optional[socket.socket]:
-    """The socket under a urllib3 response, to bound each read separately."""
+    """The socket under a urllib3 response, for the deadline watchdog."""
     try:
         sock = raw._fp.fp.raw._sock
     except AttributeError:
         sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    return sock if hasattr(sock, "settimeout") else None
+    return sock if hasattr(sock, "shutdown") else None
 
 
 def _content_decoder(encoding: str) -> Optional[Any]:
@@ -756,13 +812,10 @@ def _read_chunks(
     a reset or a truncated body, WaitTimeoutError at the deadline."""
     read, decoded = _raw_chunks(response)
     decoder = None if decoded else _content_decoder(response.headers.get("Content-Encoding", ""))
-    sock = _socket_of(response.raw) if deadline is not None else None
     while True:
-        if sock is not None:
-            remaining = _remaining(deadline, clock)
-            if remaining is not None and remaining <= 0:
-                raise WaitTimeoutError("the deadline passed before the job ended")
-            sock.settimeout(_bounded(read_timeout, remaining))
+        # A read cannot outlast the deadline either: _get set a watchdog.
+        if deadline is not None and clock() >= deadline:
+            raise WaitTimeoutError("the deadline passed before the job ended")
         try:
             data = read()
         except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
@@ -777,10 +830,14 @@ def _read_chunks(
             urllib3.exceptions.HTTPError,
             requests.exceptions.RequestException,
         ) as exc:
+            if deadline is not None and clock() >= deadline:  # the watchdog cut it
+                raise WaitTimeoutError("the deadline passed before the job ended") from exc
             if isinstance(exc, http.client.IncompleteRead):
                 raise TransportError("the server cut the stream short") from exc
             raise TransportError("the connection broke: %s" % (exc,)) from exc
         if not data:
+            if deadline is not None and clock() >= deadline:  # the watchdog cut it
+                raise WaitTimeoutError("the deadline passed before the job ended")
             return
         if decoder is None:
             yield data
@@ -825,13 +882,13 @@ def _events(
                 if event.stage != "processing":
                     # Close before handing over the terminal event, so that a
                     # caller who keeps the generator does not keep the socket.
-                    response.close()
+                    _close(response)
                     yield event
                     return
                 yield event
         raise TransportError("the server closed the stream before the job's final event")
     finally:
-        response.close()
+        _close(response)
 
 
 def _session_or_new(session: Optional[requests.Session]) -> Tuple[requests.Session, bool]:
@@ -904,8 +961,9 @@ class RetryPolicy:
 
     The n-th consecutive failure waits a random time between 0 and
     ``min(backoff_max, base * 2 ** (n - 1))`` seconds ("full jitter"), where
-    ``base`` is the server's ``retry:`` delay when it sent one, else
-    ``backoff_base``.  A ``Retry-After`` header is obeyed as given, up to
+    ``base`` is ``backoff_base``, or the server's ``retry:`` delay if that is
+    longer.  When the server sent ``retry:``, the first reconnection waits
+    exactly that long (at most ``backoff_max``).  A ``Retry-After`` header is obeyed as given, up to
     ``max_retry_after`` seconds; a longer one ends the wait.  After
     ``max_retries`` consecutive failures the last error is raised.  A
     connection that delivered an event resets the count.
@@ -930,8 +988,14 @@ class RetryPolicy:
         """Seconds to wait before the next attempt, after ``failures`` in a row."""
         if retry_after is not None:
             return retry_after
-        base = self.backoff_base if server_retry is None else server_retry
-        ceiling = min(max(self.backoff_max, base), base * 2 ** max(failures - 1, 0))
+        if server_retry is not None and failures <= 1:
+            # The server's own reconnection time, as EventSource uses it.
+            return min(server_retry, self.backoff_max)
+        base = self.backoff_base
+        if server_retry is not None:
+            base = max(base, server_retry)
+        # The exponent is capped so that a long run of failures cannot overflow.
+        ceiling = min(self.backoff_max, base * 2.0 ** min(max(failures - 1, 0), 64))
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
 
@@ -1411,7 +1475,7 @@ def download(
                 out.flush()
                 os.fsync(out.fileno())
         finally:
-            response.close()
+            _close(response)
         os.replace(temporary, path)
         return path
     finally:

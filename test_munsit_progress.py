@@ -212,8 +212,9 @@ def stream(
 ):
     """A script that sends ``parts`` as an SSE body in the given framing.
 
-    framing: chunked, close (HTTP/1.1, no length), http10, length, gzip
-    (chunked and gzip-encoded, flushed after every part).
+    framing: chunked, close (HTTP/1.1, no length), http10, length; gzip,
+    deflate (zlib-wrapped) and rawdeflate (no wrapper, as some servers send
+    "deflate"): chunked and compressed, flushed after every part.
     end: finish (a proper end of body), cut (close without ending a chunked
     body), reset (TCP RST).  ``hold_for`` keeps the connection open and
     silent before the end, watching for the client to hang up.
@@ -224,7 +225,8 @@ def stream(
         headers.update(extra_headers or {})
         version = "HTTP/1.1"
         body = b"".join(parts)
-        if framing in ("chunked", "gzip"):
+        compressed = framing in COMPRESSION
+        if framing == "chunked" or compressed:
             headers["Transfer-Encoding"] = "chunked"
         elif framing == "close":
             headers["Connection"] = "close"
@@ -232,30 +234,33 @@ def stream(
             version = "HTTP/1.0"
         elif framing == "length":
             headers["Content-Length"] = str(len(body))
-        if framing == "gzip":
-            headers["Content-Encoding"] = "gzip"
-            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        if compressed:
+            headers["Content-Encoding"], wbits = COMPRESSION[framing]
+            compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
         conn.sendall(head(200, headers, version))
         for index, part in enumerate(parts):
             if index and delay:
                 time.sleep(delay)
-            if framing == "gzip":
+            if compressed:
                 part = compressor.compress(part) + compressor.flush(zlib.Z_SYNC_FLUSH)
-            if framing in ("chunked", "gzip"):
+            if framing == "chunked" or compressed:
                 part = b"%x\r\n%s\r\n" % (len(part), part) if part else b""
             conn.sendall(part)
         if hold_for:
             hold(conn, server, hold_for)
         if end == "reset":
             reset(conn)
-        elif end == "finish" and framing in ("chunked", "gzip"):
+        elif end == "finish" and (framing == "chunked" or compressed):
             tail = b""
-            if framing == "gzip":
+            if compressed:
                 tail = compressor.flush()
                 tail = b"%x\r\n%s\r\n" % (len(tail), tail)
             conn.sendall(tail + b"0\r\n\r\n")
 
     return script
+
+
+COMPRESSION = {"gzip": ("gzip", 31), "deflate": ("deflate", 15), "rawdeflate": ("deflate", -15)}
 
 
 def raw_bytes(data, then_hold=0.0):
@@ -281,6 +286,11 @@ def error_response(status, body=b"", headers=None, reason="Error"):
         conn.sendall(head(status, all_headers, reason=reason) + body)
 
     return script
+
+
+def assert_nothing_sent(server):
+    time.sleep(0.2)  # long enough for the server thread to log a request
+    assert server.requests == []
 
 
 def events_of(server, **kwargs):
@@ -440,6 +450,12 @@ def test_line_over_the_cap_without_newline_fails_before_buffering_much():
         splitter.feed(b"x" * 200)
 
 
+def test_line_over_the_cap_completed_within_one_read_fails():
+    splitter = mp._LineSplitter(limit=1000)
+    with pytest.raises(ProtocolError):
+        splitter.feed(b"data: ok\n" + b"x" * 1500 + b"\r\ndata: ok\n")
+
+
 def test_event_over_the_cap_in_many_lines_fails():
     decoder = mp._SSEDecoder(limit=1000)
     with pytest.raises(ProtocolError):
@@ -575,6 +591,18 @@ def test_wrong_fields_on_a_known_stage_are_protocol_errors(server, payload):
         events_of(server)
 
 
+def test_absurdly_nested_json_is_a_protocol_error(server):
+    server.serve(stream(b"data: " + b"[" * 100000 + b"\n\n"))
+    with pytest.raises(ProtocolError):
+        events_of(server)
+
+
+def test_bad_json_under_a_stage_event_name_is_a_protocol_error(server):
+    server.serve(stream(b"event: done\ndata: {oops\n\n", DONE))
+    with pytest.raises(ProtocolError):
+        events_of(server)
+
+
 def test_malformed_json_is_a_protocol_error(server):
     server.serve(stream(b"data: {not json\n\n", DONE))
     with pytest.raises(ProtocolError, match="not JSON"):
@@ -616,7 +644,7 @@ def test_arabic_message_is_utf8_without_a_charset(server):
 # Framing, promptness and stream ends
 # --------------------------------------------------------------------------
 
-FRAMINGS = ["chunked", "close", "http10", "length", "gzip"]
+FRAMINGS = ["chunked", "close", "http10", "length", "gzip", "deflate", "rawdeflate"]
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
@@ -625,7 +653,7 @@ def test_events_arrive_whole_in_every_framing(server, framing):
     assert events_of(server) == [ProcessingEvent(1, "a"), ProcessingEvent(50, "ب"), EXPECTED_DONE]
 
 
-@pytest.mark.parametrize("framing", ["chunked", "close", "http10", "gzip"])
+@pytest.mark.parametrize("framing", ["chunked", "close", "http10", "gzip", "deflate"])
 def test_event_is_delivered_while_the_server_holds_the_connection(server, framing):
     # One short event, then silence: a client that waits for a full buffer
     # (requests' iter_lines waits for 512 bytes) would sit here for 3 s.
@@ -687,8 +715,15 @@ def test_line_over_one_mib_is_a_protocol_error(server):
 
 def test_event_over_one_mib_in_many_lines_is_a_protocol_error(server):
     server.serve(stream(*[b"data: " + b"x" * 1000 + b"\n"] * 1100))
-    with pytest.raises(ProtocolError, match="larger"):
+    with pytest.raises(ProtocolError, match="longer"):
         events_of(server)
+
+
+def test_gzip_read_that_inflates_past_one_buffer_is_delivered_whole(server):
+    many = b"".join(processing(n % 100, "m" * 40) for n in range(5000))
+    server.serve(stream(many, DONE, framing="gzip"))
+    events = events_of(server)
+    assert len(events) == 5001 and events[-1] == EXPECTED_DONE
 
 
 def test_gzip_body_with_corrupt_bytes_is_a_protocol_error(server):
@@ -769,6 +804,14 @@ def test_retry_after_is_honoured(server):
     assert wait_on(server) == EXPECTED_DONE
     first, second = server.requests
     assert 0.9 <= second.at - first.at < 3.0
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import formatdate
+
+    assert 1.0 <= mp._parse_retry_after(formatdate(time.time() + 3, usegmt=True)) <= 3.5
+    assert mp._parse_retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert mp._parse_retry_after("soon") is None
 
 
 def test_retry_after_longer_than_allowed_raises_at_once(server):
@@ -860,6 +903,21 @@ def test_last_event_id_is_sent_on_reconnect(server):
     assert second.headers["last-event-id"] == "42"
 
 
+@pytest.mark.parametrize(
+    "id_line, header",
+    [
+        (b"id: 43\n\n", "43"),  # an id on a message without data still counts
+        ("id: \u0628-7\n\n".encode("utf-8"), "\u0628-7"),
+        (b"id:  42\n\n", "42"),
+    ],
+)
+def test_last_event_id_header_variants(server, id_line, header):
+    server.serve(stream(processing(5), id_line, end="cut"), stream(DONE))
+    assert wait_on(server) == EXPECTED_DONE
+    sent = server.requests[1].headers["last-event-id"]
+    assert sent.encode("latin-1").decode("utf-8") == header
+
+
 def test_deadline_bounds_a_silent_stream(server):
     server.serve(stream(processing(5), hold_for=10.0, end="cut"))
     start = time.monotonic()
@@ -876,6 +934,45 @@ def test_deadline_bounds_a_stream_of_heartbeats(server):
     assert 0.45 <= time.monotonic() - start < 1.5
 
 
+def test_deadline_bounds_each_read_by_the_time_left(server):
+    # The second event comes at 1.0 s, then silence: a read bounded only by
+    # read_timeout (1.8 s) would end at 2.8 s, past the 2.0 s deadline.
+    server.serve(stream(processing(1), processing(2), delay=1.0, hold_for=10.0, end="cut"))
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=2.0, read_timeout=1.8)
+    assert 1.9 <= time.monotonic() - start < 2.5
+
+
+def test_deadline_bounds_a_server_that_never_answers(server):
+    def silent(conn, request, server):
+        hold(conn, server, 10.0)
+
+    server.serve(silent)
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=0.5, read_timeout=60, connect_timeout=60)
+    assert time.monotonic() - start < 1.5
+
+
+def test_deadline_bounds_a_server_that_trickles_bytes(server):
+    # Leading zeros of a chunk size, one every 50 ms: every receive returns
+    # quickly, so only a watch on the whole read keeps the deadline.
+    def trickle(conn, request, server):
+        conn.sendall(
+            head(200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+        )
+        for _ in range(100):
+            conn.sendall(b"0")
+            time.sleep(0.05)
+
+    server.serve(trickle)
+    start = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=0.5)
+    assert time.monotonic() - start < 1.5
+
+
 def test_deadline_is_not_overslept_in_backoff(server):
     server.serve(error_response(503), stream(DONE))
     start = time.monotonic()
@@ -889,7 +986,7 @@ def test_deadline_raises_before_any_request_when_already_past(server):
     server.serve(stream(DONE))
     with pytest.raises(WaitTimeoutError):
         wait_on(server, timeout=0)
-    assert server.requests == []
+    assert_nothing_sent(server)
 
 
 def test_retry_policy_delay_grows_exponentially_up_to_the_cap():
@@ -899,6 +996,19 @@ def test_retry_policy_delay_grows_exponentially_up_to_the_cap():
     assert policy.delay(1, server_retry=0.25) == 0.25
     jittered = RetryPolicy(backoff_base=1.0, backoff_max=5.0)
     assert all(0 <= jittered.delay(3) <= 4.0 for _ in range(200))
+
+
+def test_full_jitter_spreads_over_the_whole_range():
+    delays = [RetryPolicy(backoff_base=1.0, backoff_max=5.0).delay(3) for _ in range(500)]
+    assert min(delays) < 0.4 and max(delays) > 3.6
+
+
+def test_server_retry_is_capped_and_then_backs_off():
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=30.0, jitter=False)
+    assert policy.delay(1, server_retry=86400.0) == 30.0
+    assert policy.delay(1, server_retry=0.0) == 0.0
+    assert policy.delay(2, server_retry=0.0) == 2.0
+    assert RetryPolicy(max_retries=5000).delay(1100) <= 30.0
 
 
 def test_clock_and_sleep_of_the_policy_are_used(server):
@@ -928,6 +1038,31 @@ def test_redirect_to_another_origin_is_not_followed_and_the_key_stays(server):
         other.close()
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://localhost:{port}/api/v1/denoise/%s/progress" % JOB,  # host only
+        "http://127.0.0.1:{other}/api/v1/denoise/%s/progress" % JOB,  # port only
+        "https://127.0.0.1:{port}/api/v1/denoise/%s/progress" % JOB,  # scheme only
+    ],
+)
+def test_redirect_changing_any_part_of_the_origin_is_refused(server, location):
+    server.serve(
+        error_response(302, headers={"Location": location.format(port=server.port, other=1)}),
+        stream(DONE),
+    )
+    with pytest.raises(APIError, match="another origin"):
+        wait_on(server)
+    time.sleep(0.2)
+    assert len(server.requests) == 1
+
+
+def test_redirect_to_a_malformed_url_is_a_protocol_error(server):
+    server.serve(error_response(302, headers={"Location": "http://127.0.0.1:99999/x"}))
+    with pytest.raises(ProtocolError):
+        wait_on(server)
+
+
 def test_redirect_within_the_same_origin_is_followed(server):
     server.serve(
         error_response(307, headers={"Location": "/api/v2/denoise/%s/progress" % JOB}),
@@ -945,7 +1080,7 @@ def test_non_uuid_ids_raise_before_any_request(server, bad_id):
         iter_events(bad_id, api_key=KEY, base_url=server.base_url)
     with pytest.raises(ConfigurationError):
         wait(bad_id, api_key=KEY, base_url=server.base_url)
-    assert server.requests == []
+    assert_nothing_sent(server)
 
 
 def test_missing_key_raises_before_any_request(server, monkeypatch):
@@ -955,17 +1090,20 @@ def test_missing_key_raises_before_any_request(server, monkeypatch):
         wait(JOB, base_url=server.base_url)
     with pytest.raises(ConfigurationError):
         iter_events(JOB, api_key="  ", base_url=server.base_url)
-    assert server.requests == []
+    assert_nothing_sent(server)
 
 
 def test_key_with_control_characters_is_refused_without_showing_it(server):
     with pytest.raises(ConfigurationError) as info:
         wait(JOB, api_key="abc\ndef", base_url=server.base_url)
     assert "abc" not in str(info.value)
-    assert server.requests == []
+    assert_nothing_sent(server)
 
 
-@pytest.mark.parametrize("base_url", ["ftp://example.com", "example.com/api", "http://"])
+@pytest.mark.parametrize(
+    "base_url",
+    ["ftp://example.com", "example.com/api", "http://", "http://h:abc/api", "http://h:99999"],
+)
 def test_malformed_base_url_is_a_configuration_error(base_url):
     with pytest.raises(ConfigurationError):
         iter_events(JOB, api_key=KEY, base_url=base_url)
@@ -1029,9 +1167,12 @@ def test_connection_closed_when_the_callback_raises(server):
     def explode(event):
         raise RuntimeError("callback failed")
 
-    with pytest.raises(RuntimeError):
+    # Keeping the traceback (as a notebook does) keeps the frames alive: the
+    # connection must be closed explicitly, not by reference counting.
+    with pytest.raises(RuntimeError) as info:
         wait_on(server, on_progress=explode)
     assert server.client_closed.wait(2.0)
+    assert info.value.args == ("callback failed",)
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
@@ -1039,15 +1180,48 @@ def test_ctrl_c_during_a_blocking_read_closes_the_connection(server):
     server.serve(stream(processing(5), hold_for=5.0, end="cut"))
     main = threading.main_thread().ident
     timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    # SIGINT may be inherited as ignored (nohup, `cmd &`): make it Ctrl-C's.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     start = time.monotonic()
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            wait_on(server)
+            wait_on(server, timeout=10)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 2.0
     assert server.client_closed.wait(2.0)
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    for error in (
+        APIError(503, "E1", "down", 2.0),
+        AuthenticationError(401, "40101", "bad key"),
+        JobNotFoundError(404, None, "gone"),
+        DenoiseFailedError("corrupt"),
+        TransportError("reset"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy)) == (type(error), str(error))
+        assert vars(copy) == vars(error)
+
+
+def test_a_session_the_library_made_is_closed(server, monkeypatch):
+    closed = []
+
+    class TrackedSession(requests.Session):
+        def close(self):
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(requests, "Session", TrackedSession)
+    server.serve(stream(DONE))
+    wait_on(server)
+    list(iter_events(JOB, api_key=KEY, base_url=server.base_url))
+    assert len(closed) == 2
 
 
 def test_a_given_session_is_reused_and_left_open(server):
@@ -1337,7 +1511,7 @@ def test_cli_usage_and_configuration_errors_exit_2_and_send_nothing(server, args
     assert result.returncode == mp.EXIT_USAGE == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) <= 5
     assert "Traceback" not in result.stderr
-    assert server.requests == []
+    assert_nothing_sent(server)
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 400])
