@@ -936,12 +936,12 @@ def test_deadline_bounds_a_stream_of_heartbeats(server):
 
 def test_deadline_bounds_each_read_by_the_time_left(server):
     # The second event comes at 1.0 s, then silence: a read bounded only by
-    # read_timeout (1.8 s) would end at 2.8 s, past the 2.0 s deadline.
+    # read_timeout (2.5 s) would end at 3.5 s, past the 2.0 s deadline.
     server.serve(stream(processing(1), processing(2), delay=1.0, hold_for=10.0, end="cut"))
     start = time.monotonic()
     with pytest.raises(WaitTimeoutError):
-        wait_on(server, timeout=2.0, read_timeout=1.8)
-    assert 1.9 <= time.monotonic() - start < 2.5
+        wait_on(server, timeout=2.0, read_timeout=2.5)
+    assert 1.9 <= time.monotonic() - start < 3.0
 
 
 def test_deadline_bounds_a_server_that_never_answers(server):
