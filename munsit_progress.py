@@ -324,15 +324,9 @@ class _LineSplitter:
         return head
 
 
-class _Message:
-    """One dispatched SSE message: its event type, data and id."""
-
-    __slots__ = ("event", "data", "id")
-
-    def __init__(self, event: str, data: str, id: str) -> None:
-        self.event = event
-        self.data = data
-        self.id = id
+# One dispatched SSE message: (event type, data, id).  A plain tuple: it is
+# made once per event, and a class would cost a call each time.
+_Message = Tuple[str, str, str]
 
 
 class _SSEDecoder:
@@ -356,20 +350,30 @@ class _SSEDecoder:
     def feed(self, lines: List[str]) -> List[_Message]:
         """Take complete lines; return the messages they complete."""
         messages = []
+        data = self._data
+        size = self._data_size
+        limit = self._limit
         for line in lines:
-            if not line:
+            if line[:5] == "data:":  # the usual line first, and inline, for speed
+                value = line[6:] if line[5:6] == " " else line[5:]
+                data.append(value)
+                size += len(value) + 1
+                if size > limit:
+                    raise ProtocolError("an event is longer than %d characters" % limit)
+            elif not line:
                 # A blank line dispatches; without data there is nothing to send.
                 self.last_event_id = self._id
-                if self._data:
-                    data = "\n".join(self._data)
-                    messages.append(_Message(self._event or "message", data, self._id))
-                    self._data = []
-                    self._data_size = 0
+                if data:
+                    text = data[0] if len(data) == 1 else "\n".join(data)
+                    messages.append((self._event or "message", text, self._id))
+                    data = self._data = []
+                    size = 0
                 self._event = ""
-            elif line[:5] == "data:":  # the usual line first, for speed
-                self._add_data(line[6:] if line[5:6] == " " else line[5:])
             elif line[0] != ":":  # a colon first is a comment (a heartbeat)
+                self._data_size = size
                 self._field(line)
+                size = self._data_size
+        self._data_size = size
         return messages
 
     def _add_data(self, value: str) -> None:
@@ -399,24 +403,23 @@ _json_decode = json.JSONDecoder().decode
 _JSON_EVENT_TYPES = frozenset(("message", "processing", "done", "error"))
 
 
-def _decode_event(message: _Message, denoise_id: str) -> Optional[Event]:
+def _decode_event(event_type: str, data: str, denoise_id: str) -> Optional[Event]:
     """Validate one message as a Munsit event; ``None`` for one to skip."""
-    data = message.data
     try:
         payload = _json_decode(data)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         if not data or data.isspace():
             return None  # an empty data field is a heartbeat, not JSON
-        if message.event not in _JSON_EVENT_TYPES:
+        if event_type not in _JSON_EVENT_TYPES:
             # A named event of some other kind, not a Munsit payload.
-            logger.debug("skipping non-JSON %r event", message.event)
+            logger.debug("skipping non-JSON %r event", event_type)
             return None
         raise ProtocolError("event data is not JSON: %s" % _shorten(data)) from None
     if not isinstance(payload, dict):
         raise ProtocolError("event data is not a JSON object: %s" % _shorten(data))
     stage = payload.get("stage")
-    if stage is None and message.event != "message":
-        stage = message.event  # the SSE event type names the stage
+    if stage is None and event_type != "message":
+        stage = event_type  # the SSE event type names the stage
     if stage == "processing":
         pct: Any = payload.get("pct")
         kind = type(pct)
@@ -854,15 +857,24 @@ def _read_chunks(
 
 def _events(
     target: _Target,
-    session: requests.Session,
+    session: Optional[requests.Session],
     resume: _Resume,
     connect_timeout: float,
     read_timeout: float,
     deadline: Optional[float],
     clock: Callable[[], float],
 ) -> Generator[Event, None, None]:
-    """The events of one connection; the response is closed on every exit."""
-    response = _open(target, session, resume, connect_timeout, read_timeout, deadline, clock)
+    """The events of one connection; the response is closed on every exit,
+    and so is the session if none was given."""
+    http_session, owned = _session_or_new(session)
+    try:
+        response = _open(
+            target, http_session, resume, connect_timeout, read_timeout, deadline, clock
+        )
+    except BaseException:
+        if owned:
+            http_session.close()
+        raise
     try:
         splitter = _LineSplitter()
         decoder = _SSEDecoder(resume.last_event_id)
@@ -875,8 +887,8 @@ def _events(
             resume.last_event_id = decoder.last_event_id
             if decoder.retry is not None:
                 resume.retry_ms = decoder.retry
-            for message in messages:
-                event = _decode_event(message, denoise_id)
+            for event_type, data, _ in messages:
+                event = _decode_event(event_type, data, denoise_id)
                 if event is None:
                     continue
                 if event.stage != "processing":
@@ -889,6 +901,8 @@ def _events(
         raise TransportError("the server closed the stream before the job's final event")
     finally:
         _close(response)
+        if owned:
+            http_session.close()
 
 
 def _session_or_new(session: Optional[requests.Session]) -> Tuple[requests.Session, bool]:
@@ -931,23 +945,7 @@ def iter_events(
             print(event)
     """
     target = _Target(denoise_id, api_key, base_url)
-    return _iter_events(target, session, read_timeout, connect_timeout)
-
-
-def _iter_events(
-    target: _Target,
-    session: Optional[requests.Session],
-    read_timeout: float,
-    connect_timeout: float,
-) -> Iterator[Event]:
-    http_session, owned = _session_or_new(session)
-    try:
-        yield from _events(
-            target, http_session, _Resume(), connect_timeout, read_timeout, None, time.monotonic
-        )
-    finally:
-        if owned:
-            http_session.close()
+    return _events(target, session, _Resume(), connect_timeout, read_timeout, None, time.monotonic)
 
 
 # --------------------------------------------------------------------------

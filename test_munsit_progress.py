@@ -350,7 +350,7 @@ def parse(chunks):
     out = []
     for chunk in chunks:
         for message in decoder.feed(splitter.feed(chunk)):
-            out.append((message.event, message.data, message.id))
+            out.append(message)
     return out
 
 
