@@ -42,6 +42,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Set,
     TextIO,
     Tuple,
     Union,
@@ -964,7 +965,7 @@ class RetryPolicy:
     exactly that long (at most ``backoff_max``).  A ``Retry-After`` header is obeyed as given, up to
     ``max_retry_after`` seconds; a longer one ends the wait.  After
     ``max_retries`` consecutive failures the last error is raised.  A
-    connection that delivered an event resets the count.
+    connection that brought an event not seen before resets the count.
 
     ``clock`` and ``sleep`` are there for tests to replace.
     """
@@ -1023,7 +1024,8 @@ def wait(
     ``on_progress(event)`` is called for each :class:`ProcessingEvent`; after
     a reconnection, progress may repeat.  ``timeout`` is an overall deadline
     in seconds (``None``: no deadline); it is checked before every connection
-    and every pause, and bounds each read, so it is never overslept.
+    and every pause, bounds the connect and response timeouts, and a
+    watchdog cuts a response that is still open when it passes.
     ``read_timeout`` is how long a silent connection is trusted (default
     :data:`DEFAULT_READ_TIMEOUT`).
 
@@ -1080,16 +1082,21 @@ def _follow(
     clock = policy.clock
     resume = _Resume()
     failures = 0
+    seen: Set[ProcessingEvent] = set()
     while True:
-        delivered = False
+        advanced = False
         try:
             events = _events(
                 target, http_session, resume, connect_timeout, read_timeout, deadline, clock
             )
             try:
                 for event in events:
-                    delivered = True
                     if isinstance(event, ProcessingEvent):
+                        # Only news counts as progress: a server that replays
+                        # the same event and drops again must not loop forever.
+                        if event not in seen:
+                            seen.add(event)
+                            advanced = True
                         if on_progress is not None:
                             on_progress(event)
                     elif isinstance(event, DoneEvent):
@@ -1101,7 +1108,7 @@ def _follow(
         except (TransportError, APIError) as exc:
             if not _is_retryable(exc):
                 raise
-            failures = 1 if delivered else failures + 1
+            failures = 1 if advanced else failures + 1
             if failures > policy.max_retries:
                 raise
             _pause(exc, failures, policy, resume, deadline)

@@ -887,6 +887,14 @@ def test_a_connection_that_delivers_events_resets_the_failure_count(server):
     assert len(server.requests) == 7
 
 
+def test_replayed_progress_does_not_reset_the_failure_count(server):
+    server.serve(stream(processing(40, "same"), end="cut"))
+    with pytest.raises(TransportError):
+        wait_on(server, retry=RetryPolicy(max_retries=3, backoff_base=0.001))
+    # The first connection brought news, the three retries only a replay.
+    assert len(server.requests) == 4
+
+
 def test_retry_field_sets_the_reconnect_delay(server):
     slow = RetryPolicy(backoff_base=30.0, jitter=False)
     server.serve(stream(b"retry: 200\n\n", processing(5), end="cut"), stream(DONE))
