@@ -590,7 +590,7 @@ def _get(
         except requests.exceptions.RequestException as exc:
             if deadline is not None and clock() >= deadline:
                 raise WaitTimeoutError("the deadline passed while connecting") from exc
-            raise TransportError("cannot reach %s: %s" % (_origin_text(url), exc)) from exc
+            raise TransportError("cannot reach %s: %s" % (_origin_text(url), _reason(exc))) from exc
         if deadline is not None:
             if clock() >= deadline:
                 _close(response)
@@ -613,6 +613,25 @@ def _get(
             )
         url = location
     raise APIError(status, error_message="more than %d redirects" % _MAX_REDIRECTS)
+
+
+def _reason(exc: BaseException) -> str:
+    """The root of a requests error, without urllib3's wrapping.
+
+    "HTTPConnectionPool(...): Max retries exceeded ... (Caused by ...)" names
+    a retry count that is not ours; what the user needs is the innermost
+    cause, such as "[Errno 111] Connection refused".
+    """
+    for _ in range(5):  # requests -> MaxRetryError -> NewConnectionError -> OSError
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    # urllib3 prefixes the connection: "<...HTTPConnection object at 0x..>: "
+    # in 1.x, "HTTPConnection(host=..., port=...): " in 2.x.
+    return re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", str(exc)) or type(exc).__name__
 
 
 def _watch(response: requests.Response, seconds: float) -> None:
@@ -963,9 +982,10 @@ class RetryPolicy:
     ``base`` is ``backoff_base``, or the server's ``retry:`` delay if that is
     longer.  When the server sent ``retry:``, the first reconnection waits
     exactly that long (at most ``backoff_max``).  A ``Retry-After`` header is obeyed as given, up to
-    ``max_retry_after`` seconds; a longer one ends the wait.  After
-    ``max_retries`` consecutive failures the last error is raised.  A
-    connection that brought an event not seen before resets the count.
+    ``max_retry_after`` seconds; a longer one ends the wait.  When
+    ``max_retries`` reconnections in a row have failed too (``max_retries``
+    + 1 failures), the last error is raised.  A connection that brought an
+    event not seen before resets the count.
 
     ``clock`` and ``sleep`` are there for tests to replace.
     """
@@ -1134,7 +1154,7 @@ def _pause(
         ) from exc
     logger.log(
         logging.INFO if failures == 1 else logging.WARNING,
-        "reconnecting in %.2f s (attempt %d of %d): %s",
+        "reconnecting in %.2f s (retry %d of %d): %s",
         delay,
         failures,
         policy.max_retries,
@@ -1271,7 +1291,7 @@ class ProgressBar:
             self._show(bar, text)
         else:
             if text:
-                self._show(bar, text)
+                self._show(bar, text, elapsed=bar != "")
             if self._line_width:
                 self._write("\n")
                 self._line_width = 0
@@ -1323,21 +1343,21 @@ class ProgressBar:
         encoding = getattr(self._out(), "encoding", None) or ""
         return encoding.lower().replace("-", "").startswith("utf")
 
-    def _show(self, bar: str, text: str) -> None:
+    def _show(self, bar: str, text: str, elapsed: bool = True) -> None:
         if self.mode == "notebook":
             self._show_notebook(bar, text)
             return
         self._shown = (bar, text)
-        line = (
-            "%s %s  %s" % (bar, text, self._elapsed())
-            if bar
-            else "%s  %s" % (text, self._elapsed())
-        )
-        columns = shutil.get_terminal_size((80, 24)).columns
-        if len(line) > columns - 1:
-            line = line[: max(columns - 2, 10)] + "\u2026"
-        padding = " " * max(self._line_width - len(line), 0)
-        self._line_width = len(line)
+        line = "%s %s" % (bar, text) if bar else text
+        if elapsed:
+            line += "  " + self._elapsed()
+        if not self._unicode_ok():
+            # Replace what the stream cannot encode before measuring the line.
+            encoding = getattr(self._out(), "encoding", None) or "ascii"
+            line = line.encode(encoding, "replace").decode(encoding)
+        line, width = _fit(line, shutil.get_terminal_size((80, 24)).columns - 1)
+        padding = " " * max(self._line_width - width, 0)
+        self._line_width = width
         self._write("\r" + line + padding)
 
     def _log_line(self, text: str) -> None:
@@ -1381,6 +1401,36 @@ class ProgressBar:
             self._handle = display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
+
+
+def _fit(text: str, columns: int) -> Tuple[str, int]:
+    """``text`` cut to ``columns`` terminal columns, and the columns it takes.
+
+    Combining marks (Arabic harakat among them) take no column and wide East
+    Asian characters two: len() would misjudge the padding that blanks out a
+    longer previous line.
+    """
+    import unicodedata  # only a terminal display measures text
+
+    widths = [
+        0
+        if unicodedata.category(char) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(char) in ("W", "F")
+        else 1
+        for char in text
+    ]
+    total = sum(widths)
+    if total <= columns:
+        return text, total
+    ellipsis = "..." if text.isascii() else "\u2026"
+    budget = columns - len(ellipsis)
+    width = 0
+    for index, step in enumerate(widths):
+        if width + step > budget:
+            return text[:index] + ellipsis, width + len(ellipsis)
+        width += step
+    return text, total  # not reached: total > columns >= budget
 
 
 def _notebook_kernel() -> bool:
@@ -1466,7 +1516,10 @@ def download(
             received = 0
             # O_EXCL on a fresh name; the mode lets the umask decide, as for
             # any file the user creates.
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except OSError as exc:
+                raise OSError(exc.errno, "cannot write %s: %s" % (path, exc.strerror)) from exc
             with os.fdopen(fd, "wb") as out:
                 for chunk in _read_chunks(response, read_timeout, deadline, clock):
                     out.write(chunk)
@@ -1683,10 +1736,10 @@ exit status:
   1    the job failed (the server sent an error event)
   2    usage or configuration error (bad id, no API key, bad option)
   3    the API refused the request (401/403: key; 404: no such job; other 4xx)
-  4    gave up: the deadline passed or the connection kept failing;
-       worth trying again later
+  4    gave up: the deadline passed, the connection kept failing, or the
+       download could not be written; worth trying again later
   5    the server sent something this client cannot read
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C or SIGTERM); no partial download is left
 
 environment:
   MUNSIT_API_KEY   the API key (or use --api-key-file)
@@ -1762,18 +1815,25 @@ def _parser() -> "argparse.ArgumentParser":
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already shown
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    demo = args.demo or args.demo_fail
+    if not (demo or args.denoise_id):
+        return _usage(parser, "give a DENOISE_ID, or --demo to watch a simulated job")
+    if demo and (args.base_url or args.api_key_file):
+        return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
+    if args.timeout is not None and args.timeout <= 0:
+        return _usage(parser, "--timeout must be positive")
     if args.verbose:
         logging.basicConfig(
             level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
         )
-    if not (args.demo or args.demo_fail or args.denoise_id):
-        parser.error("give a DENOISE_ID, or --demo to watch a simulated job")
-    if args.timeout is not None and args.timeout <= 0:
-        parser.error("--timeout must be positive")
     bar = None if args.quiet else ProgressBar()
-    _terminate_on_sigterm()
+    previous_sigterm = _terminate_on_sigterm()
     handler = None
+    previous_level = logger.level
     if not args.verbose:
         # Reconnections and warnings, shown through the display.
         handler = _NoteHandler(bar)
@@ -1782,31 +1842,60 @@ def main(argv: Optional[List[str]] = None) -> int:
         if logger.level == logging.NOTSET or logger.level > handler.level:
             logger.setLevel(handler.level)
     try:
-        if args.demo or args.demo_fail:
+        if args.denoise_id is not None and _canonical_uuid(args.denoise_id) is None:
+            raise ConfigurationError("DENOISE_ID must be a UUID, got %r" % args.denoise_id)
+        if args.output:
+            _check_writable(args.output)
+        if demo:
             with demo_server(fail=args.demo_fail) as base_url:
                 job = args.denoise_id or _random_uuid()
-                _note(args, "demo: a simulated job %s on %s (no network, no key)" % (job, base_url))
+                _note(args, "demo: simulated job %s (local server, no key)" % job)
                 return _run(args, job, "demo", base_url, bar)
         api_key = _read_key(args.api_key_file)
         if not (api_key or os.environ.get(_API_KEY_ENV) or "").strip():
             raise ConfigurationError("no API key: set %s or use --api-key-file PATH" % _API_KEY_ENV)
         return _run(args, args.denoise_id, api_key, args.base_url, bar)
-    except KeyboardInterrupt as exc:
-        if bar is not None:
-            bar.finish(exc)
+    except KeyboardInterrupt:
+        _end_display(bar)
         _complain(args, "interrupted")
         return EXIT_INTERRUPTED
     except MunsitError as exc:
-        if bar is not None and not isinstance(exc, (DenoiseFailedError, ConfigurationError)):
-            bar.finish(None)
+        _end_display(bar)
         _complain(args, str(exc))
         return _exit_status(exc)
     except OSError as exc:  # writing the output file
+        _end_display(bar)
         _complain(args, str(exc))
         return EXIT_GAVE_UP
     finally:
         if handler is not None:
             logger.removeHandler(handler)
+            logger.setLevel(previous_level)
+        if previous_sigterm is not None:
+            _restore_sigterm(previous_sigterm)
+
+
+def _usage(parser: "argparse.ArgumentParser", text: str) -> int:
+    parser.print_usage(sys.stderr)
+    print("munsit-progress: error: %s" % text, file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _end_display(bar: Optional[ProgressBar]) -> None:
+    """End the progress line; the error line that follows says the rest."""
+    if bar is not None:
+        bar.finish(None)
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an --output that cannot be written before a long wait, not after."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigurationError("cannot write %s: no folder %s" % (path, folder))
+    if not os.access(folder, os.W_OK):
+        raise ConfigurationError("cannot write %s: the folder is not writable" % path)
+    if os.path.isdir(path):
+        raise ConfigurationError("cannot write %s: it is a folder" % path)
 
 
 class _NoteHandler(logging.Handler):
@@ -1817,11 +1906,13 @@ class _NoteHandler(logging.Handler):
         self._bar = bar
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = "munsit-progress: %s" % record.getMessage()
-        if self._bar is not None:
-            self._bar.note(text)
+        text = record.getMessage()
+        if self._bar is None:
+            print("munsit-progress: " + text, file=sys.stderr, flush=True)
+        elif self._bar.mode == "log":
+            self._bar.note(text)  # the log line carries its own prefix
         else:
-            print(text, file=sys.stderr, flush=True)
+            self._bar.note("munsit-progress: " + text)
 
 
 def _run(
@@ -1846,8 +1937,6 @@ def _run(
     except DenoiseFailedError as exc:
         if args.json:
             _print_json(ErrorEvent(exc.message))
-        if bar is not None:
-            bar.finish(exc)
         raise
     if bar is not None:
         bar.finish(done)
@@ -1911,18 +2000,26 @@ def _complain(args: Any, text: str) -> None:
     print("munsit-progress: error: %s" % text, file=sys.stderr, flush=True)
 
 
-def _terminate_on_sigterm() -> None:
+def _terminate_on_sigterm() -> Any:
     """Let SIGTERM (cron's or timeout's kill) unwind like Ctrl-C, so that the
-    connection is closed and a half-written download removed."""
+    connection is closed and a half-written download removed.  Returns the
+    handler it replaced, or None where signals cannot be set (not the main
+    thread)."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return None
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(handler: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -1308,6 +1308,22 @@ def test_display_falls_back_to_ascii_on_a_non_utf8_stream():
     assert "?????" in out.getvalue()
 
 
+def test_text_is_measured_in_terminal_columns():
+    assert mp._fit("\u062c\u0627\u0631\u064d", 10) == ("\u062c\u0627\u0631\u064d", 3)  # a mark
+    assert mp._fit("\u65e5\u672c\u8a9e" * 10, 11) == ("\u65e5\u672c\u8a9e\u65e5\u672c\u2026", 11)
+    assert mp._fit("abc" * 40, 20) == ("abcabcabcabcabcab...", 20)
+
+
+def test_terminal_display_blanks_out_a_longer_previous_line(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="terminal")
+    bar(ProcessingEvent(50, "a much longer message than the next one"))
+    bar(ProcessingEvent(61, "\u062c\u0627\u0631\u064d"))  # ends in a combining mark
+    first, second = out.getvalue().split("\r")[1:]
+    assert mp._fit(second, 200)[1] == mp._fit(first, 200)[1]
+
+
 def test_display_mode_follows_the_stream():
     assert mp.ProgressBar(io.StringIO()).mode == "log"
     with pytest.raises(ConfigurationError):
@@ -1485,6 +1501,28 @@ def test_cli_done_prints_only_the_url_on_stdout(server):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_connection_failure_is_one_short_line(server):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    result = run_cli(JOB, "--base-url", "http://127.0.0.1:%d" % port, "--timeout", "2")
+    assert result.returncode == 4
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("munsit-progress: error: ") and "Max retries" not in result.stderr
+    assert len(last) < 200
+
+
+def test_main_returns_exit_codes_and_leaves_the_process_as_it_was(capsys):
+    level = mp.logger.level
+    sigterm = signal.getsignal(signal.SIGTERM)
+    assert mp.main([]) == 2
+    assert mp.main(["--version"]) == 0
+    assert mp.main(["not-a-uuid"]) == 2
+    assert mp.logger.level == level and not mp.logger.handlers
+    assert signal.getsignal(signal.SIGTERM) is sigterm
+
+
 def test_cli_runs_as_python_dash_m(server):
     server.serve(stream(DONE))
     result = run_cli(JOB, "--quiet", env={"MUNSIT_BASE_URL": server.base_url}, module=True)
@@ -1499,6 +1537,7 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     assert result.stderr.splitlines()[-1] == (
         "munsit-progress: error: denoise job failed: audio file is corrupt"
     )
+    assert result.stderr.count("corrupt") == 1  # said once, not by the display too
     assert "Traceback" not in result.stderr
 
 
@@ -1511,6 +1550,8 @@ def test_cli_failed_job_exits_1_with_one_line(server):
         ([JOB, "--api-key", KEY], {}),
         ([JOB, "--timeout", "-1"], {}),
         ([JOB, "--api-key-file", "/nonexistent/key"], {"MUNSIT_API_KEY": None}),
+        ([JOB, "-o", "/nonexistent/folder/out.wav"], {}),
+        (["not-a-uuid"], {"MUNSIT_API_KEY": None}),
     ],
 )
 def test_cli_usage_and_configuration_errors_exit_2_and_send_nothing(server, args, env):
@@ -1633,6 +1674,11 @@ def test_cli_terminal_display_under_a_pty(server):
     assert "جارٍ تقليل الضوضاء" in text
     assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
     assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
+
+
+def test_cli_demo_refuses_options_that_do_not_apply():
+    result = run_cli("--demo", "--base-url", "http://127.0.0.1:1")
+    assert result.returncode == 2 and "--demo" in result.stderr
 
 
 def test_cli_demo_and_demo_fail():
