@@ -47,7 +47,7 @@ from typing import (
     Tuple,
     Union,
 )
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -535,11 +535,26 @@ class _Resume:
 
 
 def _origin(url: str) -> Tuple[str, str, Optional[int]]:
-    """(scheme, host, port) of ``url``; ValueError for a malformed one."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    """(scheme, host, port) of ``url``; ValueError for a malformed one.
+
+    Parsed by urllib3, as the connection will be: urllib.parse reads
+    "http://evil\\@api/" as host "api" where urllib3 connects to "evil".
+    """
+    if "\\" in url or any(c <= " " or c == "\x7f" for c in url):
+        raise ValueError("ambiguous URL")
+    parts = urllib3.util.parse_url(url)
+    scheme = (parts.scheme or "").lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
+    return scheme, (parts.host or "").lower(), port
+
+
+def _deadline(timeout: Optional[float], clock: Callable[[], float]) -> Optional[float]:
+    """The clock reading at which ``timeout`` seconds from now run out."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if not 0 <= timeout < math.inf:  # also NaN
+        raise ConfigurationError("timeout must be a number of seconds >= 0, got %r" % timeout)
+    return clock() + timeout
 
 
 def _remaining(deadline: Optional[float], clock: Callable[[], float]) -> Optional[float]:
@@ -573,6 +588,10 @@ def _get(
     only.  A redirect to another origin raises, unless ``leave_origin``.
     """
     api_origin = _origin(target.base_url)
+    try:
+        _origin(url)
+    except ValueError:
+        raise ProtocolError("malformed URL: %s" % _shorten(url, 100)) from None
     status = 0
     for _ in range(_MAX_REDIRECTS + 1):
         remaining = _remaining(deadline, clock)
@@ -807,6 +826,10 @@ class _DeflateDecoder:
     def unconsumed_tail(self) -> bytes:
         return self._obj.unconsumed_tail
 
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
 
 def _raw_chunks(response: requests.Response) -> Tuple[Callable[[], bytes], bool]:
     """A function returning the next bytes read (b"" at the end), and whether
@@ -861,6 +884,9 @@ def _read_chunks(
         if not data:
             if deadline is not None and clock() >= deadline:  # the watchdog cut it
                 raise WaitTimeoutError("the deadline passed before the job ended")
+            if decoder is not None and not decoder.eof:
+                # A close-delimited compressed body cut short looks like an end.
+                raise TransportError("the compressed body was cut short")
             return
         if decoder is None:
             yield data
@@ -1070,7 +1096,7 @@ def wait(
     """
     target = _Target(denoise_id, api_key, base_url)
     policy = retry if retry is not None else RetryPolicy()
-    deadline = None if timeout is None else policy.clock() + timeout
+    deadline = _deadline(timeout, policy.clock)
     http_session, owned = _session_or_new(session)
     finish = getattr(on_progress, "finish", None)
     try:
@@ -1186,7 +1212,8 @@ class ProgressBar:
     ``stream`` defaults to ``sys.stderr`` (looked up when needed); ``mode``
     forces ``"terminal"``, ``"log"`` or ``"notebook"`` instead of guessing.
     :func:`wait` calls :meth:`finish` with the outcome; so does leaving a
-    ``with ProgressBar() as bar:`` block.
+    ``with ProgressBar() as bar:`` block.  Control characters in server
+    messages are shown as spaces, so a message cannot forge log lines.
     """
 
     _MODES = ("terminal", "log", "notebook")
@@ -1196,16 +1223,20 @@ class ProgressBar:
             raise ConfigurationError("mode must be one of %s" % ", ".join(self._MODES))
         self._stream = stream
         self._mode = mode
-        self._started = None  # type: Optional[float]
         self._pct = 0.0
         self._message = None  # type: Optional[str]
+        self._line_width = 0  # terminal columns of the in-place line now shown
+        self._shown = None  # type: Optional[Tuple[str, str]]
+        self._handle = None  # type: Any
+        self._restart()
+
+    def _restart(self) -> None:
+        """Start a new display (a new job, or a download after the job)."""
+        self._started = time.monotonic()
+        self._finished = False
         self._logged_step = -1
         self._logged_message = None  # type: Optional[str]
-        self._line_width = 0  # characters of the in-place line now shown
         self._last_draw = 0.0
-        self._handle = None  # type: Any
-        self._shown = None  # type: Optional[Tuple[str, str]]
-        self._finished = False
 
     @property
     def mode(self) -> str:
@@ -1220,40 +1251,35 @@ class ProgressBar:
 
     def __call__(self, event: ProcessingEvent) -> None:
         """Show one processing event."""
-        now = time.monotonic()
-        if self._started is None or self._finished:
-            self._started = now
-            self._finished = False
-        changed = event.message != self._message
+        if self._finished:
+            self._restart()
+        message = _printable(event.message) if event.message else None
+        changed = message != self._message
         self._pct = float(event.pct)
-        self._message = event.message
-        mode = self.mode
-        if mode == "log":
+        self._message = message
+        text = "%3d%%" % int(self._pct) + ("  " + message if message else "")
+        now = time.monotonic()
+        if self.mode == "log":
             step = int(self._pct // 10)
-            if step > self._logged_step or (
-                event.message and event.message != self._logged_message
-            ):
+            if step > self._logged_step or (message and message != self._logged_message):
                 self._logged_step = step
-                self._logged_message = event.message
-                self._log_line(self._status_text())
+                self._logged_message = message
+                self._log_line(text)
         elif changed or now - self._last_draw >= 0.1 or self._pct >= 100:
             # Redrawing at most ten times a second keeps a chatty stream cheap.
             self._last_draw = now
-            self._show(self._bar(self._pct), self._status_text())
+            self._show(self._bar(self._pct), text)
 
     def transfer(self, received: int, total: Optional[int]) -> None:
         """Show a download's progress: ``received`` of ``total`` bytes."""
-        now = time.monotonic()
         if self._finished:
-            self._finished = False
-            self._started = now
-            self._logged_step = -1
-        if self._started is None:
-            self._started = now
+            self._restart()
         pct = 100.0 * received / total if total else None
         text = "downloading %s" % _size(received)
         if total:
             text += " of %s" % _size(total)
+            self._pct = pct or 0.0
+        now = time.monotonic()
         if self.mode == "log":
             step = int(pct // 10) if pct is not None else received // (10 * 1024 * 1024)
             if step > self._logged_step:
@@ -1261,7 +1287,7 @@ class ProgressBar:
                 self._log_line(text)
         elif now - self._last_draw >= 0.1 or received == total:
             self._last_draw = now
-            self._show(self._bar(pct) if pct is not None else "", text)
+            self._show(self._bar(pct), text)
 
     def finish(self, outcome: Union[DoneEvent, BaseException, str, None] = None) -> None:
         """End the display with the outcome: a :class:`DoneEvent`, an
@@ -1270,25 +1296,27 @@ class ProgressBar:
             return
         self._finished = True
         mode = self.mode
+        link = None
         if isinstance(outcome, DoneEvent):
             self._pct = 100.0
+            link = outcome.url
             # On a terminal the URL follows on stdout; a log line carries it.
-            text = "100%  done" if mode == "terminal" else "done: %s" % outcome.url
+            text = "100%  done" if mode == "terminal" else "done: %s" % link
             bar = self._bar(100.0)
         elif isinstance(outcome, DenoiseFailedError):
-            text = "failed: %s" % outcome.message
+            text = "failed: %s" % _printable(outcome.message)
             bar = self._bar(self._pct)
+        elif isinstance(outcome, KeyboardInterrupt):
+            text, bar = "stopped: interrupted", self._bar(self._pct)
         elif isinstance(outcome, BaseException):
-            text = "stopped: %s" % (_describe(outcome),)
-            bar = self._bar(self._pct)
+            text, bar = "stopped: %s" % (outcome or type(outcome).__name__), self._bar(self._pct)
         else:
-            text = outcome or ""
-            bar = ""
+            text, bar = outcome or "", ""
         if mode == "log":
             if text:
                 self._log_line(text)
         elif mode == "notebook":
-            self._show(bar, text)
+            self._show(bar, text, link=link)
         else:
             if text:
                 self._show(bar, text, elapsed=bar != "")
@@ -1323,14 +1351,7 @@ class ProgressBar:
         return self._stream if self._stream is not None else sys.stderr
 
     def _elapsed(self) -> str:
-        seconds = int(time.monotonic() - (self._started or time.monotonic()))
-        return "%d:%02d" % divmod(seconds, 60)
-
-    def _status_text(self) -> str:
-        text = "%3d%%" % int(self._pct)
-        if self._message:
-            text += "  " + self._message
-        return text
+        return "%d:%02d" % divmod(int(time.monotonic() - self._started), 60)
 
     def _bar(self, pct: Optional[float], width: int = 24) -> str:
         if pct is None:
@@ -1343,50 +1364,60 @@ class ProgressBar:
         encoding = getattr(self._out(), "encoding", None) or ""
         return encoding.lower().replace("-", "").startswith("utf")
 
-    def _show(self, bar: str, text: str, elapsed: bool = True) -> None:
+    def _show(self, bar: str, text: str, elapsed: bool = True, link: Optional[str] = None) -> None:
         if self.mode == "notebook":
-            self._show_notebook(bar, text)
+            self._show_notebook(bar, text, link)
             return
         self._shown = (bar, text)
-        line = "%s %s" % (bar, text) if bar else text
-        if elapsed:
-            line += "  " + self._elapsed()
-        if not self._unicode_ok():
-            # Replace what the stream cannot encode before measuring the line.
-            encoding = getattr(self._out(), "encoding", None) or "ascii"
-            line = line.encode(encoding, "replace").decode(encoding)
-        line, width = _fit(line, shutil.get_terminal_size((80, 24)).columns - 1)
+        line = self._encodable("%s %s" % (bar, text) if bar else text)
+        tail = "  " + self._elapsed() if elapsed else ""
+        # The message is what gets cut, not the elapsed time after it.
+        line, width = _fit(line, self._columns() - 1 - len(tail))
+        line += tail
+        width += len(tail)
         padding = " " * max(self._line_width - width, 0)
         self._line_width = width
         self._write("\r" + line + padding)
 
+    def _columns(self) -> int:
+        # The stream's own terminal: stdout may well be a pipe ($(...)).
+        try:
+            columns = os.get_terminal_size(self._out().fileno()).columns
+        except (AttributeError, ValueError, OSError):  # not a real terminal
+            columns = 0
+        # 0 is what a terminal that never set its size reports.
+        return columns or shutil.get_terminal_size((80, 24)).columns
+
     def _log_line(self, text: str) -> None:
         self._write("%s munsit: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), text))
 
+    def _encodable(self, text: str) -> str:
+        """``text`` with what the stream cannot encode replaced by ``?``."""
+        if self._unicode_ok():
+            return text
+        encoding = getattr(self._out(), "encoding", None) or "ascii"
+        return text.encode(encoding, "replace").decode(encoding)
+
     def _write(self, text: str) -> None:
         out = self._out()
-        try:
-            out.write(text)
-        except UnicodeEncodeError:
-            # A log stream in an ASCII locale still gets a readable line.
-            encoding = getattr(out, "encoding", None) or "ascii"
-            out.write(text.encode(encoding, "replace").decode(encoding))
+        out.write(self._encodable(text))
         flush = getattr(out, "flush", None)
         if flush is not None:
             flush()
 
-    def _show_notebook(self, bar: str, text: str) -> None:
+    def _show_notebook(self, bar: str, text: str, link: Optional[str]) -> None:
         import html
 
-        # Only reached inside a kernel, where IPython is already imported.
-        display = importlib.import_module("IPython.display").display
-
-        pct = self._pct
-        if text.startswith("done: ") and self._finished:
-            url = text[len("done: ") :]
+        try:
+            display = importlib.import_module("IPython.display").display
+        except ImportError:  # mode="notebook" forced outside IPython
+            self._mode = "log"
+            self._log_line(text)
+            return
+        if link is not None:
             body = 'done: <a href="%s" target="_blank">%s</a>' % (
-                html.escape(url, quote=True),
-                html.escape(url),
+                html.escape(link, quote=True),
+                html.escape(link),
             )
         else:
             body = '<span dir="auto">%s</span>' % html.escape(text)
@@ -1394,13 +1425,22 @@ class ProgressBar:
             '<div style="font-family: monospace">'
             '<progress value="%.1f" max="100" style="width: 16em; vertical-align: middle">'
             '</progress> %s <span style="color: gray">%s</span></div>'
-            % (pct, body, html.escape(self._elapsed()))
+            % (self._pct, body, html.escape(self._elapsed()))
         )
         bundle = {"text/plain": "%s %s  %s" % (bar, text, self._elapsed()), "text/html": markup}
         if self._handle is None:
             self._handle = display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines, escapes) made spaces."""
+    if text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _fit(text: str, columns: int) -> Tuple[str, int]:
@@ -1450,12 +1490,6 @@ def _size(count: int) -> str:
     return "%d B" % count  # pragma: no cover
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    return str(exc) or type(exc).__name__
-
-
 # --------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------
@@ -1491,7 +1525,7 @@ def download(
     """
     target = _Target(done.denoise_id, api_key, base_url, require_key=False)
     clock = time.monotonic
-    deadline = None if timeout is None else clock() + timeout
+    deadline = _deadline(timeout, clock)
     http_session, owned = _session_or_new(session)
     folder = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(folder, ".%s.%s.part" % (os.path.basename(path), os.urandom(4).hex()))
@@ -1499,7 +1533,8 @@ def download(
         response = _get(
             http_session,
             done.url,
-            {"User-Agent": _USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+            # Audio barely compresses, and a plain body's length can be checked.
+            {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
             target,
             connect_timeout,
             read_timeout,
@@ -1514,13 +1549,11 @@ def download(
             length = response.headers.get("Content-Length", "")
             total = int(length) if length.isdigit() and encoding == "identity" else None
             received = 0
-            # O_EXCL on a fresh name; the mode lets the umask decide, as for
-            # any file the user creates.
             try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                out = open(temporary, "xb")
             except OSError as exc:
                 raise OSError(exc.errno, "cannot write %s: %s" % (path, exc.strerror)) from exc
-            with os.fdopen(fd, "wb") as out:
+            with out:
                 for chunk in _read_chunks(response, read_timeout, deadline, clock):
                     out.write(chunk)
                     received += len(chunk)
@@ -1536,8 +1569,10 @@ def download(
             _close(response)
         os.replace(temporary, path)
         return path
+    except WaitTimeoutError as exc:
+        raise WaitTimeoutError("the deadline passed before the download finished") from exc
     finally:
-        if os.path.exists(temporary):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         if owned:
             http_session.close()
@@ -1582,16 +1617,15 @@ def demo_server(*, fail: bool = False, duration: float = 4.0) -> Iterator[str]:
     """
     import http.server  # only the demo needs it: keep it off the import path
 
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), _demo_handler(_DemoState(fail, duration))
-    )
+    state = _DemoState(fail, duration)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _demo_handler(state))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield "http://127.0.0.1:%d/api/v1" % server.server_address[1]
     finally:
-        server.RequestHandlerClass.demo.stop.set()  # type: ignore[attr-defined]
+        state.stop.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
@@ -1642,7 +1676,10 @@ def _demo_handler(state: _DemoState) -> Any:
 
         def _send_json(self, status: int, payload: Dict[str, str]) -> None:
             body = json.dumps(payload).encode("utf-8")
+            # One answer per connection, so no handler thread outlives the server.
+            self.close_connection = True
             self.send_response(status)
+            self.send_header("Connection", "close")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -1650,7 +1687,9 @@ def _demo_handler(state: _DemoState) -> Any:
 
         def _send_wav(self) -> None:
             body = _demo_wav()
+            self.close_connection = True
             self.send_response(200)
+            self.send_header("Connection", "close")
             self.send_header("Content-Type", "audio/wav")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -1670,7 +1709,7 @@ def _demo_handler(state: _DemoState) -> Any:
             self._chunk("retry: 1000\n\n")
             step = min(int((time.monotonic() - started) / demo.interval), last)
             while step <= last:  # at most one pass over the steps
-                if step == failing_at:
+                if failing_at is not None and step >= failing_at:  # replayed to latecomers
                     self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
                     break
                 if step == last:
@@ -1824,8 +1863,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _usage(parser, "give a DENOISE_ID, or --demo to watch a simulated job")
     if demo and (args.base_url or args.api_key_file):
         return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
-    if args.timeout is not None and args.timeout <= 0:
-        return _usage(parser, "--timeout must be positive")
+    if args.timeout is not None and not 0 < args.timeout < math.inf:
+        return _usage(parser, "--timeout must be a positive number of seconds")
+    if args.output == "":
+        return _usage(parser, "-o needs a file name")
     if args.verbose:
         logging.basicConfig(
             level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
@@ -1844,7 +1885,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.denoise_id is not None and _canonical_uuid(args.denoise_id) is None:
             raise ConfigurationError("DENOISE_ID must be a UUID, got %r" % args.denoise_id)
-        if args.output:
+        if args.output is not None:
             _check_writable(args.output)
         if demo:
             with demo_server(fail=args.demo_fail) as base_url:
@@ -1943,8 +1984,8 @@ def _run(
     if args.json:
         _print_json(done)
     else:
-        print(done.url, flush=True)
-    if args.output:
+        _print_line(done.url)
+    if args.output is not None:
         remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
         download(
             done,
@@ -1964,6 +2005,8 @@ def _read_key(path: Optional[str]) -> Optional[str]:
         return None
     try:
         if path == "-":
+            if sys.stdin is None:
+                raise ConfigurationError("--api-key-file -: there is no standard input")
             return sys.stdin.readline()
         with open(path, encoding="utf-8") as handle:
             return handle.readline()
@@ -1984,7 +2027,15 @@ def _exit_status(exc: MunsitError) -> int:
 
 
 def _print_json(event: Event) -> None:
-    print(json.dumps(event.to_dict()), flush=True)
+    _print_line(json.dumps(event.to_dict()))
+
+
+def _print_line(text: str) -> None:
+    """A line on stdout, even one it cannot encode (a URL: percent-encoded)."""
+    try:
+        print(text, flush=True)
+    except UnicodeEncodeError:
+        print(requests.utils.requote_uri(text).encode("ascii", "replace").decode(), flush=True)
 
 
 def _note(args: Any, text: str) -> None:

@@ -997,6 +997,19 @@ def test_deadline_raises_before_any_request_when_already_past(server):
     assert_nothing_sent(server)
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0])
+def test_a_timeout_that_is_not_a_duration_is_a_configuration_error(server, timeout):
+    server.serve(stream(DONE))
+    with pytest.raises(ConfigurationError):
+        wait_on(server, timeout=timeout)
+    assert_nothing_sent(server)
+
+
+def test_an_infinite_timeout_means_no_deadline(server):
+    server.serve(stream(DONE))
+    assert wait_on(server, timeout=float("inf")) == EXPECTED_DONE
+
+
 def test_retry_policy_delay_grows_exponentially_up_to_the_cap():
     policy = RetryPolicy(backoff_base=1.0, backoff_max=5.0, jitter=False)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
@@ -1324,6 +1337,30 @@ def test_terminal_display_blanks_out_a_longer_previous_line(monkeypatch):
     assert mp._fit(second, 200)[1] == mp._fit(first, 200)[1]
 
 
+def test_messages_cannot_forge_log_lines_or_send_escapes():
+    out = io.StringIO()
+    bar = mp.ProgressBar(out, mode="log")
+    bar(ProcessingEvent(40, "step one\n2026-01-01 00:00:00 munsit: done: https://evil\x1b[31m"))
+    assert len(out.getvalue().splitlines()) == 1 and "\x1b" not in out.getvalue()
+
+
+def test_log_display_on_an_ascii_stream_replaces_what_it_cannot_encode():
+    out = AsciiStream()
+    bar = mp.ProgressBar(out, mode="log")
+    bar(ProcessingEvent(40, "\u062a\u0642\u0644\u064a\u0644"))
+    bar.finish(DenoiseFailedError("\u062e\u0637\u0623"))
+    assert "?????" in out.getvalue() and "failed: ???" in out.getvalue()
+
+
+def test_a_reused_display_logs_the_second_job_too():
+    out = io.StringIO()
+    bar = mp.ProgressBar(out, mode="log")
+    for _ in range(2):
+        bar(ProcessingEvent(50, "half"))
+        bar.finish(EXPECTED_DONE)
+    assert out.getvalue().count(" 50%  half") == 2
+
+
 def test_display_mode_follows_the_stream():
     assert mp.ProgressBar(io.StringIO()).mode == "log"
     with pytest.raises(ConfigurationError):
@@ -1379,6 +1416,54 @@ def test_download_writes_the_file_and_reports_bytes(server, tmp_path):
     assert (tmp_path / "out.wav").read_bytes() == AUDIO
     assert seen[-1] == (len(AUDIO), len(AUDIO))
     assert os.listdir(str(tmp_path)) == ["out.wav"]
+
+
+def test_download_writes_next_to_the_target_then_renames(server, tmp_path):
+    server.serve(file_response(AUDIO))
+    during = []
+    mp.download(
+        result_on(server),
+        str(tmp_path / "out.wav"),
+        api_key=KEY,
+        base_url=server.base_url,
+        on_progress=lambda got, total: during.append(sorted(os.listdir(str(tmp_path)))),
+    )
+    assert during[0][0].startswith(".out.wav.") and during[0][0].endswith(".part")
+    assert server.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_download_of_a_gzip_body_cut_short_is_a_transport_error(server, tmp_path):
+    body = gzip.compress(AUDIO)
+    server.serve(file_response(body[: len(body) // 2], headers={"Content-Encoding": "gzip"}))
+    with pytest.raises(TransportError):
+        mp.download(
+            result_on(server), str(tmp_path / "x.wav"), api_key=KEY, base_url=server.base_url
+        )
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_download_redirect_that_parsers_read_differently_is_refused(server, tmp_path):
+    evil = Server()
+    try:
+        evil.serve(file_response(AUDIO))
+        location = "http://localhost:%d\\@127.0.0.1:%d/files/x.wav" % (evil.port, server.port)
+        server.serve(error_response(302, headers={"Location": location}), file_response(AUDIO))
+        with pytest.raises(ProtocolError):
+            mp.download(
+                result_on(server), str(tmp_path / "x.wav"), api_key=KEY, base_url=server.base_url
+            )
+        time.sleep(0.2)
+        assert evil.requests == []
+    finally:
+        evil.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/x.wav", "http://[::1/x.wav", "http://a b/"]
+)
+def test_download_of_a_malformed_url_is_a_protocol_error(tmp_path, url):
+    with pytest.raises(ProtocolError):
+        mp.download(DoneEvent(url, JOB), str(tmp_path / "x.wav"), api_key=KEY)
 
 
 def test_download_cut_short_leaves_nothing_behind(server, tmp_path):
@@ -1457,6 +1542,24 @@ def test_demo_server_fails_a_job_when_asked():
     with mp.demo_server(fail=True, duration=0.5) as base_url:
         with pytest.raises(DenoiseFailedError):
             wait(JOB, api_key="demo", base_url=base_url)
+
+
+def test_demo_server_replays_a_failure_to_a_late_connection():
+    with mp.demo_server(fail=True, duration=0.5) as base_url:
+        with pytest.raises(DenoiseFailedError):
+            wait(JOB, api_key="demo", base_url=base_url)
+        assert list(iter_events(JOB, api_key="demo", base_url=base_url))[-1].stage == "error"
+
+
+def test_demo_server_leaves_no_thread_behind():
+    before = threading.active_count()
+    with mp.demo_server(duration=0.3) as base_url:
+        wait(JOB, api_key="demo", base_url=base_url)
+        requests.get(base_url + "/files/x.wav").close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
 
 
 def test_demo_server_refuses_a_missing_key():
@@ -1549,6 +1652,7 @@ def test_cli_failed_job_exits_1_with_one_line(server):
         ([], {}),
         ([JOB, "--api-key", KEY], {}),
         ([JOB, "--timeout", "-1"], {}),
+        ([JOB, "--timeout", "nan"], {}),
         ([JOB, "--api-key-file", "/nonexistent/key"], {"MUNSIT_API_KEY": None}),
         ([JOB, "-o", "/nonexistent/folder/out.wav"], {}),
         (["not-a-uuid"], {"MUNSIT_API_KEY": None}),
