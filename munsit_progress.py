@@ -9,8 +9,11 @@ One file, no dependency beyond ``requests``; copy it into a project or
     print(done.url)
 
 ``wait()`` reconnects on dropped connections and returns the ``done`` event;
-``iter_events()`` yields the validated events of a single connection.  Every
-error raised is a :class:`MunsitError`.
+``iter_events()`` yields the validated events of a single connection;
+``ProgressBar()`` is a ready ``on_progress`` display for a terminal, a log or
+a notebook; ``download()`` saves the result.  Every error raised is a
+:class:`MunsitError`.  From a shell: ``python munsit_progress.py --help``
+(``--demo`` follows a simulated job, no key needed).
 """
 
 import codecs
@@ -66,6 +69,13 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "DenoiseFailedError",
     "DoneEvent",
+    "EXIT_GAVE_UP",
+    "EXIT_INTERRUPTED",
+    "EXIT_JOB_FAILED",
+    "EXIT_OK",
+    "EXIT_PROTOCOL",
+    "EXIT_REJECTED",
+    "EXIT_USAGE",
     "ErrorEvent",
     "Event",
     "JobNotFoundError",
@@ -1760,6 +1770,7 @@ def _demo_wav() -> bytes:
 # Command line
 # --------------------------------------------------------------------------
 
+# The command line's exit statuses (see _EPILOG and the README).
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
