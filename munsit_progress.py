@@ -1492,12 +1492,14 @@ def _notebook_kernel() -> bool:
 
 
 def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+    if count < 1000:
+        return "%d B" % count
+    value = count / 1000.0
+    for unit in ("KB", "MB"):
+        if value < 1000:
+            return "%.1f %s" % (value, unit)
         value /= 1000
-    return "%d B" % count  # pragma: no cover
+    return "%.1f GB" % value
 
 
 # --------------------------------------------------------------------------
