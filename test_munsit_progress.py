@@ -1655,6 +1655,7 @@ def test_cli_failed_job_exits_1_with_one_line(server):
         ([JOB, "--timeout", "nan"], {}),
         ([JOB, "--api-key-file", "/nonexistent/key"], {"MUNSIT_API_KEY": None}),
         ([JOB, "-o", "/nonexistent/folder/out.wav"], {}),
+        ([JOB, "-o", "/"], {}),
         (["not-a-uuid"], {"MUNSIT_API_KEY": None}),
     ],
 )
@@ -1778,6 +1779,28 @@ def test_cli_terminal_display_under_a_pty(server):
     assert "جارٍ تقليل الضوضاء" in text
     assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
     assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
+
+
+def test_cli_quiet_still_warns_on_stderr_about_repeated_failures(server):
+    server.serve(error_response(503), error_response(503), stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "--quiet")
+    assert result.returncode == 0 and result.stdout == RESULT_URL + "\n"
+    # The first retry is routine (INFO); the second is a warning, shown even so.
+    assert "retry 1 of" not in result.stderr and "retry 2 of" in result.stderr
+
+
+def test_cli_demo_quiet_prints_only_the_url():
+    result = run_cli("--demo", "--quiet", env={"MUNSIT_API_KEY": None})
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.endswith("_denoised.wav\n")
+
+
+def test_demo_server_sends_heartbeat_comments():
+    with mp.demo_server(duration=0.5) as base_url:
+        response = requests.get(
+            base_url + "/denoise/%s/progress" % JOB, headers={"x-api-key": "demo"}, timeout=10
+        )
+    assert b": keep-alive" in response.content and b'"stage": "done"' in response.content
 
 
 def test_cli_demo_refuses_options_that_do_not_apply():
