@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import zlib
 
 import pytest
 import requests
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import munsit_progress as mp
@@ -78,13 +79,14 @@ class Server:
     LIFETIME = 120.0
     MAX_CONNECTIONS = 5000
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host="127.0.0.1", tls=None):
+        self._tls = tls
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind((host, 0))
         self._listener.listen(64)
         self._listener.settimeout(0.05)
         self.port = self._listener.getsockname()[1]
-        self.origin = "http://%s:%d" % (host, self.port)
+        self.origin = "%s://%s:%d" % ("https" if tls else "http", host, self.port)
         self.base_url = self.origin + "/api/v1"
         self.scripts = []
         self.requests = []
@@ -122,6 +124,8 @@ class Server:
     def _handle(self, conn):
         try:
             conn.settimeout(5)
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
             head = b""
             while b"\r\n\r\n" not in head and len(head) < 65536:
                 piece = conn.recv(4096)
@@ -152,6 +156,42 @@ class Server:
 @pytest.fixture
 def server():
     srv = Server()
+    yield srv
+    srv.close()
+
+
+# A self-signed certificate for 127.0.0.1 (valid until 2126), for the TLS
+# server: the tests trust it through REQUESTS_CA_BUNDLE.
+TEST_CERT = """-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIUGdSEjP5gJXGPdjkBl95W/k2bFdgwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJMTI3LjAuMC4xMCAXDTI2MTEyNjA3MTcwN1oYDzIxMjYxMTAy
+MDcxNzA3WjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATOJb9R+oCKDazwPBQWMVUtQpqSwlm3V9KN3/oWzrsgFv7D+cg1NoCT
+3x7efRPoSbQYD0c7rZ44U+/MkTtKYDMuo28wbTAdBgNVHQ4EFgQUIEdbW4MbqbEw
+viuOFkoUby0klsMwHwYDVR0jBBgwFoAUIEdbW4MbqbEwviuOFkoUby0klsMwDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARhwR/AAABgglsb2NhbGhvc3QwCgYIKoZI
+zj0EAwIDSQAwRgIhAKnY7uJcF/39oTc3ihwb3QXDlbCf3b6kR5L2l2BZocDLAiEA
+pIdnKSmLILKq0xa7eBq2s6Ick4RNGsck5f7Kn9C1KG8=
+-----END CERTIFICATE-----
+"""
+TEST_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgL8KlpMqPAPgYL4Tj
+YSUrqEs7GPIAIBKWeQytGOHdfuWhRANCAATOJb9R+oCKDazwPBQWMVUtQpqSwlm3
+V9KN3/oWzrsgFv7D+cg1NoCT3x7efRPoSbQYD0c7rZ44U+/MkTtKYDMu
+-----END PRIVATE KEY-----
+"""
+
+
+@pytest.fixture
+def tls_server(tmp_path, monkeypatch):
+    import ssl
+
+    (tmp_path / "cert.pem").write_text(TEST_CERT)
+    (tmp_path / "key.pem").write_text(TEST_KEY)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "cert.pem"))
+    srv = Server(tls=context)
     yield srv
     srv.close()
 
@@ -824,6 +864,274 @@ def test_retry_after_longer_than_allowed_raises_at_once(server):
 
 
 # --------------------------------------------------------------------------
+# A hostile server: only MunsitError leaves, and nothing hangs
+# --------------------------------------------------------------------------
+
+
+def test_retry_field_of_thousands_of_digits_is_capped_not_an_error(server):
+    server.serve(stream(b"retry: " + b"9" * 5000 + b"\n\n", processing(10), DONE))
+    assert events_of(server)[-1] == EXPECTED_DONE
+
+
+def test_retry_field_of_hundreds_of_digits_then_a_drop_reconnects(server):
+    server.serve(stream(b"retry: " + b"9" * 400 + b"\n\n", processing(10), end="cut"), stream(DONE))
+    assert wait_on(server, retry=RetryPolicy(backoff_max=0.01)) == EXPECTED_DONE
+
+
+@pytest.mark.parametrize(
+    "value", ["\u00b2", "1\u00b2", "Mon, 01 Jan 99999999999 00:00:00 GMT", "9" * 400]
+)
+def test_hostile_retry_after_values_are_ignored_or_capped(server, value):
+    server.serve(error_response(503, headers={"Retry-After": value}), stream(DONE))
+    try:
+        assert wait_on(server, retry=RetryPolicy(backoff_max=0.01, max_retry_after=1)) == (
+            EXPECTED_DONE
+        )
+    except APIError as exc:  # a delay past max_retry_after raises the 503 itself
+        assert exc.status_code == 503
+
+
+@pytest.mark.parametrize("follow", ["wait", "iter_events"])
+def test_error_body_nested_beyond_recursion_is_an_api_error(server, follow):
+    server.serve(error_response(400, b"[" * 60000))
+    with pytest.raises(APIError) as info:
+        wait_on(server) if follow == "wait" else events_of(server)
+    assert info.value.status_code == 400
+
+
+def continues_forever(interval, lines, limit=15.0):
+    """A script that sends ``lines`` (a list of bytes) one every ``interval``
+    seconds, again and again, until the client hangs up or ``limit`` ends."""
+
+    def script(conn, request, server):
+        end = time.monotonic() + limit
+        index = 0
+        conn.settimeout(interval)
+        while time.monotonic() < end:
+            try:
+                conn.sendall(lines[index % len(lines)])
+            except OSError:
+                server.client_closed.set()
+                return
+            index += 1
+            try:
+                if conn.recv(1) == b"":
+                    server.client_closed.set()
+                    return
+            except socket.timeout:
+                pass
+
+    return script
+
+
+ENDLESS_CONTINUE = continues_forever(0.1, [b"HTTP/1.1 100 Continue\r\n\r\n"])
+
+
+def test_deadline_bounds_endless_100_continue_lines(server):
+    server.serve(ENDLESS_CONTINUE)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=2, read_timeout=1)
+    assert time.monotonic() - started < 4
+    assert server.client_closed.wait(2)
+
+
+def test_read_timeout_bounds_endless_100_continue_lines_without_a_deadline(server):
+    server.serve(ENDLESS_CONTINUE)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="no complete answer"):
+        events_of(server, read_timeout=1, connect_timeout=1)
+    assert time.monotonic() - started < 5
+
+
+def test_deadline_bounds_headers_trickled_a_byte_at_a_time(server):
+    header = list(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Slow: " + b"a" * 500)
+    server.serve(continues_forever(0.5, [bytes([byte]) for byte in header]))
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(server, timeout=2)
+    assert time.monotonic() - started < 4
+
+
+def test_deadline_bounds_trickled_headers_over_tls(tls_server):
+    header = list(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Slow: " + b"a" * 500)
+    tls_server.serve(continues_forever(0.5, [bytes([byte]) for byte in header]))
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait_on(tls_server, timeout=2)
+    assert time.monotonic() - started < 4
+    assert len(tls_server.requests) == 1
+
+
+def test_wait_keeps_constant_memory_however_many_distinct_events(server):
+    import tracemalloc
+
+    big = "x" * 900_000
+    events = [processing(50, "%d %s" % (index, big)) for index in range(40)] + [DONE]
+
+    def script(conn, request, server):  # no copy of the body on the server's side
+        conn.sendall(head(200, {"Content-Type": "text/event-stream", "Connection": "close"}))
+        for event in events:
+            conn.sendall(event)
+
+    server.serve(script)
+    tracemalloc.start()
+    try:
+        assert wait_on(server) == EXPECTED_DONE
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 40 messages of 0.9 MB kept would be 36 MB; one at a time is a few.
+    assert peak < 15_000_000
+
+
+def test_gzip_body_of_several_members_is_read_whole(server):
+    first = gzip.compress(processing(10) + processing(20))
+    second = gzip.compress(processing(30) + DONE)
+    body = first + second
+
+    def script(conn, request, server):
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Content-Encoding": "gzip",
+            "Content-Length": str(len(body)),
+        }
+        conn.sendall(head(200, headers) + body)
+
+    server.serve(script)
+    assert [getattr(e, "pct", None) for e in events_of(server)] == [10, 20, 30, None]
+
+
+def test_unknown_stages_are_logged_once_per_kind_not_per_event(server, caplog):
+    kinds = [sse_data({"stage": "weird-%d" % (index % 3), "n": index}) for index in range(3000)]
+    many = [sse_data({"stage": "kind-%d" % index}) for index in range(50)]
+    server.serve(stream(b"".join(kinds), b"".join(many), DONE))
+    with caplog.at_level(logging.WARNING, logger="munsit_progress"):
+        assert events_of(server)[-1] == EXPECTED_DONE
+    warnings = [r for r in caplog.records if r.name == "munsit_progress"]
+    assert 3 <= len(warnings) <= mp._MAX_WARNED_STAGES + 1
+    assert "no longer logged" in warnings[-1].getMessage()
+
+
+# One hostile answer: a status line, header lines and a body, all random.
+_status_lines = st.one_of(
+    st.binary(max_size=60),
+    st.builds(
+        lambda code, reason: b"HTTP/1.1 %d %s" % (code, reason),
+        st.one_of(st.sampled_from([200, 206, 302, 400, 401, 404, 429, 503]), st.integers(0, 999)),
+        st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    ),
+)
+_header_lines = st.lists(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from(
+            [
+                b"Content-Type: text/event-stream",
+                b"Content-Type: application/json",
+                b"Transfer-Encoding: chunked",
+                b"Content-Encoding: gzip",
+                b"Content-Encoding: deflate",
+                b"Content-Encoding: br",
+                b"Content-Length: 10",
+                b"Content-Length: \xc2\xb2",
+                b"Content-Length: -1",
+                b"Content-Range: bytes 0-1/2",
+                b"Location: http://[::1",
+                b"Location: /api/v1/denoise/%s/progress" % JOB.encode(),
+                b"Retry-After: \xd9\xa3",
+                b"Retry-After: \xb2",
+                b"Content-Length: \xb2",
+                b"Retry-After: Mon, 01 Jan 99999999999 00:00:00 GMT",
+                b'ETag: "x"',
+            ]
+        ),
+        st.builds(
+            lambda name, value: name + b": " + value, st.binary(max_size=12), st.binary(max_size=40)
+        ),
+    ),
+    max_size=6,
+)
+_bodies = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([b"[" * 5000, b'{"errorMessage": "' + b"\xff" * 10 + b'"}']),
+    st.lists(
+        st.sampled_from(
+            [
+                processing(10),
+                DONE,
+                FAILED,
+                b"retry: " + b"9" * 300 + b"\n",
+                b'data: {"stage": "done"}\n\n',
+                b"data: " + b"[" * 3000 + b"\n\n",
+                b"id: \x00\n",
+                b"\r",
+                b"\xff\xfe",
+                b'data: {"stage": "processing", "pct": 1e999}\n\n',
+                b"5\r\nshort\r\n",
+            ]
+        ),
+        max_size=6,
+    ).map(b"".join),
+)
+
+
+def hostile(status_line, header_lines, body):
+    answer = (
+        status_line + b"\r\n" + b"".join(line + b"\r\n" for line in header_lines) + b"\r\n" + body
+    )
+
+    def script(conn, request, server):
+        conn.sendall(answer)
+
+    return script
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(status_line=_status_lines, header_lines=_header_lines, body=_bodies)
+def test_any_answer_gives_events_or_a_munsit_error_and_never_hangs(
+    server, status_line, header_lines, body
+):
+    server.serve(hostile(status_line, header_lines, body))
+    started = time.monotonic()
+    try:
+        for event in iter_events(
+            JOB, api_key=KEY, base_url=server.base_url, read_timeout=1, connect_timeout=1
+        ):
+            assert isinstance(event, (ProcessingEvent, DoneEvent, ErrorEvent))
+    except MunsitError:
+        pass
+    try:
+        wait_on(server, timeout=3, retry=RetryPolicy(max_retries=1, backoff_max=0.01))
+    except MunsitError:
+        pass
+    assert time.monotonic() - started < 8
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(status_line=_status_lines, header_lines=_header_lines, body=_bodies)
+def test_any_answer_to_a_download_gives_a_file_or_a_munsit_error(
+    server, tmp_path_factory, status_line, header_lines, body
+):
+    folder = tmp_path_factory.mktemp("fuzz")
+    server.serve(hostile(status_line, header_lines, body))
+    started = time.monotonic()
+    try:
+        mp.download(
+            result_on(server),
+            str(folder / "x.wav"),
+            api_key=KEY,
+            base_url=server.base_url,
+            timeout=3,
+            read_timeout=1,
+            retry=RetryPolicy(max_retries=1, backoff_max=0.01),
+        )
+    except MunsitError:
+        assert os.listdir(str(folder)) == []
+    assert time.monotonic() - started < 8
+
+
+# --------------------------------------------------------------------------
 # wait(): reconnection, resumption, deadline
 # --------------------------------------------------------------------------
 
@@ -1142,7 +1450,82 @@ def test_key_never_appears_in_errors_or_logs(server, caplog):
     assert "reconnecting" in caplog.text
     for text in (caplog.text, str(info.value), repr(info.value)):
         assert KEY not in text
-    assert KEY not in repr(mp._Target(JOB, KEY, server.base_url))
+    assert KEY not in repr(mp._Client(KEY, server.base_url, None))
+
+
+def echo_key(status, where):
+    """A server that echoes the key it was sent back in ``where``."""
+
+    def script(conn, request, server):
+        key = request.headers.get("x-api-key", "")
+        if where == "body":
+            body = json.dumps({"errorCode": "40101", "errorMessage": "bad key " + key}).encode()
+            conn.sendall(
+                head(status, {"Content-Length": str(len(body)), "Connection": "close"}) + body
+            )
+        elif where == "reason":
+            conn.sendall(head(status, {"Content-Length": "0"}, reason="key " + key))
+        elif where == "content-type":
+            conn.sendall(head(200, {"Content-Type": "text/html; k=" + key, "Content-Length": "0"}))
+        elif where == "event":
+            stream(sse_data({"stage": "error", "message": "no credit for " + key}))(
+                conn, request, server
+            )
+        elif where == "json":
+            stream(("data: {bad json %s\n\n" % key).encode())(conn, request, server)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "where, status",
+    [("body", 401), ("reason", 401), ("content-type", 200), ("event", 200), ("json", 200)],
+)
+def test_a_key_the_server_echoes_is_redacted_from_errors(server, where, status):
+    server.serve(echo_key(status, where))
+    with pytest.raises(MunsitError) as info:
+        wait_on(server)
+    error = info.value
+    texts = [
+        str(error),
+        repr(error),
+        str(getattr(error, "error_message", "")),
+        str(getattr(error, "message", "")),
+    ]
+    assert all(KEY not in text for text in texts), texts
+    assert "***" in " ".join(texts)
+
+
+def test_a_key_the_server_echoes_is_redacted_from_the_cli(server):
+    server.serve(echo_key(401, "body"))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 3
+    assert KEY not in result.stderr and "***" in result.stderr
+
+
+def test_a_password_in_the_base_url_is_redacted_from_debug_logs(server, caplog):
+    server.serve(stream(DONE))
+    base_url = "http://admin:hunter2secret@127.0.0.1:%d/api/v1" % server.port
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        wait(JOB, api_key=KEY, base_url=base_url, retry=FAST)
+    assert "hunter2secret" not in caplog.text and "admin:***@" in caplog.text
+
+
+def test_the_exception_keeps_no_key_within_reach(server):
+    server.serve(lambda conn, request, server: reset(conn))  # no answer at all
+    with pytest.raises(TransportError) as info:
+        events_of(server)
+    reachable = []
+    error = info.value
+    while error is not None:
+        reachable.append(error)
+        for holder in (error, getattr(error, "response", None)):
+            request = getattr(holder, "request", None)
+            if request is not None:
+                reachable.append(dict(request.headers))
+        error = error.__cause__ or error.__context__
+    assert len(reachable) > 2  # the cause and its request are there
+    assert all(KEY not in repr(item) for item in reachable)
 
 
 # --------------------------------------------------------------------------
@@ -1375,6 +1758,146 @@ def test_wait_finishes_a_progress_bar_with_the_outcome(server):
     assert out.getvalue().splitlines()[-1].endswith("failed: audio file is corrupt")
 
 
+def test_log_display_shows_no_control_characters_from_the_server():
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="log")
+    bar(ProcessingEvent(10, "a\x1b[2Jb"))
+    bar.finish(DoneEvent("https://x/\n2026-01-01 00:00:00 munsit: forged\x1b]0;t\x07", JOB))
+    bar.note("note\r\nforged")
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert len(text.splitlines()) == 3
+    assert all(STAMP.match(line) for line in text.splitlines())
+
+
+def test_outcome_text_cannot_forge_log_lines():
+    out = Utf8Stream()
+    mp.ProgressBar(out, mode="log").finish("saved\n2026-01-01 00:00:00 munsit: forged")
+    assert len(out.getvalue().splitlines()) == 1
+
+
+def test_lone_surrogates_in_messages_do_not_break_the_display(tmp_path):
+    with open(str(tmp_path / "log.txt"), "w", encoding="utf-8") as out:
+        bar = mp.ProgressBar(out, mode="log")
+        bar(ProcessingEvent(10, "bad \ud800 text"))
+        bar.finish(DoneEvent("https://x/\udfff.wav", JOB))
+    text = (tmp_path / "log.txt").read_text(encoding="utf-8")
+    assert "bad \ufffd text" in text
+
+
+def test_a_display_whose_stream_fails_ends_quietly_and_the_job_goes_on(server):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    server.serve(stream(processing(10), processing(60), DONE))
+    assert wait_on(server, on_progress=mp.ProgressBar(ClosedPipe(), mode="log")) == EXPECTED_DONE
+
+
+def test_label_prefixes_every_log_line():
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="log", label="a.wav")
+    bar(ProcessingEvent(10, "x"))
+    bar.note("a note")
+    bar.finish(DoneEvent("https://x/y.wav", JOB))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(" munsit: a.wav: " in line for line in lines)
+
+
+def test_four_jobs_in_four_threads_give_four_streams_of_lines():
+    out = Utf8Stream()
+    lock = threading.Lock()
+
+    class Shared:
+        encoding = "utf-8"
+
+        def write(self, text):
+            with lock:
+                out.write(text)
+
+        def flush(self):
+            pass
+
+    def follow(name):
+        bar = mp.ProgressBar(Shared(), mode="log", label=name)
+        for pct in range(0, 101, 10):
+            bar(ProcessingEvent(pct, "step"))
+        bar.finish(DoneEvent("https://x/%s" % name, JOB))
+
+    threads = [threading.Thread(target=follow, args=("job-%d" % n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    lines = out.getvalue().splitlines()
+    for n in range(4):
+        mine = [line for line in lines if " munsit: job-%d: " % n in line]
+        assert len(mine) == 12 and mine[-1].endswith("done: https://x/job-%d" % n)
+    assert len(lines) == 48
+
+
+class FakeDisplay:
+    """IPython.display, as far as the notebook display uses it."""
+
+    def __init__(self):
+        self.shown = []
+
+    def display(self, bundle, raw, display_id):
+        self.shown.append(bundle)
+        return self
+
+    def update(self, bundle, raw):
+        self.shown.append(bundle)
+
+
+@pytest.fixture
+def fake_ipython(monkeypatch):
+    fake = FakeDisplay()
+    module = type(sys)("IPython.display")
+    module.display = fake.display
+    monkeypatch.setitem(sys.modules, "IPython.display", module)
+    return fake
+
+
+def test_notebook_display_of_a_download_ends_saying_saved(server, tmp_path, fake_ipython):
+    server.serve(file_response(AUDIO))
+    target = str(tmp_path / "clean.wav")
+    with mp.ProgressBar(mode="notebook") as bar:
+        mp.download(
+            result_on(server),
+            target,
+            api_key=KEY,
+            base_url=server.base_url,
+            on_progress=bar.transfer,
+        )
+    final = fake_ipython.shown[-1]
+    assert "saved " + target in final["text/html"] and "saved" in final["text/plain"]
+
+
+def test_one_bar_for_wait_then_download_ends_with_the_url_and_the_saved_path(
+    server, tmp_path, fake_ipython
+):
+    done = sse_data({"stage": "done", "url": server.origin + "/files/x.wav", "denoiseId": JOB})
+    server.serve(stream(processing(50), done), file_response(AUDIO))
+    bar = mp.ProgressBar(mode="notebook")
+    result = wait_on(server, on_progress=bar)
+    target = str(tmp_path / "x.wav")
+    mp.download(result, target, api_key=KEY, base_url=server.base_url, on_progress=bar)
+    html = fake_ipython.shown[-1]["text/html"]
+    assert "saved " + target in html and 'href="%s/files/x.wav"' % server.origin in html
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "data:text/html,hi", "https://x/\x00y"])
+def test_notebook_links_only_to_http_urls(fake_ipython, url):
+    mp.ProgressBar(mode="notebook").finish(DoneEvent(url, JOB))
+    assert "<a " not in fake_ipython.shown[-1]["text/html"]
+
+
+def test_notebook_link_to_an_http_url(fake_ipython):
+    mp.ProgressBar(mode="notebook").finish(DoneEvent(RESULT_URL, JOB))
+    assert '<a href="%s"' % RESULT_URL in fake_ipython.shown[-1]["text/html"]
+
+
 # --------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------
@@ -1432,10 +1955,9 @@ def test_download_writes_next_to_the_target_then_renames(server, tmp_path):
     assert server.requests[0].headers["accept-encoding"] == "identity"
 
 
-def test_download_of_a_gzip_body_cut_short_is_a_transport_error(server, tmp_path):
-    body = gzip.compress(AUDIO)
-    server.serve(file_response(body[: len(body) // 2], headers={"Content-Encoding": "gzip"}))
-    with pytest.raises(TransportError):
+def test_download_refuses_a_compressed_body_it_did_not_ask_for(server, tmp_path):
+    server.serve(file_response(gzip.compress(AUDIO), headers={"Content-Encoding": "gzip"}))
+    with pytest.raises(ProtocolError, match="gzip"):
         mp.download(
             result_on(server), str(tmp_path / "x.wav"), api_key=KEY, base_url=server.base_url
         )
@@ -1471,7 +1993,11 @@ def test_download_cut_short_leaves_nothing_behind(server, tmp_path):
     server.serve(file_response(AUDIO[:100000], declared=len(AUDIO)))
     with pytest.raises(TransportError):
         mp.download(
-            result_on(server), str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url
+            result_on(server),
+            str(tmp_path / "out.wav"),
+            api_key=KEY,
+            base_url=server.base_url,
+            retry=FAST,
         )
     assert (tmp_path / "out.wav").read_bytes() == b"the previous file"
     assert os.listdir(str(tmp_path)) == ["out.wav"]
@@ -1517,6 +2043,277 @@ def test_download_follows_a_redirect_to_a_cdn_without_the_key(server, tmp_path):
         assert (tmp_path / "a.wav").read_bytes() == AUDIO
     finally:
         cdn.close()
+
+
+def ranged_file(body, etag='"v1"', drop_at=None, ranges=True, last_modified=None):
+    """A file server that honours Range (and If-Range) when ``ranges``, and
+    drops the connection after ``drop_at`` bytes of the file have gone out
+    in all, once per offset in the list ``drop_at``."""
+    drops = list(drop_at or [])
+
+    def script(conn, request, server):
+        start = 0
+        wanted = request.headers.get("range")
+        validator = request.headers.get("if-range")
+        fresh = validator is None or validator in (etag, last_modified)
+        headers = {"Content-Type": "audio/wav", "Connection": "close"}
+        if etag:
+            headers["ETag"] = etag
+        if last_modified:
+            headers["Last-Modified"] = last_modified
+        if ranges and wanted and fresh:
+            start = int(wanted.split("=")[1].split("-")[0])
+            headers["Content-Range"] = "bytes %d-%d/%d" % (start, len(body) - 1, len(body))
+            status = 206
+        else:
+            status = 200
+        part = body[start:]
+        headers["Content-Length"] = str(len(part))
+        conn.sendall(head(status, headers))
+        stop = len(part)
+        while drops and drops[0] <= start:
+            drops.pop(0)
+        if drops:
+            stop = drops.pop(0) - start
+        conn.sendall(part[:stop])
+
+    return script
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_download_resumes_across_drops_at_many_offsets(server, tmp_path, ranges):
+    offsets = [1, 4095, 65536, 100001, 300000, 511999]
+    server.serve(ranged_file(AUDIO, drop_at=offsets, ranges=ranges))
+    seen = []
+    target = str(tmp_path / "out.wav")
+    mp.download(
+        result_on(server),
+        target,
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(backoff_max=0.01),
+        on_progress=lambda got, total: seen.append(got),
+    )
+    assert (tmp_path / "out.wav").read_bytes() == AUDIO
+    assert os.listdir(str(tmp_path)) == ["out.wav"]
+    ranged = [r.headers.get("range") for r in server.requests]
+    if ranges:
+        assert ranged == [None] + ["bytes=%d-" % offset for offset in offsets]
+        assert all(r.headers.get("if-range") == '"v1"' for r in server.requests[1:])
+    else:  # the server answers 200: each attempt starts again from zero
+        assert 0 in seen[1:]
+
+
+def test_download_resumes_with_last_modified_when_the_etag_is_weak(server, tmp_path):
+    stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
+    server.serve(ranged_file(AUDIO, etag='W/"weak"', drop_at=[1000], last_modified=stamp))
+    mp.download(
+        result_on(server),
+        str(tmp_path / "o.wav"),
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=FAST,
+    )
+    assert server.requests[1].headers["if-range"] == stamp
+    assert (tmp_path / "o.wav").read_bytes() == AUDIO
+
+
+def test_download_starts_again_when_the_file_changed_between_attempts(server, tmp_path):
+    changed = bytes(reversed(AUDIO))
+    server.serve(ranged_file(AUDIO, drop_at=[200000]), ranged_file(changed, etag='"v2"'))
+    mp.download(
+        result_on(server),
+        str(tmp_path / "o.wav"),
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=FAST,
+    )
+    assert (tmp_path / "o.wav").read_bytes() == changed
+
+
+def test_download_gives_up_on_a_server_that_always_drops_at_the_same_place(server, tmp_path):
+    def script(conn, request, server):
+        conn.sendall(
+            head(200, {"Content-Length": str(len(AUDIO)), "Connection": "close"}) + AUDIO[:1000]
+        )
+
+    server.serve(script)
+    with pytest.raises(TransportError):
+        mp.download(
+            result_on(server),
+            str(tmp_path / "o.wav"),
+            api_key=KEY,
+            base_url=server.base_url,
+            retry=RetryPolicy(max_retries=3, backoff_max=0.01),
+        )
+    assert len(server.requests) == 4
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_download_stops_at_max_size_without_a_content_length(server, tmp_path):
+    def script(conn, request, server):
+        conn.sendall(head(200, {"Connection": "close"}))
+        for _ in range(100):
+            conn.sendall(b"\0" * 65536)
+
+    server.serve(script)
+    with pytest.raises(ProtocolError, match="max_size"):
+        mp.download(
+            result_on(server),
+            str(tmp_path / "o.wav"),
+            api_key=KEY,
+            base_url=server.base_url,
+            max_size=1_000_000,
+        )
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_download_refuses_a_declared_size_over_max_size_before_writing(server, tmp_path):
+    server.serve(file_response(AUDIO))
+    with pytest.raises(ProtocolError, match="max_size"):
+        mp.download(
+            result_on(server),
+            str(tmp_path / "o.wav"),
+            api_key=KEY,
+            base_url=server.base_url,
+            max_size=1000,
+            on_progress=lambda got, total: pytest.fail("wrote bytes"),
+        )
+
+
+def test_a_redirect_back_to_the_api_origin_does_not_get_the_key(server, tmp_path):
+    cdn = Server()
+    try:
+        back = server.origin + "/files/x.wav"
+        cdn.serve(error_response(302, headers={"Location": back}))
+        server.serve(file_response(AUDIO))
+        done = DoneEvent("http://localhost:%d/a.wav" % cdn.port, JOB)
+        mp.download(done, str(tmp_path / "a.wav"), api_key=KEY, base_url=server.base_url)
+        assert "x-api-key" not in cdn.requests[0].headers
+        assert "x-api-key" not in server.requests[0].headers
+        assert (tmp_path / "a.wav").read_bytes() == AUDIO
+    finally:
+        cdn.close()
+
+
+def test_plain_http_result_is_refused_while_the_api_is_https(server, tmp_path):
+    server.serve(file_response(AUDIO))
+    done = DoneEvent(server.origin + "/files/x.wav", JOB)
+    with pytest.raises(ProtocolError, match="allow_http"):
+        mp.download(done, str(tmp_path / "x.wav"), api_key=KEY, base_url="https://api.example")
+    assert_nothing_sent(server)
+    mp.download(done, str(tmp_path / "x.wav"), base_url="https://api.example", allow_http=True)
+    assert (tmp_path / "x.wav").read_bytes() == AUDIO
+
+
+def test_a_redirect_from_https_to_http_is_refused(server, tls_server, tmp_path):
+    tls_server.serve(error_response(302, headers={"Location": server.origin + "/x.wav"}))
+    server.serve(file_response(AUDIO))
+    done = DoneEvent(tls_server.origin + "/x.wav", JOB)
+    with pytest.raises(ProtocolError, match="allow_http"):
+        mp.download(done, str(tmp_path / "x.wav"), base_url="https://api.example", timeout=5)
+    assert len(tls_server.requests) == 1
+    assert_nothing_sent(server)
+
+
+def test_tls_download_follows_an_https_redirect(tls_server, tmp_path):
+    tls_server.serve(error_response(302, headers={"Location": "/y.wav"}), file_response(AUDIO))
+    done = DoneEvent(tls_server.origin + "/x.wav", JOB)
+    mp.download(done, str(tmp_path / "x.wav"), base_url="https://api.example", timeout=10)
+    assert (tmp_path / "x.wav").read_bytes() == AUDIO
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://x/y.wav", "data:audio/wav;base64,AAAA"]
+)
+def test_result_urls_that_are_not_http_are_protocol_errors(tmp_path, url):
+    with pytest.raises(ProtocolError):
+        mp.download(DoneEvent(url, JOB), str(tmp_path / "x.wav"), api_key=KEY)
+
+
+def test_download_content_length_with_a_non_ascii_digit_is_not_a_crash(server, tmp_path):
+    def script(conn, request, server):
+        # \xb2 is "²" in Latin-1, as http.client reads headers: a digit to isdigit().
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nConnection: close\r\n\r\n" + AUDIO
+        )
+
+    server.serve(script)
+    try:
+        mp.download(
+            result_on(server), str(tmp_path / "x.wav"), api_key=KEY, base_url=server.base_url
+        )
+    except MunsitError:
+        pass
+
+
+def device_node(folder):
+    """A character device (the null device's numbers) made in ``folder``.
+
+    Never the real /dev/null: a download that regressed to replacing what
+    it is given would replace the machine's own device, as root."""
+    path = str(folder / "null-device")
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (OSError, AttributeError):
+        pytest.skip("cannot make a device node here (needs root)")
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX")
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder", "link-to-a-fifo"])
+def test_download_refuses_what_is_not_a_regular_file(server, tmp_path, kind):
+    if kind == "device":
+        target = device_node(tmp_path)
+    elif kind == "fifo":
+        target = str(tmp_path / "fifo")
+        os.mkfifo(target)
+    elif kind == "folder":
+        target = str(tmp_path)
+    else:
+        target = str(tmp_path / "link")
+        os.mkfifo(str(tmp_path / "fifo"))
+        os.symlink(str(tmp_path / "fifo"), target)
+    server.serve(file_response(AUDIO))
+    with pytest.raises(ConfigurationError):
+        mp.download(result_on(server), target, api_key=KEY, base_url=server.base_url)
+    assert_nothing_sent(server)
+
+
+def test_download_writes_through_a_symlink_to_a_regular_file(server, tmp_path):
+    (tmp_path / "real.wav").write_bytes(b"old")
+    os.symlink("real.wav", str(tmp_path / "latest.wav"))
+    server.serve(file_response(AUDIO))
+    mp.download(
+        result_on(server), str(tmp_path / "latest.wav"), api_key=KEY, base_url=server.base_url
+    )
+    assert os.path.islink(str(tmp_path / "latest.wav"))
+    assert (tmp_path / "real.wav").read_bytes() == AUDIO
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_download_keeps_the_permission_bits_of_the_file_it_replaces(server, tmp_path):
+    target = tmp_path / "private.wav"
+    target.write_bytes(b"old")
+    os.chmod(str(target), 0o600)
+    server.serve(file_response(AUDIO))
+    mp.download(result_on(server), str(target), api_key=KEY, base_url=server.base_url)
+    assert oct(os.stat(str(target)).st_mode & 0o777) == oct(0o600)
+
+
+def test_download_to_a_long_name_works_and_a_too_long_one_fails_before_any_request(
+    server, tmp_path
+):
+    server.serve(file_response(AUDIO))
+    long_name = "a" * 250 + ".wav"
+    mp.download(result_on(server), str(tmp_path / long_name), api_key=KEY, base_url=server.base_url)
+    assert (tmp_path / long_name).read_bytes() == AUDIO
+    server.serve(file_response(AUDIO))
+    with pytest.raises(ConfigurationError, match="too long|longer than"):
+        mp.download(
+            result_on(server), str(tmp_path / ("b" * 300)), api_key=KEY, base_url=server.base_url
+        )
+    assert_nothing_sent(server)
 
 
 # --------------------------------------------------------------------------
@@ -1595,6 +2392,17 @@ def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
     )
 
 
+STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+
+
+def last_line(result):
+    """The last stderr line of a CLI run in log mode, its timestamp checked
+    and taken off."""
+    line = result.stderr.splitlines()[-1]
+    assert STAMP.match(line), line
+    return STAMP.sub("", line, count=1)
+
+
 def test_cli_done_prints_only_the_url_on_stdout(server):
     server.serve(stream(processing(40, "تقليل الضوضاء"), DONE))
     result = run_cli(JOB, "--base-url", server.base_url)
@@ -1611,7 +2419,7 @@ def test_cli_connection_failure_is_one_short_line(server):
     sock.close()
     result = run_cli(JOB, "--base-url", "http://127.0.0.1:%d" % port, "--timeout", "2")
     assert result.returncode == 4
-    last = result.stderr.splitlines()[-1]
+    last = last_line(result)
     assert last.startswith("munsit-progress: error: ") and "Max retries" not in result.stderr
     assert len(last) < 200
 
@@ -1637,7 +2445,7 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == mp.EXIT_JOB_FAILED == 1
     assert result.stdout == ""
-    assert result.stderr.splitlines()[-1] == (
+    assert last_line(result) == (
         "munsit-progress: error: denoise job failed: audio file is corrupt"
     )
     assert result.stderr.count("corrupt") == 1  # said once, not by the display too
@@ -1673,7 +2481,7 @@ def test_cli_rejection_by_the_api_exits_3(server, status):
     server.serve(error_response(status, b'{"message":"no"}'))
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == mp.EXIT_REJECTED == 3
-    assert result.stderr.splitlines()[-1].startswith("munsit-progress: error: HTTP %d" % status)
+    assert last_line(result).startswith("munsit-progress: error: HTTP %d" % status)
     assert len(server.requests) == 1
 
 
@@ -1690,7 +2498,7 @@ def test_cli_server_that_keeps_failing_exits_4(server):
     server.serve(error_response(503, headers={"Retry-After": "7200"}))
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == 4
-    assert result.stderr.splitlines()[-1].startswith("munsit-progress: error: HTTP 503")
+    assert last_line(result).startswith("munsit-progress: error: HTTP 503")
 
 
 def test_cli_protocol_error_exits_5(server):
@@ -1833,8 +2641,11 @@ def test_cli_output_downloads_the_result(server, tmp_path):
 def test_cli_output_cut_short_exits_4_and_leaves_no_file(server, tmp_path):
     done = sse_data({"stage": "done", "url": server.origin + "/files/x.wav", "denoiseId": JOB})
     server.serve(stream(done), file_response(AUDIO[:200000], declared=len(AUDIO)))
-    result = run_cli(JOB, "--base-url", server.base_url, "-o", str(tmp_path / "x.wav"))
+    result = run_cli(
+        JOB, "--base-url", server.base_url, "-o", str(tmp_path / "x.wav"), "--timeout", "3"
+    )
     assert result.returncode == 4
+    assert "resuming the download at byte 200000" in result.stderr
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -1861,7 +2672,7 @@ def test_cli_interrupt_exits_130_without_a_traceback(server, signum):
             process.wait(5)
     assert process.returncode == mp.EXIT_INTERRUPTED == 130
     assert b"Traceback" not in stderr
-    assert stderr.decode().splitlines()[-1] == "munsit-progress: error: interrupted"
+    assert stderr.decode().splitlines()[-1].endswith(" munsit-progress: error: interrupted")
     assert server.client_closed.wait(2.0)
 
 
@@ -1872,6 +2683,184 @@ def test_cli_help_and_version():
         assert text in result.stdout
     result = run_cli("--version")
     assert result.stdout.strip() == "munsit-progress " + mp.__version__
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x/a\nb.wav",
+        "https://x/\x1b[2Ja.wav",
+        "javascript:alert(1)",
+        "https://x/\\ud800.wav",
+    ],
+)
+def test_cli_prints_only_a_clean_http_url_else_exits_5(server, url):
+    body = '{"stage": "done", "url": "%s", "denoiseId": "%s"}' % (
+        url.replace("\n", "\\n").replace("\x1b", "\\u001b"),
+        JOB,
+    )
+    server.serve(stream(("data: %s\n\n" % body).encode()))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert "\x1b" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_cli_error_event_with_control_characters_is_one_clean_line(server):
+    server.serve(
+        stream(sse_data({"stage": "error", "message": "bad\n2026-01-01 00:00:00 forged\x1b[31m"}))
+    )
+    result = run_cli(JOB, "--base-url", server.base_url, "-q")
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr
+
+
+def test_cli_reconnect_note_cannot_forge_lines(server):
+    body = json.dumps({"errorMessage": "busy\n2026-01-01 00:00:00 munsit: forged"}).encode()
+    server.serve(error_response(503, body), stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 0
+    assert not any(line.startswith("2026-01-01") for line in result.stderr.splitlines())
+
+
+def test_cli_huge_timeout_is_accepted(server):
+    server.serve(stream(processing(50), DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "--timeout", "1e10")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Error" not in result.stderr
+    assert result.stdout == RESULT_URL + "\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX devices")
+def test_cli_output_to_a_device_is_refused_before_following(server, tmp_path):
+    server.serve(stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "-o", device_node(tmp_path))
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert_nothing_sent(server)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="needs /proc")
+def test_cli_output_through_a_link_to_its_own_stdout_is_refused(server, tmp_path):
+    os.symlink("/proc/self/fd/1", str(tmp_path / "link"))
+    server.serve(stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "-o", str(tmp_path / "link"))
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert_nothing_sent(server)
+
+
+def test_cli_output_name_too_long_is_refused_before_following(server, tmp_path):
+    server.serve(stream(DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "-o", str(tmp_path / ("x" * 300)))
+    assert result.returncode == 2
+    assert_nothing_sent(server)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
+def test_cli_json_into_a_reader_that_stops_exits_141_quietly(server):
+    events = [processing(pct) for pct in range(0, 100, 5)]
+    server.serve(stream(*(events + [DONE]), delay=0.05))
+    process = subprocess.Popen(
+        [sys.executable, MODULE, JOB, "--base-url", server.base_url, "--json", "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+    )
+    first = process.stdout.readline()
+    process.stdout.close()  # what `| head -1` does after one line
+    _, stderr = process.communicate(timeout=20)
+    assert json.loads(first.decode())["stage"] == "processing"
+    assert process.returncode == mp.EXIT_BROKEN_PIPE == 141
+    assert stderr == b""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
+def test_cli_with_stderr_closed_still_finishes_the_job(server):
+    server.serve(stream(processing(10, "x" * 100), processing(60), DONE, delay=0.05))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stderr
+    try:
+        result = subprocess.run(
+            [sys.executable, MODULE, JOB, "--base-url", server.base_url],
+            stdout=subprocess.PIPE,
+            stderr=write_end,
+            env=dict(os.environ, MUNSIT_API_KEY=KEY),
+            timeout=20,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert result.stdout.decode() == RESULT_URL + "\n"
+
+
+def test_cli_key_file_with_a_bom_is_read(server, tmp_path):
+    server.serve(stream(DONE))
+    (tmp_path / "key").write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\n")
+    result = run_cli(
+        JOB,
+        "--base-url",
+        server.base_url,
+        "--api-key-file",
+        str(tmp_path / "key"),
+        env={"MUNSIT_API_KEY": None},
+    )
+    assert result.returncode == 0, result.stderr
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_cli_key_file_without_end_is_refused_quickly(server):
+    started = time.monotonic()
+    result = run_cli(
+        JOB,
+        "--base-url",
+        server.base_url,
+        "--api-key-file",
+        "/dev/zero",
+        env={"MUNSIT_API_KEY": None},
+    )
+    assert result.returncode == 2 and "longer than" in result.stderr
+    assert time.monotonic() - started < 10
+    assert_nothing_sent(server)
+
+
+def test_cli_log_mode_stamps_every_line_and_says_retrying_before_any_connection(server):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    result = run_cli(JOB, "--base-url", "http://127.0.0.1:%d/api/v1" % port, "--timeout", "2.5")
+    assert result.returncode == 4
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 2 and all(STAMP.match(line) for line in lines), lines
+    assert "trying again in" in result.stderr and "reconnecting" not in result.stderr
+
+
+def test_cli_quiet_unknown_stage_flood_is_a_few_lines(server):
+    flood = b"".join(sse_data({"stage": "x%d" % (n % 2)}) for n in range(20000))
+    server.serve(stream(flood, DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, "-q")
+    assert result.returncode == 0
+    assert len(result.stderr.splitlines()) <= 3
+
+
+def test_cli_help_says_json_progress_goes_to_stderr_and_the_jq_example_works():
+    text = run_cli("--help").stdout
+    assert "stderr unless -q" in " ".join(text.split())
+    assert "jq -r '.pct // .url // .message'" in text
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python")),
+    reason="needs a Python 3.6",
+)
+def test_python_3_6_gets_one_line_saying_3_7_is_needed():
+    python36 = os.path.expanduser("~/.pyenv/versions/3.6.15/bin/python")
+    result = subprocess.run(
+        [python36, MODULE, "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "munsit_progress needs Python 3.7 or newer (this is 3.6)"
 
 
 # --------------------------------------------------------------------------
