@@ -1,19 +1,23 @@
-"""Follow a Munsit denoise job to its end over Server-Sent Events.
+"""Take audio through Munsit's denoise API: upload, follow, save.
 
 One file, no dependency beyond ``requests``; copy it into a project or
 ``pip install`` it.  Example::
 
     import munsit_progress
 
-    done = munsit_progress.wait(denoise_id, on_progress=print, timeout=1800)
+    done = munsit_progress.denoise("in.wav", "clean.wav", timeout=3600,
+                                   on_progress=munsit_progress.ProgressBar())
     print(done.url)
 
-``wait()`` reconnects on dropped connections and returns the ``done`` event;
-``iter_events()`` yields the validated events of a single connection;
-``ProgressBar()`` is a ready ``on_progress`` display for a terminal, a log or
-a notebook; ``download()`` saves the result.  Every error raised is a
+``denoise()`` uploads a file, follows its job and saves the result under
+one deadline; ``submit()`` uploads (streamed, never paid for twice),
+``list_jobs()`` lists the account's jobs, ``wait()`` follows a job across
+reconnections, ``iter_events()`` yields the validated events of a single
+connection, ``download()`` saves a result, resuming a broken transfer.
+``ProgressBar()`` shows a job's upload, processing and download in a
+terminal, a log or a notebook.  Every error raised is a
 :class:`MunsitError`.  From a shell: ``python munsit_progress.py --help``
-(``--demo`` follows a simulated job, no key needed).
+(``--demo`` runs against a local simulator, no key needed).
 """
 
 import sys
@@ -27,8 +31,10 @@ if sys.version_info < (3, 7):  # noqa: UP036 (a copied file may meet an old Pyth
 import codecs
 import contextlib
 import errno
+import functools
 import http.client
 import importlib
+import io
 import json
 import logging
 import math
@@ -53,6 +59,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NoReturn,
     Optional,
     Set,
     TextIO,
@@ -68,7 +75,7 @@ import urllib3
 if TYPE_CHECKING:  # the CLI imports argparse only when it runs
     import argparse
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "APIError",
@@ -87,22 +94,32 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PROTOCOL",
     "EXIT_REJECTED",
+    "EXIT_UNSURE",
     "EXIT_USAGE",
     "ErrorEvent",
     "Event",
     "JobNotFoundError",
+    "JobRecord",
+    "MAX_AUDIO_SECONDS",
     "MAX_LINE_BYTES",
+    "MAX_UPLOAD_BYTES",
     "MunsitError",
+    "PaymentRequiredError",
     "ProcessingEvent",
     "ProgressBar",
     "ProtocolError",
     "RetryPolicy",
+    "Submission",
+    "SubmissionUnknownError",
     "TransportError",
     "WaitTimeoutError",
     "demo_server",
+    "denoise",
     "download",
     "iter_events",
+    "list_jobs",
     "main",
+    "submit",
     "wait",
 ]
 
@@ -192,13 +209,86 @@ class ErrorEvent:
 Event = Union[ProcessingEvent, DoneEvent, ErrorEvent]
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A file queued by :func:`submit`: the job's ``denoise_id`` (a
+    canonical UUID, to follow with :func:`wait`), the ``job_id`` the server
+    also sent (it mirrors the denoise id), and the ``file_name`` and
+    ``size`` in bytes that were uploaded."""
+
+    denoise_id: str
+    job_id: str
+    file_name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job of the account, as :func:`list_jobs` returns it.
+
+    ``status`` is "pending", "success" or "failed" (kept as sent should the
+    API add others); ``audio_url`` is the result, once there is one;
+    ``audio_size`` (bytes) and ``audio_duration`` (seconds) describe the
+    uploaded source; ``source_type`` is "audio" or "video"; ``error`` says
+    why a job failed; ``created_at`` and ``updated_at`` are ISO 8601 strings
+    as the server sent them.  Fields the server left out are ``None``.
+    """
+
+    denoise_id: str
+    status: str
+    audio_url: Optional[str] = None
+    file_name: Optional[str] = None
+    audio_size: Optional[int] = None
+    audio_duration: Optional[float] = None
+    source_type: Optional[str] = None
+    error: Optional[str] = None
+    created_at: Optional[str] = None
+    updated_at: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The record with the API's own field names (JSON-ready)."""
+        out = {"id": self.denoise_id}  # type: Dict[str, Any]
+        for name in _RECORD_FIELDS:
+            out[name] = getattr(self, name)
+        return out
+
+
+_RECORD_FIELDS = (
+    "status",
+    "audio_url",
+    "file_name",
+    "audio_size",
+    "audio_duration",
+    "source_type",
+    "error",
+    "created_at",
+    "updated_at",
+)
+
+
 # --------------------------------------------------------------------------
 # Exceptions
 # --------------------------------------------------------------------------
 
 
 class MunsitError(Exception):
-    """Base of every error this module raises."""
+    """Base of every error this module raises.
+
+    ``denoise_id`` is the job the error concerns when a file had already
+    been submitted (by :func:`denoise`): the job exists, and is paid for;
+    follow it with ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``
+    rather than submitting the file again.  ``None`` otherwise.
+    """
+
+    denoise_id = None  # type: Optional[str]
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.denoise_id:
+            text += " [job %s was submitted: follow it, do not send the file again]" % (
+                self.denoise_id
+            )
+        return text
 
 
 class ConfigurationError(MunsitError, ValueError):
@@ -237,11 +327,15 @@ class APIError(MunsitError):
         super().__init__(text)
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self), self._init_args)
+        return (type(self), self._init_args, self.__dict__)
 
 
 class AuthenticationError(APIError):
     """HTTP 401 or 403: the API key is missing, wrong, or not allowed here."""
+
+
+class PaymentRequiredError(APIError):
+    """HTTP 402: the account's wallet cannot pay for the job."""
 
 
 class JobNotFoundError(APIError):
@@ -257,7 +351,7 @@ class DenoiseFailedError(MunsitError):
         super().__init__("denoise job failed: %s" % _clean(message))
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (type(self), (self.message,))
+        return (type(self), (self.message,), self.__dict__)
 
 
 class ProtocolError(MunsitError):
@@ -273,7 +367,33 @@ class TransportError(MunsitError):
 
 
 class WaitTimeoutError(MunsitError, TimeoutError):
-    """:func:`wait`'s overall ``timeout`` passed before the job ended."""
+    """The overall ``timeout`` passed before the call was done."""
+
+
+class SubmissionUnknownError(MunsitError):
+    """The file was sent, its answer was lost, and whether the server took
+    it could not be settled: the lookup found several candidate jobs, or the
+    deadline left no time to look.  Sending it again may pay twice.
+
+    ``candidates`` holds the :class:`JobRecord`\\ s that may be this upload
+    (possibly none); look at them, or at ``munsit-progress list``, first.
+    """
+
+    def __init__(self, message: str, candidates: "Optional[List[JobRecord]]" = None) -> None:
+        self.candidates = list(candidates or [])
+        if self.candidates:
+            message += "; candidate jobs: %s" % ", ".join(
+                "%s (%s, %s)" % (job.denoise_id, job.status, job.created_at or "?")
+                for job in self.candidates[:10]
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (
+            type(self),
+            (self.args[0].split("; candidate jobs:")[0], self.candidates),
+            self.__dict__,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -310,9 +430,17 @@ def _redact(text: str) -> str:
     return text
 
 
+# Bidirectional embeddings, overrides and isolates: they can make a log line
+# read as something else.  (The marks U+200E and U+200F, which Arabic text
+# uses, stay.)
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _printable(text: str) -> str:
-    """``text`` with control characters (newlines, escapes) made spaces and
-    lone surrogates made U+FFFD, so that it can be written to any stream."""
+    """``text`` safe to write to a terminal or a log line: control
+    characters (C0 and C1: newlines, escapes) and line or paragraph
+    separators made spaces, bidirectional overrides dropped, lone
+    surrogates made U+FFFD."""
     if text.isprintable():
         return text
     import unicodedata
@@ -320,7 +448,12 @@ def _printable(text: str) -> str:
     out = []
     for char in text:
         kind = unicodedata.category(char)
-        out.append(" " if kind == "Cc" else "\ufffd" if kind == "Cs" else char)
+        if kind in ("Cc", "Zl", "Zp"):
+            out.append(" ")
+        elif kind == "Cs":
+            out.append("\ufffd")
+        elif char not in _BIDI_CONTROLS:
+            out.append(char)
     return "".join(out)
 
 
@@ -503,7 +636,7 @@ def _decode_event(
             return None  # an empty data field is a heartbeat, not JSON
         if event_type not in _JSON_EVENT_TYPES:
             # A named event of some other kind, not a Munsit payload.
-            logger.debug("skipping non-JSON %r event", event_type)
+            logger.debug("skipping a non-JSON %s event", _clean(repr(event_type), 80))
             return None
         raise ProtocolError("event data is not JSON: %s" % _clean(data)) from None
     if not isinstance(payload, dict):
@@ -584,7 +717,8 @@ def _origin(url: str) -> Tuple[str, str, Optional[int]]:
     Parsed by urllib3, as the connection will be: urllib.parse reads
     "http://evil\\@api/" as host "api" where urllib3 connects to "evil".
     """
-    if "\\" in url or any(c <= " " or c == "\x7f" for c in url):
+    if not isinstance(url, str) or "\\" in url or " " in url or not url.isprintable():
+        # White space, C0/C1 controls, line separators: never in a URL we use.
         raise ValueError("ambiguous URL")
     parts = urllib3.util.parse_url(url)
     scheme = (parts.scheme or "").lower()
@@ -852,6 +986,8 @@ class _Client:
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(_API_KEY_ENV)
+        if not isinstance(api_key, (str, type(None))):
+            raise ConfigurationError("api_key must be a str, got %s" % type(api_key).__name__)
         # A key read from a file or an env var often ends in a newline.
         api_key = (api_key or "").strip()
         if not api_key and require_key:
@@ -864,6 +1000,8 @@ class _Client:
         _remember_secret(api_key)
         if base_url is None:
             base_url = os.environ.get(_BASE_URL_ENV) or DEFAULT_BASE_URL
+        if not isinstance(base_url, str):
+            raise ConfigurationError("base_url must be a str, got %s" % type(base_url).__name__)
         try:
             scheme, host, _ = _origin(base_url)
             auth = urllib3.util.parse_url(base_url).auth
@@ -996,7 +1134,7 @@ class _Client:
         else:
             exchange.limit(remaining, "deadline")
             data.on_end = lambda: _limit_answer(exchange, self.read_timeout, self)
-        logger.debug("%s %s", method, _redact(url))
+        logger.debug("%s %s", method, _clean(url, 300))
         _local.exchange = exchange
         try:
             response = self.session.request(
@@ -1023,6 +1161,12 @@ class _Client:
                 headers["x-api-key"] = _REDACTED
         _scrub(response)
         exchange.response = response
+        coding = response.headers.get("Transfer-Encoding", "").strip().lower()
+        if coding not in ("", "chunked", "identity"):
+            # http.client reads anything but a plain "chunked" as raw bytes:
+            # chunk sizes or compressed bytes would pass for the body.
+            exchange.close()
+            raise ProtocolError("unsupported Transfer-Encoding %r" % _clean(coding, 40))
         setattr(response, "_munsit_exchange", exchange)  # noqa: B010 (requests' class)
         with exchange._lock:
             expired = exchange.expired
@@ -1079,6 +1223,8 @@ class _Client:
         cls = APIError
         if status in (401, 403):
             cls = AuthenticationError
+        elif status == 402:
+            cls = PaymentRequiredError
         elif status == 404 and for_job:
             cls = JobNotFoundError
         return cls(status, code, text, retry_after)
@@ -1695,13 +1841,630 @@ def _pause(
     logger.log(
         logging.INFO if failures == 1 else logging.WARNING,
         "%s in %.2f s (retry %d of %d): %s",
-        doing,
+        _printable(doing),
         delay,
         failures,
         policy.max_retries,
-        exc,
+        _printable(str(exc)),
     )
     policy.sleep(delay)
+
+
+# --------------------------------------------------------------------------
+# Upload and list: submit() and list_jobs()
+# --------------------------------------------------------------------------
+
+#: The largest file submit() sends (200 MiB).  The API's "200 MB" may mean
+#: 10**6 or 2**20 bytes: only what is surely too large is refused here, and
+#: the server judges the rest.
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+#: The longest audio the API takes, in seconds (15 minutes).
+MAX_AUDIO_SECONDS = 15 * 60
+
+_AUDIO_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "m4a": "audio/mp4",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+}
+_VIDEO_TYPES = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+    "webm": "video/webm",
+    "avi": "video/x-msvideo",
+    "m4v": "video/x-m4v",
+}
+# http.client asks a body for 8 KB at a time; larger pieces mean far fewer
+# system calls, and it sends whatever a read returns.
+_UPLOAD_BLOCK = 256 * 1024
+_ANSWER_LIMIT = 64 * 1024
+_LIST_LIMIT_BYTES = 64 * 1024 * 1024
+# The lookup after a lost answer: how many recent jobs it reads, and how long
+# it waits before its second look (the server may still be writing the record).
+_LOOKUP_RECORDS = 100
+_LOOKUP_PAUSE = 3.0
+
+
+class _Source:
+    """The file to upload, opened and checked once; each attempt rewinds it.
+
+    Raises ConfigurationError, before any byte is sent, for what the API
+    would refuse or the upload could not send whole."""
+
+    __slots__ = ("name", "size", "content_type", "_handle", "_start", "_owned")
+
+    def __init__(self, path: Any, check: bool) -> None:
+        self.size = 0  # type: int
+        if isinstance(path, (str, os.PathLike)):
+            shown = os.fspath(path)
+            shown = shown if isinstance(shown, str) else os.fsdecode(shown)
+            try:
+                # Judged before it is opened: opening a FIFO would block.
+                if not _stat.S_ISREG(os.stat(shown).st_mode):
+                    raise ConfigurationError("cannot upload %s: it is not a regular file" % shown)
+                handle = open(shown, "rb")  # noqa: SIM115 (closed by close())
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, ConfigurationError):
+                    raise
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigurationError(
+                    "cannot read %s: %s" % (_printable(shown), reason)
+                ) from None
+            self._owned = True
+        elif hasattr(path, "read") and isinstance(getattr(path, "name", None), (str, bytes)):
+            handle = path
+            name = handle.name
+            shown = name if isinstance(name, str) else os.fsdecode(name)
+            self._owned = False
+        else:
+            raise ConfigurationError("path must be a file name or an open binary file with a name")
+        self._handle = handle
+        try:
+            self._inspect(handle, shown, check)
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self, handle: Any, shown: str, check: bool) -> None:
+        self.name = os.path.basename(shown) or "audio"
+        try:
+            mode = os.fstat(handle.fileno()).st_mode  # type: Optional[int]
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            mode = None  # a file object without a descriptor: judged by what it reads
+        if mode is not None and not _stat.S_ISREG(mode):
+            raise ConfigurationError("cannot upload %s: it is not a regular file" % shown)
+        try:
+            self._start = handle.tell()
+            end = handle.seek(0, os.SEEK_END)
+            handle.seek(self._start)
+            probe = handle.read(0)
+        except (AttributeError, OSError, ValueError) as exc:
+            raise ConfigurationError(
+                "cannot upload %s: it must be a readable, seekable binary file (%s)" % (shown, exc)
+            ) from None
+        if not isinstance(probe, bytes):
+            raise ConfigurationError("cannot upload %s: open it in binary mode ('rb')" % shown)
+        self.size = end - self._start
+        if self.size <= 0:
+            raise ConfigurationError("cannot upload %s: it is empty" % shown)
+        extension = os.path.splitext(self.name)[1][1:].lower()
+        self.content_type = (
+            _AUDIO_TYPES.get(extension) or _VIDEO_TYPES.get(extension) or "application/octet-stream"
+        )
+        if not check:
+            return
+        if self.size > MAX_UPLOAD_BYTES:
+            raise ConfigurationError(
+                "cannot upload %s: %s is over the API's 200 MB limit" % (shown, _size(self.size))
+            )
+        if extension not in _AUDIO_TYPES and extension not in _VIDEO_TYPES:
+            raise ConfigurationError(
+                "cannot upload %s: .%s is not an audio (%s) or video (%s) type the API lists; "
+                "check=False (--no-check) sends it anyway"
+                % (shown, extension, ", ".join(_AUDIO_TYPES), ", ".join(_VIDEO_TYPES))
+            )
+        if extension == "wav":
+            seconds = _wav_seconds(handle, self._start, self.size)
+            handle.seek(self._start)
+            if seconds is not None and seconds > MAX_AUDIO_SECONDS:
+                raise ConfigurationError(
+                    "cannot upload %s: it is %.1f minutes long, over the API's 15-minute limit"
+                    % (shown, seconds / 60.0)
+                )
+
+    def rewind(self) -> None:
+        self._handle.seek(self._start)
+
+    def read(self, amount: int) -> bytes:
+        data = self._handle.read(amount)
+        return data if isinstance(data, bytes) else b""
+
+    def close(self) -> None:
+        if self._owned:
+            self._handle.close()
+
+
+def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
+    """How long a WAV file says it is, from its header; None if it does not
+    say (another format, a streamed WAV without sizes, a damaged header).
+
+    Only WAV can be measured with the standard library alone; the server
+    judges the length of every other format."""
+    import struct
+
+    handle.seek(start)
+    riff = handle.read(12)
+    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        return None
+    position = 12
+    byte_rate = 0
+    for _ in range(64):  # chunks before "data": a handful in real files
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        chunk, length = cast(Tuple[bytes, int], struct.unpack("<4sI", header))
+        position += 8
+        if chunk == b"fmt ":
+            fmt = handle.read(min(length, 64))
+            if len(fmt) < 12:
+                return None
+            byte_rate = cast(int, struct.unpack_from("<I", fmt, 8)[0])
+            handle.seek(start + position + length + (length & 1))
+        elif chunk == b"data":
+            if not byte_rate or length in (0, 0xFFFFFFFF):
+                return None
+            # A header may claim more than the file holds: count what is there.
+            return min(length, size - position) / float(byte_rate)
+        else:
+            handle.seek(start + position + length + (length & 1))
+        position += length + (length & 1)
+    return None
+
+
+def _form_quote(name: str) -> str:
+    """A file name as a multipart ``filename="..."`` value.
+
+    The name is sent as UTF-8, as browsers send it.  A quote and a backslash
+    are escaped with a backslash, which multipart parsers (busboy, the
+    email package, python-multipart) read back as the character; a line end
+    or another control character, which no header may hold, becomes %XX as
+    browsers write it."""
+    out = []
+    for char in name:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append("%%%02X" % ord(char))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class _MultipartBody:
+    """A ``multipart/form-data`` body with one file part, read from the file
+    as the connection sends it: never held whole in memory, and of an exact
+    length, since many servers and proxies refuse a chunked upload.
+
+    requests sends any object with ``read`` and ``__len__`` as a body with
+    that Content-Length.  ``finished`` says whether every byte was handed to
+    the connection, which tells a lost answer from an upload that never
+    completed."""
+
+    def __init__(
+        self,
+        source: _Source,
+        boundary: str,
+        report: Optional[Callable[[int, Optional[int]], Any]],
+    ) -> None:
+        self._source = source
+        self._report = report
+        self._head = (
+            '--%s\r\nContent-Disposition: form-data; name="audio"; filename="%s"\r\n'
+            "Content-Type: %s\r\n\r\n" % (boundary, _form_quote(source.name), source.content_type)
+        ).encode("utf-8", "surrogateescape")
+        self._tail = ("\r\n--%s--\r\n" % boundary).encode("ascii")
+        self._left = source.size
+        self._part = 0
+        #: Bytes of the file read so far.
+        self.sent = 0
+        #: Whether every byte of the body was handed to the connection.
+        self.finished = False
+        #: Called once, when the last byte has been handed over.
+        self.on_end = None  # type: Optional[Callable[[], None]]
+        #: The exception a callback (or the file) raised, to pass on unchanged.
+        self.callback_error = None  # type: Optional[BaseException]
+        source.rewind()
+
+    def __len__(self) -> int:
+        return len(self._head) + self._source.size + len(self._tail)
+
+    def read(self, amount: int = -1) -> bytes:
+        if self._part == 0:
+            self._part = 1
+            return self._head
+        if self._part == 1:
+            data = self._source.read(min(_UPLOAD_BLOCK, self._left))
+            if not data:
+                self.callback_error = ConfigurationError(
+                    "%s got shorter while it was being sent" % self._source.name
+                )
+                raise self.callback_error
+            self._left -= len(data)
+            self.sent += len(data)
+            if not self._left:
+                self._part = 2
+            if self._report is not None:
+                try:
+                    self._report(self.sent, self._source.size)
+                except BaseException as exc:
+                    self.callback_error = exc
+                    raise
+            return data
+        if self._part == 2:
+            self._part = 3
+            return self._tail
+        if not self.finished:
+            self.finished = True
+            if self.on_end is not None:
+                self.on_end()
+        return b""
+
+
+def submit(
+    path: Any,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    on_upload: Optional[Callable[[int, Optional[int]], Any]] = None,
+    timeout: Optional[float] = None,
+    check: bool = True,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: Optional[RetryPolicy] = None,
+) -> Submission:
+    """Upload a file (``POST /denoise``) and return its :class:`Submission`.
+
+    ``path`` is a file name, or an open binary file with a ``name`` (sent
+    from its current position).  The file is streamed, never read whole,
+    with an exact Content-Length; ``on_upload(sent, total)`` is called as
+    bytes go out (a :class:`ProgressBar` or its ``transfer`` fits).
+
+    Checked before any byte is sent (:class:`ConfigurationError`): a
+    readable, non-empty regular file; and, unless ``check=False``, at most
+    :data:`MAX_UPLOAD_BYTES`, an audio or video extension the API lists, and
+    a WAV file no longer than 15 minutes by its header.
+
+    The job is billed and the call is not idempotent, so it is sent again
+    only when the server certainly did not take it: the connection could
+    not be made or broke before the whole file was sent, or the server
+    answered 429 or 503 (``Retry-After`` is obeyed), as ``retry`` allows.
+    When the file was sent and the answer lost (a reset, a read timeout,
+    502, 504), the job is looked up with ``GET /denoise`` (a record with
+    this file name and size created since the upload began, looked for
+    twice a few seconds apart) and returned if found; the file is sent
+    again only if it is not there.  If several jobs could be it, or the
+    deadline leaves no time to look, :class:`SubmissionUnknownError` names
+    them instead of risking a second charge.
+
+    Raises :class:`APIError` (400: the API refused the file, with its
+    ``error_code`` and ``error_message``), :class:`PaymentRequiredError`
+    (402), :class:`AuthenticationError`, :class:`TransportError`,
+    :class:`WaitTimeoutError` or :class:`SubmissionUnknownError`.
+
+    Example::
+
+        job = submit("interview.wav", on_upload=ProgressBar())
+        done = wait(job.denoise_id)
+    """
+    policy = retry if retry is not None else RetryPolicy()
+    with _Client(
+        api_key,
+        base_url,
+        session,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        deadline=_deadline(timeout, policy.clock),
+        clock=policy.clock,
+    ) as client:
+        source = _Source(path, check)
+        try:
+            return _submit(client, source, _upload_callback(on_upload), policy)
+        finally:
+            source.close()
+
+
+def _upload_callback(on_upload: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
+    """A display's ``upload`` method (also when given its ``transfer``), or
+    the callback itself."""
+    owner = getattr(on_upload, "__self__", on_upload)
+    upload = getattr(owner, "upload", None)
+    chosen = upload if callable(upload) else on_upload
+    return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
+
+
+def _submit(
+    client: _Client,
+    source: _Source,
+    report: Optional[Callable[[int, Optional[int]], Any]],
+    policy: RetryPolicy,
+    sent_since: Optional[float] = None,
+) -> Submission:
+    """POST the file until the server certainly has it once.
+
+    ``sent_since`` (a time.time() reading) says that an earlier run may have
+    sent this file from then on without seeing the answer: look first."""
+    failures = 0
+    if sent_since is not None:
+        found = _look_up(client, source, sent_since, policy)
+        if found is not None:
+            return found
+    while True:
+        began = time.time()
+        boundary = "munsit-%s" % os.urandom(16).hex()
+        bodies = []  # type: List[_MultipartBody]
+        # A consumed body sent again would be an empty upload that looks like
+        # success: every attempt and every redirect gets a new one.
+        fresh_body = functools.partial(_fresh_body, bodies, source, boundary, report)
+
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "multipart/form-data; boundary=%s" % boundary,
+            "User-Agent": _USER_AGENT,
+        }  # type: Dict[str, Union[str, bytes]]
+        sent = False
+        try:
+            response = client.send("POST", client.url("/denoise"), headers, body=fresh_body)
+            sent = bool(bodies) and bodies[-1].finished
+            status = response.status_code
+            if status == 200:
+                return _submission(client, response, source)
+            error = client.error(response, for_job=False)  # type: MunsitError
+            if status not in (429, 503) and not 500 <= status <= 599:
+                raise error
+            # 429 and 503 say the job was not taken; another 5xx may come
+            # from a proxy after the server took it.
+            sent = status not in (429, 503)
+        except TransportError as exc:
+            error = exc
+            sent = bool(bodies) and bodies[-1].finished
+        except WaitTimeoutError as exc:
+            if bodies and bodies[-1].finished:
+                raise SubmissionUnknownError(
+                    "the deadline passed after %s was sent and before the server answered; "
+                    "the job may exist (munsit-progress list)" % source.name
+                ) from exc
+            raise
+        if sent:
+            logger.info(
+                "the answer to the upload of %s was lost: looking the job up",
+                _printable(source.name),
+            )
+            found = _look_up(client, source, began, policy, error)
+            if found is not None:
+                return found
+        failures += 1
+        if failures > policy.max_retries or not _is_retryable(error):
+            raise error
+        _pause(error, failures, policy, client.remaining(), "sending %s again" % source.name)
+
+
+def _fresh_body(
+    made: List[_MultipartBody],
+    source: _Source,
+    boundary: str,
+    report: Optional[Callable[[int, Optional[int]], Any]],
+) -> _MultipartBody:
+    made.append(_MultipartBody(source, boundary, report))
+    return made[-1]
+
+
+def _submission(client: _Client, response: requests.Response, source: _Source) -> Submission:
+    payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
+    denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
+    canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
+    if canonical is None:
+        raise ProtocolError(
+            "the answer to the upload has no denoiseId: %s" % _clean(json.dumps(payload)[:200])
+        )
+    job_id = payload.get("jobId")
+    return Submission(
+        canonical, job_id if isinstance(job_id, str) else canonical, source.name, source.size
+    )
+
+
+def _look_up(
+    client: _Client,
+    source: _Source,
+    began: float,
+    policy: RetryPolicy,
+    lost: Optional[MunsitError] = None,
+) -> Optional[Submission]:
+    """The job an upload begun at ``began`` (time.time()) created, if the
+    account's recent jobs show exactly one; None if they show none, twice."""
+    names = {source.name, _form_quote(source.name)}
+    for look in range(2):
+        if look:
+            remaining = client.remaining()
+            if remaining is not None and remaining <= _LOOKUP_PAUSE:
+                raise SubmissionUnknownError(
+                    "%s was sent but its answer was lost, and the deadline leaves no time "
+                    "to look the job up" % source.name
+                ) from lost
+            policy.sleep(_LOOKUP_PAUSE)
+        try:
+            records, skew = _list(client, _LOOKUP_RECORDS, 0)
+        except (TransportError, APIError, ProtocolError) as exc:
+            raise SubmissionUnknownError(
+                "%s was sent but its answer was lost, and the job could not be looked up: %s"
+                % (source.name, exc)
+            ) from exc
+        # Record times are the server's: compare them on its clock.
+        since = began + skew - 2.0
+        found = [
+            record
+            for record in records
+            if record.file_name in names
+            and record.audio_size in (None, source.size)
+            and _created_at_or_after(record, since)
+        ]
+        if len(found) == 1:
+            logger.info("found the job of %s: %s", _printable(source.name), found[0].denoise_id)
+            return Submission(found[0].denoise_id, found[0].denoise_id, source.name, source.size)
+        if len(found) > 1:
+            raise SubmissionUnknownError(
+                "%s was sent but its answer was lost, and several jobs could be it" % source.name,
+                found,
+            ) from lost
+    return None
+
+
+_ISO_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?$", re.ASCII
+)
+
+
+def _epoch(text: Optional[str]) -> Optional[float]:
+    """Seconds since the epoch of an ISO 8601 time (UTC if no zone)."""
+    import calendar
+
+    match = _ISO_TIME.match(text or "")
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    try:
+        seconds = float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+    seconds += float(match.group(7) or 0)
+    zone = match.group(8)
+    if zone and zone != "Z":
+        sign = -1 if zone[0] == "+" else 1
+        digits = zone[1:].replace(":", "")
+        seconds += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return seconds
+
+
+def _created_at_or_after(record: JobRecord, since: float) -> bool:
+    created = _epoch(record.created_at)
+    # A record whose time cannot be read may be this upload: a candidate.
+    return created is None or created >= since
+
+
+def list_jobs(
+    *,
+    limit: Optional[int] = None,
+    offset: int = 0,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    timeout: Optional[float] = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = 60.0,
+    retry: Optional[RetryPolicy] = None,
+) -> List[JobRecord]:
+    """The account's jobs (``GET /denoise``), newest first, as
+    :class:`JobRecord`\\ s: at most ``limit`` of them (``None``: all),
+    after skipping ``offset``.
+
+    Unknown extra fields are ignored; a body that is not a list of records
+    with at least an ``id`` and a ``status`` is a :class:`ProtocolError`.
+    Dropped connections, 429 and 5xx are retried as ``retry`` says, within
+    ``timeout``.  Raises :class:`AuthenticationError`, :class:`APIError`,
+    :class:`TransportError`, :class:`ProtocolError` or
+    :class:`WaitTimeoutError`.
+
+    Example::
+
+        for job in list_jobs(limit=10):
+            print(job.created_at, job.status, job.file_name)
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigurationError("limit must be a whole number >= 1, got %r" % (limit,))
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ConfigurationError("offset must be a whole number >= 0, got %r" % (offset,))
+    policy = retry if retry is not None else RetryPolicy()
+    with _Client(
+        api_key,
+        base_url,
+        session,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        deadline=_deadline(timeout, policy.clock),
+        clock=policy.clock,
+    ) as client:
+        failures = 0
+        while True:
+            try:
+                return _list(client, limit, offset)[0]
+            except (TransportError, APIError) as exc:
+                failures += 1
+                if failures > policy.max_retries or not _is_retryable(exc):
+                    raise
+                _pause(exc, failures, policy, client.remaining(), "trying again")
+
+
+def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobRecord], float]:
+    """One GET /denoise: the records, and the server's clock minus ours
+    (from its Date header; 0 if it sent none)."""
+    query = "offset=%d" % offset + ("&limit=%d" % limit if limit is not None else "")
+    headers = {
+        "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
+        "User-Agent": _USER_AGENT,
+    }  # type: Dict[str, Union[str, bytes]]
+    response = client.send("GET", client.url("/denoise?" + query), headers)
+    if response.status_code != 200:
+        raise client.error(response, for_job=False)
+    skew = 0.0
+    date = response.headers.get("Date")
+    if date:
+        try:
+            skew = parsedate_to_datetime(date).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
+            skew = 0.0
+    payload = client.read_json(response, _LIST_LIMIT_BYTES, "the job list")
+    if not isinstance(payload, list):
+        raise ProtocolError(
+            "the job list is not a JSON list: %s" % _clean(json.dumps(payload)[:200])
+        )
+    return [_job_record(item) for item in payload], skew
+
+
+def _job_record(item: Any) -> JobRecord:
+    job = item.get("id") if isinstance(item, dict) else None
+    canonical = _canonical_uuid(job) if isinstance(job, str) else None
+    status = item.get("status") if isinstance(item, dict) else None
+    if canonical is None or not isinstance(status, str):
+        raise ProtocolError(
+            "a job record has no valid id and status: %s" % _clean(json.dumps(item)[:200])
+        )
+
+    def text(name: str) -> Optional[str]:
+        value = item.get(name)
+        return value if isinstance(value, str) else None
+
+    def number(name: str) -> Optional[float]:
+        value = item.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return value if math.isfinite(value) else None
+
+    size = number("audio_size")
+    return JobRecord(
+        canonical,
+        status,
+        audio_url=text("audio_url"),
+        file_name=text("file_name"),
+        audio_size=int(size) if size is not None and size == int(size) else None,
+        audio_duration=number("audio_duration"),
+        source_type=text("source_type"),
+        error=text("error"),
+        created_at=text("created_at"),
+        updated_at=text("updated_at"),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1865,6 +2628,13 @@ class ProgressBar:
         """Show a line of text (a warning, say) without garbling the display."""
         self._view_for().note(_shown(text), self._state)
 
+    def _reached(self, done: DoneEvent) -> None:
+        """The job is done and its download follows: show it, do not end."""
+        state = self._resume("processing")
+        state.url = _shown(done.url)
+        state.pct = 100.0
+        self._view_for().milestone(state, "done: %s" % state.url)
+
     def __enter__(self) -> "ProgressBar":
         return self
 
@@ -1930,6 +2700,11 @@ class _View:
     def note(self, text: str, state: _JobState) -> None:
         raise NotImplementedError
 
+    def milestone(self, state: _JobState, text: str) -> None:
+        """A step worth its own line in a log (the job done, before its
+        download); elsewhere the display just moves on."""
+        self.update(state, True)
+
     def restart(self) -> None:
         """The display goes on after an end (a new phase or a new job)."""
 
@@ -1956,12 +2731,11 @@ class _View:
         if self._dead:
             return
         out = self._out()
+        if out is None:  # no stderr at all (pythonw, 2>&-)
+            self._dead = True
+            return
         try:
-            try:
-                out.write(text)
-            except UnicodeEncodeError:
-                encoding = getattr(out, "encoding", None) or "ascii"
-                out.write(text.encode(encoding, "replace").decode(encoding, "replace"))
+            out.write(_encodable(out, text))
             flush = getattr(out, "flush", None)
             if flush is not None:
                 flush()
@@ -2007,9 +2781,7 @@ class _TerminalView(_View):
         line = "%s %s" % (bar, text) if bar else text
         if state.label:
             line = "%s  %s" % (state.label, line)
-        if not self.unicode_ok():
-            encoding = getattr(self._out(), "encoding", None) or "ascii"
-            line = line.encode(encoding, "replace").decode(encoding, "replace")
+        line = _encodable(self._out(), line)
         tail = "  " + state.elapsed()
         # The message is what gets cut, not the elapsed time after it.
         line, width = _fit(line, self._columns() - 1 - len(tail))
@@ -2065,6 +2837,9 @@ class _LogView(_View):
             self.line(state, state.outcome)
 
     def note(self, text: str, state: _JobState) -> None:
+        self.line(state, text)
+
+    def milestone(self, state: _JobState, text: str) -> None:
         self.line(state, text)
 
     def line(self, state: Optional[_JobState], text: str) -> None:
@@ -2137,6 +2912,17 @@ class _NotebookView(_View):
             self._handle = display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
+
+
+def _encodable(stream: Any, text: str) -> str:
+    """``text`` with what ``stream`` cannot encode replaced by ``?``."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf16", "utf32"):
+        return text
+    try:
+        return text.encode(encoding, "replace").decode(encoding, "replace")
+    except LookupError:  # an encoding Python does not know
+        return text.encode("ascii", "replace").decode("ascii")
 
 
 def _is_web_url(url: str) -> bool:
@@ -2295,30 +3081,35 @@ def _output_path(path: "Union[str, os.PathLike[str]]") -> str:
         raise ConfigurationError("the output must be a file name, got %r" % (path,))
     name = os.fspath(path)
     path = name if isinstance(name, str) else os.fsdecode(name)
+    shown = _printable(path)
+    if path.endswith(("/", os.sep)):
+        raise ConfigurationError("cannot write %s: it names a folder" % shown)
     try:
         # os.stat follows symlinks: a link to /dev/null or /proc/self/fd/1 is
         # judged by what it points to.
         mode = os.stat(path).st_mode  # type: Optional[int]
+        os.fsencode(path)  # a lone surrogate or NUL fails here, not halfway
     except FileNotFoundError:
         mode = None
-    except OSError as exc:
-        raise ConfigurationError("cannot write %s: %s" % (path, exc.strerror)) from None
+    except (OSError, ValueError) as exc:  # ValueError: NUL, unencodable names
+        reason = getattr(exc, "strerror", None) or "not a usable file name"
+        raise ConfigurationError("cannot write %s: %s" % (shown, reason)) from None
     if mode is not None and not _stat.S_ISREG(mode):
         kind = "a folder" if _stat.S_ISDIR(mode) else "not a regular file"
-        raise ConfigurationError("cannot write %s: it is %s" % (path, kind))
+        raise ConfigurationError("cannot write %s: it is %s" % (shown, kind))
     real = os.path.realpath(path)
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
-        raise ConfigurationError("cannot write %s: no folder %s" % (path, folder))
+        raise ConfigurationError("cannot write %s: no folder %s" % (shown, _printable(folder)))
     if not os.access(folder, os.W_OK):
-        raise ConfigurationError("cannot write %s: the folder is not writable" % path)
+        raise ConfigurationError("cannot write %s: the folder is not writable" % shown)
     try:
         name_max = os.pathconf(folder, "PC_NAME_MAX")
     except (AttributeError, ValueError, OSError):  # no pathconf (Windows)
         name_max = 255
     if len(os.fsencode(os.path.basename(real))) > name_max:
         raise ConfigurationError(
-            "cannot write %s: the name is longer than %d bytes" % (path, name_max)
+            "cannot write %s: the name is longer than %d bytes" % (shown, name_max)
         )
     return real
 
@@ -2469,6 +3260,19 @@ def _fetch_once(
             _close(response)
             _restart(out, body, report)
             return False
+        elif status == 206:
+            # Part of the file, though all of it was asked for: usable only
+            # if the part is the whole.
+            body.received = 0
+            if not _continues(response, body) or body.total is None:
+                raise ProtocolError(
+                    "the server sent part of the result when all of it was asked for"
+                )
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            if match is None or int(match.group(2)) + 1 != body.total:
+                raise ProtocolError(
+                    "the server sent part of the result when all of it was asked for"
+                )
         else:
             raise client.error(response, for_job=False)
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
@@ -2502,7 +3306,15 @@ def _fetch_once(
 
 
 def _continues(response: requests.Response, body: _Body) -> bool:
-    """Whether a 206 answer is the rest of the same file."""
+    """Whether a 206 answer is the rest of the same file: its range starts
+    where the file stopped, and its total and validator are the first
+    answer's (a server that ignores If-Range must not splice two versions)."""
+    validator = body.validator
+    if validator is not None:
+        header = "ETag" if validator.startswith('"') else "Last-Modified"
+        sent = response.headers.get(header)
+        if sent is not None and sent != validator:
+            return False
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
     if match is None:
         return False
@@ -2527,6 +3339,132 @@ def _restart(out: Any, body: _Body, report: Optional[Callable[[int, Optional[int
 
 
 # --------------------------------------------------------------------------
+# One call: denoise()
+# --------------------------------------------------------------------------
+
+
+def denoise(
+    path: Any,
+    output: Optional[str] = None,
+    *,
+    on_progress: Union[Callable[[ProcessingEvent], Any], ProgressBar, None] = None,
+    timeout: Optional[float] = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    check: bool = True,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: Optional[RetryPolicy] = None,
+    allow_http: bool = False,
+    max_size: int = DEFAULT_MAX_DOWNLOAD,
+) -> DoneEvent:
+    """Upload a file, follow its job, save the result; return the
+    :class:`DoneEvent`.
+
+    :func:`submit`, then :func:`wait`, then (if ``output`` is given)
+    :func:`download`, with one connection pool and under one overall
+    ``timeout``: the three together never run past it.  ``output`` is
+    checked before the upload, so that a job is never paid for when its
+    result could not be saved.  ``on_progress`` receives each
+    :class:`ProcessingEvent`; a :class:`ProgressBar` shows the upload, the
+    processing and the download as one display.  The other arguments are
+    as for those functions.
+
+    An error raised after the upload was accepted carries the job's
+    ``denoise_id`` (attribute and message): the job exists and is paid
+    for, so follow it (``wait(err.denoise_id)``, ``munsit-progress ID``)
+    instead of sending the file again.
+
+    Example::
+
+        done = denoise("interview.wav", "clean.wav", on_progress=ProgressBar(), timeout=3600)
+    """
+    policy = retry if retry is not None else RetryPolicy()
+    if not isinstance(max_size, int) or max_size < 0:
+        raise ConfigurationError("max_size must be a number of bytes >= 0")
+    with _Client(
+        api_key,
+        base_url,
+        session,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        deadline=_deadline(timeout, policy.clock),
+        clock=policy.clock,
+        allow_http=allow_http,
+    ) as client:
+        target = _output_path(output) if output is not None else None
+        source = _Source(path, check)
+        try:
+            return _denoise_one(
+                client, source, target, output, on_progress, policy, max_size=max_size
+            )
+        finally:
+            source.close()
+
+
+def _denoise_one(
+    client: _Client,
+    source: _Source,
+    target: Optional[str],
+    output: Optional[str],
+    on_progress: Any,
+    policy: RetryPolicy,
+    *,
+    max_size: int = DEFAULT_MAX_DOWNLOAD,
+    known_id: Optional[str] = None,
+    sent_since: Optional[float] = None,
+    on_submitted: Optional[Callable[[Submission], Any]] = None,
+) -> DoneEvent:
+    """denoise() for one file on a client: the one way a file is uploaded,
+    followed and saved, which the batch uses too.
+
+    ``known_id``: the job was submitted already (follow it, do not upload);
+    ``sent_since``: an earlier run may have sent the file without seeing the
+    answer (look it up first); ``on_submitted`` is called with the
+    :class:`Submission` the moment the server accepts the upload."""
+    finish = _finisher(on_progress)
+    upload = getattr(on_progress, "upload", None)
+    transfer = getattr(on_progress, "transfer", None)
+    job = known_id
+    try:
+        if job is None:
+            submission = _submit(
+                client, source, upload if callable(upload) else None, policy, sent_since
+            )
+            job = submission.denoise_id
+            if on_submitted is not None:
+                on_submitted(submission)
+        try:
+            done = _follow(client, job, on_progress if callable(on_progress) else None, policy)
+            if target is None:
+                if finish is not None:
+                    finish(done)
+                return done
+            reached = getattr(on_progress, "_reached", None)
+            if callable(reached):
+                reached(done)
+            _save(
+                client,
+                done.url,
+                target,
+                transfer if callable(transfer) else None,
+                max_size,
+                policy,
+            )
+        except MunsitError as exc:
+            exc.denoise_id = job
+            raise
+    except BaseException as exc:
+        if finish is not None:
+            finish(exc)
+        raise
+    if finish is not None:
+        finish("saved %s" % output)
+    return done
+
+
+# --------------------------------------------------------------------------
 # Demo server: a local simulator of the progress endpoint
 # --------------------------------------------------------------------------
 
@@ -2547,49 +3485,221 @@ _DEMO_FAILURE = "the audio could not be processed (تعذّرت معالجة ا�
 
 
 @contextlib.contextmanager
-def demo_server(*, fail: bool = False, duration: float = 4.0) -> Iterator[str]:
-    """Run a local simulator of the Munsit progress API; yield its base URL.
+def demo_server(
+    *, fail: bool = False, duration: float = 4.0, max_upload: int = MAX_UPLOAD_BYTES
+) -> Iterator[str]:
+    """Run a local simulator of the Munsit API; yield its base URL.
 
     The simulator listens on 127.0.0.1 (a free port) and speaks the
-    documented protocol: chunked SSE with ``processing`` events (English and
-    Arabic messages), heartbeat comments, then ``done`` (or ``error`` when
-    ``fail``), over about ``duration`` seconds per job.  A job starts when
-    its id is first asked for; reconnecting resumes it, and a finished job
-    replays its final event.  The ``done`` URL serves a short WAV file.  Any
-    non-empty API key is accepted; a missing one gets a 401.  Use it to try
-    your integration without the real API::
+    documented protocol:
+
+    - ``POST /denoise`` parses the multipart body for real (streamed to a
+      temporary folder, removed at the end), refuses a file over
+      ``max_upload`` bytes or a body without an ``audio`` file part with the
+      documented 400 body, and answers ``{"jobId", "denoiseId"}``;
+    - ``GET /denoise`` lists the jobs it has seen, newest first, with their
+      status (``pending``, then ``success`` or ``failed``), honouring
+      ``offset`` and ``limit``;
+    - ``GET /denoise/{id}/progress`` streams chunked SSE: ``processing``
+      events (English and Arabic messages), heartbeat comments, then
+      ``done`` (or ``error`` when ``fail``), over about ``duration`` seconds
+      per job.  A submitted job starts when it is submitted, any other id
+      when it is first asked for; reconnecting resumes it, and a finished
+      job replays its final event;
+    - the ``done`` URL serves the result: the uploaded file itself for a
+      submitted job (under its own extension), a short WAV file otherwise.
+
+    Any non-empty API key is accepted; a missing one gets a 401.  Use it to
+    try your integration without the real API::
 
         with demo_server() as base_url:
-            done = wait(str(uuid.uuid4()), api_key="demo", base_url=base_url)
-            download(done, "out.wav", base_url=base_url)
+            done = denoise("in.wav", "out.wav", api_key="demo", base_url=base_url)
     """
     import http.server  # only the demo needs it: keep it off the import path
+    import tempfile
 
-    state = _DemoState(fail, duration)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _demo_handler(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield "http://127.0.0.1:%d/api/v1" % server.server_address[1]
-    finally:
-        state.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with tempfile.TemporaryDirectory(prefix="munsit-demo-") as folder:
+        state = _DemoState(fail, duration, max_upload, folder)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _demo_handler(state))
+        server.daemon_threads = True
+        server.request_queue_size = 64  # a batch connects many at once
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        try:
+            yield "http://127.0.0.1:%d/api/v1" % server.server_address[1]
+        finally:
+            state.stop.set()
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+class _DemoJob:
+    """A job the simulator took: its record, and where its upload is kept."""
+
+    def __init__(self, job: str, name: str, size: int, path: str) -> None:
+        self.id = job
+        self.name = name
+        self.size = size
+        self.path = path
+        self.created = time.time()
 
 
 class _DemoState:
-    def __init__(self, fail: bool, duration: float) -> None:
+    def __init__(self, fail: bool, duration: float, max_upload: int, folder: str) -> None:
         self.fail = fail
-        self.interval = max(duration, 0.1) / len(_DEMO_STEPS)
+        self.duration = max(duration, 0.1)
+        self.interval = self.duration / len(_DEMO_STEPS)
+        self.max_upload = max_upload
+        self.folder = folder
         self.started = {}  # type: Dict[str, float]
+        self.jobs = {}  # type: Dict[str, _DemoJob]
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
     def start_of(self, job: str) -> float:
         with self.lock:
             return self.started.setdefault(job, time.monotonic())
+
+    def add(self, record: _DemoJob) -> None:
+        with self.lock:
+            self.jobs[record.id] = record
+            self.started[record.id] = time.monotonic()
+
+    def records(self) -> List[Dict[str, Any]]:
+        """The jobs as GET /denoise shows them, newest first."""
+        with self.lock:
+            jobs = sorted(self.jobs.values(), key=lambda job: job.created, reverse=True)
+            started = dict(self.started)
+        now = time.monotonic()
+        out = []
+        for job in jobs:
+            ended = now - started[job.id] >= self.duration
+            status = ("failed" if self.fail else "success") if ended else "pending"
+            extension = os.path.splitext(job.name)[1][1:].lower()
+            out.append(
+                {
+                    "id": job.id,
+                    "user_id": "demo-user",
+                    "transaction_id": "demo-%s" % job.id[:8],
+                    "audio_url": _demo_result_path(job) if status == "success" else None,
+                    "original_audio_url": "/api/v1/uploads/%s" % job.id,
+                    "file_name": job.name,
+                    "audio_duration": round(job.size / 32000.0, 3),
+                    "audio_size": job.size,
+                    "audio_format": extension,
+                    "source_type": "video" if extension in _VIDEO_TYPES else "audio",
+                    "status": status,
+                    "error": _DEMO_FAILURE if status == "failed" else None,
+                    "created_at": _iso(job.created),
+                    "updated_at": _iso(job.created + (self.duration if ended else 0)),
+                }
+            )
+        return out
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % (
+        int(seconds * 1000) % 1000
+    )
+
+
+def _demo_result_path(job: _DemoJob) -> str:
+    extension = os.path.splitext(job.name)[1].lower() or ".wav"
+    return "/api/v1/files/%s_denoised%s" % (job.id, extension)
+
+
+class _DemoUpload:
+    """The simulator's multipart parser: reads a body of known length in
+    pieces and keeps the ``audio`` file part in a file, never the whole body
+    in memory."""
+
+    def __init__(self, read: Callable[[int], bytes], length: int, boundary: bytes) -> None:
+        self._read = read
+        self._left = length
+        self._buffer = b""
+        self._delimiter = b"\r\n--" + boundary
+        self.name = None  # type: Optional[str]
+        self.size = 0
+
+    def _more(self) -> bool:
+        if self._left <= 0:
+            return False
+        piece = self._read(min(self._left, 256 * 1024))
+        if not piece:
+            self._left = 0
+            return False
+        self._left -= len(piece)
+        self._buffer += piece
+        return True
+
+    def parse(self, out: Any) -> None:
+        """Find the parts; write the audio file part's bytes to ``out``."""
+        # The body starts with the first delimiter (no CRLF before it).
+        self._buffer = b"\r\n"
+        while True:
+            start = self._buffer.find(self._delimiter)
+            while start < 0 and self._more():
+                start = self._buffer.find(self._delimiter)
+            if start < 0:
+                return  # no further part: an unterminated body
+            self._buffer = self._buffer[start + len(self._delimiter) :]
+            while len(self._buffer) < 2 and self._more():
+                pass
+            if self._buffer[:2] == b"--":
+                return  # the closing delimiter
+            end = self._buffer.find(b"\r\n\r\n")
+            while end < 0 and len(self._buffer) < 16384 and self._more():
+                end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            headers = self._buffer[:end].decode("utf-8", "surrogateescape")
+            self._buffer = self._buffer[end + 4 :]
+            name, filename = _demo_disposition(headers)
+            keep = name == "audio" and filename is not None and self.name is None
+            if keep:
+                self.name = filename
+            self._part(out if keep else None)
+
+    def _part(self, out: Any) -> None:
+        """Consume one part's content up to (not past) the next delimiter."""
+        keep = len(self._delimiter)
+        while True:
+            found = self._buffer.find(self._delimiter)
+            if found >= 0:
+                self._emit(self._buffer[:found], out)
+                self._buffer = self._buffer[found:]
+                return
+            # Hold back what could be the start of a delimiter.
+            if len(self._buffer) > keep:
+                self._emit(self._buffer[:-keep], out)
+                self._buffer = self._buffer[-keep:]
+            if not self._more():
+                return
+
+    def _emit(self, data: bytes, out: Any) -> None:
+        if out is not None and data:
+            out.write(data)
+            self.size += len(data)
+
+
+def _demo_disposition(headers: str) -> Tuple[Optional[str], Optional[str]]:
+    """A part's form field name and file name, read as a multipart parser
+    reads a Content-Disposition header."""
+    import email.message
+    import email.utils
+
+    message = email.message.Message()
+    for line in headers.split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-disposition":
+            message["Content-Disposition"] = value.strip()
+    field = message.get_param("name", header="content-disposition")
+    filename = message.get_param("filename", header="content-disposition")
+    field = email.utils.collapse_rfc2231_value(field) if field is not None else None
+    if filename is not None:
+        filename = email.utils.collapse_rfc2231_value(filename)
+    return field, filename
 
 
 def _demo_handler(state: _DemoState) -> Any:
@@ -2603,26 +3713,101 @@ def _demo_handler(state: _DemoState) -> Any:
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("demo server: " + format, *args)
 
+        def _keyed(self) -> bool:
+            if (self.headers.get("x-api-key") or "").strip():
+                return True
+            self._send_json(
+                401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"}
+            )
+            return False
+
+        def do_POST(self) -> None:
+            path = self.path.split("?")[0].strip("/").split("/")
+            length = _ascii_int(self.headers.get("Content-Length"))
+            if path != ["api", "v1", "denoise"] or length is None:
+                self._discard(length)
+                self._send_json(404 if length is not None else 411, {"message": "Not found"})
+                return
+            if not self._keyed():
+                return
+            content_type = self.headers.get("Content-Type", "")
+            boundary = None
+            if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+                import email.message
+
+                message = email.message.Message()
+                message["Content-Type"] = content_type
+                boundary = message.get_param("boundary")
+            if not isinstance(boundary, str) or not boundary:
+                self._discard(length)
+                self._send_json(
+                    400, {"errorCode": "40000", "errorMessage": "No audio file provided"}
+                )
+                return
+            job = _random_uuid()
+            stored = os.path.join(self.demo.folder, job)
+            upload = _DemoUpload(self.rfile.read, length, boundary.encode("utf-8"))
+            with open(stored, "wb") as out:
+                upload.parse(out)
+            self._discard(upload._left)
+            if upload.name is None or not upload.size:
+                os.unlink(stored)
+                self._send_json(
+                    400, {"errorCode": "40000", "errorMessage": "No audio file provided"}
+                )
+            elif upload.size > self.demo.max_upload:
+                os.unlink(stored)
+                self._send_json(
+                    400,
+                    {
+                        "errorCode": "40001",
+                        "errorMessage": "File size exceeds the maximum limit of 200MB. "
+                        "File size: %dMB" % round(upload.size / 1e6),
+                    },
+                )
+            else:
+                self.demo.add(_DemoJob(job, upload.name, upload.size, stored))
+                self._send_json(200, {"jobId": job, "denoiseId": job})
+
+        def _discard(self, length: Optional[int]) -> None:
+            left = length or 0
+            while left > 0:
+                piece = self.rfile.read(min(left, 256 * 1024))
+                if not piece:
+                    break
+                left -= len(piece)
+
         def do_GET(self) -> None:
-            parts = self.path.split("?")[0].strip("/").split("/")
+            target, _, query = self.path.partition("?")
+            parts = target.strip("/").split("/")
             if parts[:3] == ["api", "v1", "files"] and len(parts) == 4:
-                self._send_wav()
+                self._send_result(parts[3])
+            elif parts == ["api", "v1", "denoise"]:
+                if self._keyed():
+                    self._send_list(query)
             elif (
                 len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress"
             ):
                 job = _canonical_uuid(parts[3])
-                if not (self.headers.get("x-api-key") or "").strip():
-                    self._send_json(
-                        401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"}
-                    )
-                elif job is None:
+                if not self._keyed():
+                    return
+                if job is None:
                     self._send_json(404, {"message": "Denoising job not found"})
                 else:
                     self._send_progress(job)
             else:
                 self._send_json(404, {"message": "Not found"})
 
-        def _send_json(self, status: int, payload: Dict[str, str]) -> None:
+        def _send_list(self, query: str) -> None:
+            from urllib.parse import parse_qs
+
+            asked = parse_qs(query)
+            offset = _ascii_int((asked.get("offset") or ["0"])[0]) or 0
+            limit = _ascii_int((asked.get("limit") or [""])[0])
+            records = self.demo.records()[offset:]
+            self._send_json(200, records[:limit] if limit else records)
+
+        def _send_json(self, status: int, payload: Any) -> None:
             body = json.dumps(payload).encode("utf-8")
             # One answer per connection, so no handler thread outlives the server.
             self.close_connection = True
@@ -2633,15 +3818,26 @@ def _demo_handler(state: _DemoState) -> Any:
             self.end_headers()
             self.wfile.write(body)
 
-        def _send_wav(self) -> None:
-            body = _demo_wav()
+        def _send_result(self, name: str) -> None:
+            job = self.demo.jobs.get(name.split("_")[0])
             self.close_connection = True
+            if job is None:
+                body = _demo_wav()
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.send_header("Content-Type", "audio/wav")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             self.send_response(200)
             self.send_header("Connection", "close")
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(job.size))
             self.end_headers()
-            self.wfile.write(body)
+            with open(job.path, "rb") as stored:
+                for piece in iter(functools.partial(stored.read, 256 * 1024), b""):
+                    self.wfile.write(piece)
 
         def _send_progress(self, job: str) -> None:
             demo = self.demo
@@ -2652,6 +3848,7 @@ def _demo_handler(state: _DemoState) -> Any:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             started = demo.start_of(job)
+            submitted = demo.jobs.get(job)
             last = len(_DEMO_STEPS)
             failing_at = last // 2 if demo.fail else None
             self._chunk("retry: 1000\n\n")
@@ -2661,7 +3858,11 @@ def _demo_handler(state: _DemoState) -> Any:
                     self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
                     break
                 if step == last:
-                    url = "http://%s/api/v1/files/%s_denoised.wav" % (self.headers.get("Host"), job)
+                    if submitted is not None:
+                        path = _demo_result_path(submitted)
+                    else:
+                        path = "/api/v1/files/%s_denoised.wav" % job
+                    url = "http://%s%s" % (self.headers.get("Host"), path)
                     self._event(step, {"stage": "done", "url": url, "denoiseId": job})
                     break
                 pct, message = _DEMO_STEPS[step]
@@ -2715,6 +3916,9 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_GAVE_UP = 4
 EXIT_PROTOCOL = 5
+#: The upload was sent, its answer lost, and whether the job exists is unknown:
+#: sending the file again may pay twice (SubmissionUnknownError).
+EXIT_UNSURE = 6
 EXIT_INTERRUPTED = 130
 #: stdout's reader went away (``| head``): what a shell shows for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
@@ -2726,11 +3930,15 @@ exit status:
   1    the job failed (the server sent an error event)
   2    usage or configuration error (bad id, no API key, bad option, an
        -o that is not a regular file)
-  3    the API refused the request (401/403: key; 404: no such job; other 4xx)
+  3    the API refused the request (401/403: key; 402: the wallet cannot pay;
+       400: the file (too large, too long, no file); 404: no such job)
   4    gave up: the deadline passed, the connection kept failing, or the
        download could not be written; worth trying again later
   5    the server sent something this client cannot read (or a result URL
        that is not a clean http(s) URL)
+  6    denoise: the file was sent but the answer was lost, and the job could
+       not be found for sure; check `munsit-progress list` before sending
+       it again (it may be paid for already)
   130  interrupted (Ctrl-C or SIGTERM); no partial download is left
   141  stdout was closed by its reader (| head); nothing more is written
 
@@ -2738,8 +3946,15 @@ environment:
   MUNSIT_API_KEY   the API key (or use --api-key-file)
   MUNSIT_BASE_URL  the API's address (default %s)
 
+commands:
+  munsit-progress DENOISE_ID [-o FILE]      follow a job (this page)
+  munsit-progress denoise FILE [-o OUTPUT]  upload a file, follow it, save it
+  munsit-progress list [--limit N]          the account's jobs, newest first
+  (munsit-progress denoise --help, munsit-progress list --help)
+
 examples:
   munsit-progress --demo                    # a simulated job, no key needed
+  munsit-progress --demo denoise in.wav -o clean.wav
   munsit-progress 5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1 -o clean.wav
   munsit-progress --json --quiet ID | jq -r '.pct // .url // .message'
 """
@@ -2748,14 +3963,12 @@ examples:
 
 
 def _parser() -> "argparse.ArgumentParser":
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = _argument_parser(
         prog="munsit-progress",
         description="Follow a Munsit denoise job until it ends: show its progress,\n"
         "print the URL of the denoised audio, optionally download it.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "denoise_id",
@@ -2845,13 +4058,12 @@ class _Console:
 
     def out(self, text: str) -> None:
         """One line of result on stdout."""
+        stdout = sys.stdout
+        if stdout is None:  # started with stdout closed (>&-)
+            raise _StdoutClosed()
         try:
-            try:
-                sys.stdout.write(text + "\n")
-            except UnicodeEncodeError:
-                encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-                sys.stdout.write(text.encode(encoding, "replace").decode(encoding) + "\n")
-            sys.stdout.flush()
+            stdout.write(_encodable(stdout, text) + "\n")
+            stdout.flush()
         except (BrokenPipeError, ValueError):  # ValueError: stdout closed in-process
             raise _StdoutClosed() from None
         except OSError as exc:
@@ -2862,18 +4074,18 @@ class _Console:
     def err(self, text: str) -> None:
         """One line on stderr, prefixed with the program's name (and the
         time, in a log)."""
-        if self._stderr_gone or sys.stderr is None:
+        self.err_line("munsit-progress: " + _printable(text))
+
+    def err_line(self, line: str) -> None:
+        """A line on stderr as it is (timestamped in a log)."""
+        stderr = sys.stderr
+        if self._stderr_gone or stderr is None:
             return
-        line = "munsit-progress: " + _printable(text)
         if self.log_mode:
             line = "%s %s" % (time.strftime("%Y-%m-%d %H:%M:%S"), line)
         try:
-            try:
-                sys.stderr.write(line + "\n")
-            except UnicodeEncodeError:
-                encoding = getattr(sys.stderr, "encoding", None) or "ascii"
-                sys.stderr.write(line.encode(encoding, "replace").decode(encoding) + "\n")
-            sys.stderr.flush()
+            stderr.write(_encodable(stderr, line) + "\n")
+            stderr.flush()
         except (OSError, ValueError):
             self._stderr_gone = True
 
@@ -2882,34 +4094,47 @@ class _Console:
             self.err(text)
 
     def error(self, text: str) -> None:
-        if self.verbose:
+        if self.verbose and sys.stderr is not None:
             import traceback
 
             with contextlib.suppress(OSError, ValueError):
-                traceback.print_exc()
+                traceback.print_exc(file=sys.stderr)
         self.err("error: " + text)
 
     def json(self, event: Event) -> None:
+        self.record(event.to_dict())
+
+    def record(self, fields: Mapping[str, Any]) -> None:
+        """One JSON object on its own line of stdout, secrets redacted."""
         self.out(
-            json.dumps(
-                {k: _redact(v) if isinstance(v, str) else v for k, v in event.to_dict().items()}
-            )
+            json.dumps({k: _redact(v) if isinstance(v, str) else v for k, v in fields.items()})
         )
 
-    def result(self, url: str) -> None:
-        """The result URL, alone on its line; only a clean http(s) URL."""
-        if not _is_web_url(url):
-            raise ProtocolError("the result URL is not a clean http(s) URL: %s" % _clean(url, 100))
-        self.out(_redact(url))
+    def result(self, done: DoneEvent, as_json: bool, **fields: Any) -> None:
+        """The done event on stdout: its URL alone on a line, or its JSON
+        line.  Either way only a clean http(s) URL: ``jq -r .url`` must not
+        write escapes to a terminal either."""
+        if not _is_web_url(done.url):
+            raise ProtocolError(
+                "the result URL is not a clean http(s) URL: %s" % _clean(done.url, 100)
+            )
+        if as_json:
+            self.record(dict(done.to_dict(), **fields))
+        else:
+            self.out(_redact(done.url))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(arguments)
+    if command is not None:
+        return _main_command(command, arguments)
     parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error already shown
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    parsed = _parse(parser, arguments)
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
     demo = args.demo or args.demo_fail
     if not (demo or args.denoise_id):
         return _usage(parser, "give a DENOISE_ID, or --demo to watch a simulated job")
@@ -2982,6 +4207,249 @@ def _run_command(
             _restore_sigterm(previous_sigterm)
 
 
+# Options that take a value, so that their value is not taken for a command.
+_VALUED_OPTIONS = frozenset(
+    ("-o", "--output", "--timeout", "--api-key-file", "--base-url", "--limit", "--offset")
+)
+_COMMANDS = ("denoise", "list")
+
+
+def _command_of(argv: List[str]) -> Optional[str]:
+    """The command named by the first argument that is not an option."""
+    skip = False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--":
+            return None
+        elif argument.startswith("-"):
+            skip = argument in _VALUED_OPTIONS
+        else:
+            return argument if argument in _COMMANDS else None
+    return None
+
+
+def _command_parser(command: str) -> "argparse.ArgumentParser":
+    import argparse
+
+    if command == "denoise":
+        parser = _argument_parser(
+            prog="munsit-progress denoise",
+            description="Upload an audio or video file, follow its denoise job and print the\n"
+            "URL of the result (or, with -o, save it and print the saved path).",
+            epilog=_EPILOG,
+        )
+        parser.add_argument("command", choices=["denoise"], help=argparse.SUPPRESS)
+        parser.add_argument("files", nargs="+", metavar="FILE", help="the file to denoise")
+        parser.add_argument(
+            "-o",
+            "--output",
+            metavar="OUTPUT",
+            help="save the denoised audio to OUTPUT (checked before the upload)",
+        )
+        parser.add_argument(
+            "--no-check",
+            action="store_true",
+            help="send the file even if its type, size or length is outside the API's limits",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="write each step to stdout as one JSON object per line, naming the file "
+            "and the denoiseId (progress still goes to stderr unless -q)",
+        )
+    else:
+        parser = _argument_parser(
+            prog="munsit-progress list",
+            description="List the account's denoise jobs, newest first.",
+            epilog=_EPILOG,
+        )
+        parser.add_argument("command", choices=["list"], help=argparse.SUPPRESS)
+        parser.add_argument(
+            "--limit",
+            type=int,
+            default=20,
+            metavar="N",
+            help="show at most N jobs (default 20; 0 shows them all)",
+        )
+        parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip N jobs")
+        parser.add_argument(
+            "--json", action="store_true", help="write each job as one JSON object per line"
+        )
+    _add_common_options(parser)
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against a simulator on a local server (no key, no network)",
+    )
+    return parser
+
+
+def _main_command(command: str, argv: List[str]) -> int:
+    parser = _command_parser(command)
+    parsed = _parse(parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
+    if args.demo and (args.base_url or args.api_key_file):
+        return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
+    if args.timeout is not None and not 0 < args.timeout < math.inf:
+        return _usage(parser, "--timeout must be a positive number of seconds")
+    console = _Console(args.quiet, args.verbose)
+    if command == "list":
+        if args.limit < 0 or args.offset < 0:
+            return _usage(parser, "--limit and --offset must be 0 or more")
+        return _run_command(args, console, None, lambda: _list_command(args, console))
+    if len(args.files) > 1:
+        return _usage(parser, "give one FILE")
+    if args.output == "":
+        return _usage(parser, "-o needs a file name")
+    bar = None if args.quiet else ProgressBar()
+    return _run_command(args, console, bar, lambda: _denoise_command(args, console, bar))
+
+
+def _with_api(
+    args: Any, console: _Console, run: Callable[[Optional[str], Optional[str]], int]
+) -> int:
+    """Run ``run(api_key, base_url)`` against the API, or the simulator."""
+    if args.demo:
+        with demo_server() as base_url:
+            console.note("demo: a local simulator of the API (no key, no network)")
+            return run("demo", base_url)
+    return run(_cli_key(args), args.base_url)
+
+
+def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> int:
+    """``munsit-progress denoise FILE``: upload, follow, print or save."""
+    path = args.files[0]
+    name = os.path.basename(path)
+
+    class Reporter:
+        """The display, and the JSON lines on stdout with --json."""
+
+        job = None  # type: Optional[str]
+
+        def __call__(self, event: ProcessingEvent) -> None:
+            if args.json:
+                console.record(dict(event.to_dict(), file=name, denoiseId=self.job))
+            if bar is not None:
+                bar(event)
+
+        def upload(self, sent: int, total: Optional[int]) -> None:
+            if bar is not None:
+                bar.upload(sent, total)
+
+        def transfer(self, received: int, total: Optional[int]) -> None:
+            if bar is not None:
+                bar.transfer(received, total)
+
+        def _reached(self, done: DoneEvent) -> None:
+            if bar is not None:
+                bar._reached(done)
+
+        def finish(self, outcome: Any) -> None:
+            if bar is not None:
+                bar.finish(outcome)
+
+    reporter = Reporter()
+
+    def submitted(job: Submission) -> None:
+        reporter.job = job.denoise_id
+        console.note("%s: submitted as job %s" % (name, job.denoise_id))
+        if args.json:
+            console.record({"stage": "submitted", "file": name, "denoiseId": job.denoise_id})
+
+    def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        policy = RetryPolicy()
+        with _Client(
+            api_key,
+            base_url,
+            None,
+            deadline=_deadline(args.timeout, policy.clock),
+            allow_http=args.allow_http,
+        ) as client:
+            target = _output_path(args.output) if args.output is not None else None
+            source = _Source(path, not args.no_check)
+            try:
+                done = _denoise_one(
+                    client, source, target, args.output, reporter, policy, on_submitted=submitted
+                )
+            except DenoiseFailedError as exc:
+                if args.json:
+                    console.record(
+                        {
+                            "stage": "error",
+                            "message": exc.message,
+                            "file": name,
+                            "denoiseId": reporter.job,
+                        }
+                    )
+                raise
+            finally:
+                source.close()
+        if args.json:
+            console.result(done, True, file=name)
+            if args.output is not None:
+                console.record(
+                    {
+                        "stage": "saved",
+                        "path": args.output,
+                        "file": name,
+                        "denoiseId": done.denoise_id,
+                    }
+                )
+        elif args.output is not None:
+            console.out(_printable(args.output))
+        else:
+            console.result(done, False)
+        return EXIT_OK
+
+    return _with_api(args, console, run)
+
+
+def _list_command(args: Any, console: _Console) -> int:
+    """``munsit-progress list``: a table, or JSON lines with --json."""
+
+    def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        jobs = list_jobs(
+            limit=args.limit or None,
+            offset=args.offset,
+            api_key=api_key,
+            base_url=base_url,
+            timeout=args.timeout,
+        )
+        if args.json:
+            for job in jobs:
+                console.record(job.to_dict())
+            return EXIT_OK
+        if not jobs:
+            console.note("no jobs")
+            return EXIT_OK
+        rows = [("CREATED", "STATUS", "DENOISE ID", "SIZE", "LENGTH", "FILE")]
+        for job in jobs:
+            rows.append(
+                (
+                    (job.created_at or "-")[:19].replace("T", " "),
+                    job.status,
+                    job.denoise_id,
+                    _size(job.audio_size) if job.audio_size is not None else "-",
+                    "%d:%02d" % divmod(int(job.audio_duration), 60)
+                    if job.audio_duration is not None
+                    else "-",
+                    job.file_name or "-",
+                )
+            )
+        widths = [max(len(_printable(row[column])) for row in rows) for column in range(5)]
+        for row in rows:
+            cells = [_printable(_redact(cell)) for cell in row]
+            console.out(
+                "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[5]
+            )
+        return EXIT_OK
+
+    return _with_api(args, console, run)
+
+
 def _drop_stdout() -> None:
     """Point stdout at the null device, so that the interpreter's final
     flush does not complain about the closed pipe."""
@@ -2991,10 +4459,37 @@ def _drop_stdout() -> None:
         os.close(null)
 
 
+class _UsageError(Exception):
+    """A command line argparse would refuse (its message)."""
+
+
+def _argument_parser(**settings: Any) -> "argparse.ArgumentParser":
+    """An ArgumentParser whose errors come back to main() instead of being
+    printed, so that they are written like every other line."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> "NoReturn":
+            raise _UsageError(message)
+
+    return Parser(formatter_class=argparse.RawDescriptionHelpFormatter, **settings)
+
+
+def _parse(parser: "argparse.ArgumentParser", argv: List[str]) -> Union["argparse.Namespace", int]:
+    """The parsed arguments, or the exit status of --help, --version or an error."""
+    try:
+        return parser.parse_args(argv)
+    except _UsageError as exc:
+        return _usage(parser, str(exc))
+    except SystemExit as exc:  # --help or --version, already written
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
 def _usage(parser: "argparse.ArgumentParser", text: str) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        parser.print_usage(sys.stderr)
-        print("munsit-progress: error: %s" % text, file=sys.stderr, flush=True)
+    console = _Console(False, False)
+    for line in parser.format_usage().rstrip("\n").split("\n"):
+        console.err_line(line)
+    console.err("error: %s" % text)
     return EXIT_USAGE
 
 
@@ -3049,10 +4544,7 @@ def _follow_job(
         raise
     if bar is not None:
         bar.finish(done)
-    if args.json:
-        console.json(done)
-    else:
-        console.result(done.url)
+    console.result(done, args.json)
     if args.output is not None:
         remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
         download(
@@ -3072,13 +4564,14 @@ _KEY_FILE_LIMIT = 4096
 
 def _cli_key(args: Any) -> str:
     """The API key from --api-key-file or the environment, or raise."""
-    api_key = _read_key(args.api_key_file) or os.environ.get(_API_KEY_ENV) or ""
+    wait_at_most = _KEY_FILE_WAIT if args.timeout is None else min(args.timeout, _KEY_FILE_WAIT)
+    api_key = _read_key(args.api_key_file, wait_at_most) or os.environ.get(_API_KEY_ENV) or ""
     if not api_key.strip():
         raise ConfigurationError("no API key: set %s or use --api-key-file PATH" % _API_KEY_ENV)
     return api_key
 
 
-def _read_key(path: Optional[str]) -> Optional[str]:
+def _read_key(path: Optional[str], wait_at_most: float = 10.0) -> Optional[str]:
     """The first line of the key file, read without loading more than a few
     KB (``/dev/zero`` must not fill memory), a UTF-8 BOM dropped."""
     if path is None:
@@ -3090,8 +4583,7 @@ def _read_key(path: Optional[str]) -> Optional[str]:
                 raise ConfigurationError("--api-key-file -: there is no standard input")
             line = stdin.readline(_KEY_FILE_LIMIT + 1)
         else:
-            with open(path, "rb") as handle:
-                line = handle.readline(_KEY_FILE_LIMIT + 1)
+            line = _read_first_line(path, wait_at_most)
         if len(line) > _KEY_FILE_LIMIT:
             raise ConfigurationError(
                 "the API key file's first line is longer than %d bytes" % _KEY_FILE_LIMIT
@@ -3101,9 +4593,40 @@ def _read_key(path: Optional[str]) -> Optional[str]:
         raise ConfigurationError("cannot read the API key file: %s" % exc) from exc
 
 
+_KEY_FILE_WAIT = 10.0
+
+
+def _read_first_line(path: str, wait_at_most: float) -> bytes:
+    """The first line of a file, a FIFO (``--api-key-file <(pass show x)``)
+    or a device, read without waiting more than a few seconds for it."""
+    mode = os.stat(path).st_mode
+    if _stat.S_ISREG(mode) or not hasattr(os, "O_NONBLOCK"):
+        with open(path, "rb") as handle:
+            return handle.readline(_KEY_FILE_LIMIT + 1)
+    import select
+
+    # Opened without blocking: a FIFO nobody writes to would block open().
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not select.select([fd], [], [], wait_at_most)[0]:
+            raise ConfigurationError(
+                "nothing came from the API key file %s within %g seconds"
+                % (_printable(path), wait_at_most)
+            )
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            return handle.readline(_KEY_FILE_LIMIT + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _exit_status(exc: MunsitError) -> int:
     if isinstance(exc, DenoiseFailedError):
         return EXIT_JOB_FAILED
+    if isinstance(exc, SubmissionUnknownError):
+        return EXIT_UNSURE
     if isinstance(exc, ConfigurationError):
         return EXIT_USAGE
     if isinstance(exc, (WaitTimeoutError, TransportError)):

@@ -6,12 +6,14 @@ bytes, their chunking and their timing.  Every server loop is bounded in
 count and in time and stops by itself.
 """
 
+import dataclasses
 import gc
 import gzip
 import io
 import json
 import logging
 import os
+import pickle
 import re
 import signal
 import socket
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid as uuid_module
 import zlib
 
 import pytest
@@ -49,6 +52,7 @@ from munsit_progress import (
 JOB = "5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1"
 KEY = "test-key-5ecret-0123456789"
 RESULT_URL = "https://cdn.munsit.com/denoising/user_123/5b1d2f7e_denoised.wav"
+AUDIO = bytes(range(256)) * 2000  # 512 000 bytes
 # Small reconnect delays, so that tests of many reconnections stay fast.
 FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.005)
 
@@ -59,12 +63,13 @@ FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.005)
 
 
 class Request:
-    def __init__(self, method, path, version, headers, at):
+    def __init__(self, method, path, version, headers, at, body_start=b""):
         self.method = method
         self.path = path
         self.version = version
         self.headers = headers  # lower-cased names
         self.at = at
+        self.body_start = body_start  # what came after the head in its read
 
 
 class Server:
@@ -132,14 +137,15 @@ class Server:
                 if not piece:
                     return
                 head += piece
-            lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+            head, _, body_start = head.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
             method, path, version = lines[0].split(" ", 2)
             headers = {}
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
             with self._lock:
-                request = Request(method, path, version, headers, time.monotonic())
+                request = Request(method, path, version, headers, time.monotonic(), body_start)
                 self.requests.append(request)
                 scripts = self.scripts
                 script = scripts[min(len(self.requests), len(scripts)) - 1] if scripts else None
@@ -1349,6 +1355,668 @@ def test_clock_and_sleep_of_the_policy_are_used(server):
 
 
 # --------------------------------------------------------------------------
+# Upload and list: submit(), list_jobs() (a stateful fake API)
+# --------------------------------------------------------------------------
+
+
+def read_body(conn, request, limit=60.0, keep=True):
+    """The request's body (Content-Length bytes), or how many bytes it had
+    when ``keep`` is false."""
+    length = int(request.headers.get("content-length", "0"))
+    body = [request.body_start]
+    got = len(request.body_start)
+    end = time.monotonic() + limit
+    conn.settimeout(5)
+    while got < length and time.monotonic() < end:
+        piece = conn.recv(1 << 20)
+        if not piece:
+            break
+        got += len(piece)
+        if keep:
+            body.append(piece)
+    return b"".join(body) if keep else got
+
+
+def form_parts(content_type, body):
+    """The parts of a multipart/form-data body, read by the standard
+    library's email parser: an independent reading of what was sent."""
+    import email.parser
+    import email.policy
+
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    assert message.is_multipart()
+    return message.get_payload()
+
+
+def iso_now(offset=0.0):
+    now = time.time() + offset
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (
+        int(now * 1000) % 1000
+    )
+
+
+class FakeAPI:
+    """A Munsit API with state, as one script for the loopback server.
+
+    Each POST is parsed with the email package and answered as ``answers``
+    says, in turn (the last repeats): "ok" takes the job and answers; "drop"
+    takes it and resets the connection; "502"/"504"/"500" take it and answer
+    that; "429"/"503" take nothing; "untaken-502" takes nothing and answers
+    502; "midway" resets while the body is still coming; "hang" takes it and
+    says nothing; "late" takes it, resets, and lists it only a moment later;
+    "400"/"401"/"402"/"403" refuse.  GET /denoise lists the jobs taken,
+    newest first; their progress streams end in done; their results serve
+    ``result``."""
+
+    def __init__(self, *answers, result=AUDIO, progress=None):
+        self.answers = list(answers) or ["ok"]
+        self.result = result
+        self.progress = progress
+        self.jobs = []  # newest last
+        self.posts = []  # (request, parts or None)
+        self.lock = threading.Lock()
+
+    def __call__(self, conn, request, server):
+        path = request.path.split("?")[0]
+        if request.method == "POST":
+            self.post(conn, request, server)
+        elif path == "/api/v1/denoise":
+            self.list(conn)
+        elif path.endswith("/progress"):
+            job = path.split("/")[-2]
+            done = sse_data(
+                {"stage": "done", "url": server.origin + "/files/%s.wav" % job, "denoiseId": job}
+            )
+            (self.progress or stream(processing(50, "working"), done))(conn, request, server)
+        elif path.startswith("/files/"):
+            file_response(self.result)(conn, request, server)
+        else:
+            conn.sendall(head(404, {"Content-Length": "0", "Connection": "close"}))
+
+    def answer(self):
+        with self.lock:
+            return self.answers[min(len(self.posts), len(self.answers) - 1)]
+
+    def post(self, conn, request, server):
+        answer = self.answer()
+        if answer == "midway":
+            conn.recv(1000)
+            with self.lock:
+                self.posts.append((request, None))
+            reset(conn)
+            return
+        body = read_body(conn, request)
+        parts = form_parts(request.headers["content-type"], body)
+        with self.lock:
+            self.posts.append((request, parts, len(body)))
+        if answer in ("429", "503", "untaken-502"):
+            status = 502 if answer == "untaken-502" else int(answer)
+            error_response(status, headers={"Retry-After": "0"})(conn, request, server)
+            return
+        if answer in ("400", "401", "402", "403"):
+            payload = {"errorCode": "4%s01" % answer[1:], "errorMessage": "refused (%s)" % answer}
+            error_response(int(answer), json.dumps(payload).encode())(conn, request, server)
+            return
+        job = self.take(parts, delay=0.3 if answer == "late" else 0.0)
+        if answer == "ok":
+            body = json.dumps({"jobId": job, "denoiseId": job}).encode()
+            conn.sendall(
+                head(
+                    200,
+                    {
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(body)),
+                        "Connection": "close",
+                    },
+                )
+                + body
+            )
+        elif answer in ("drop", "late"):
+            reset(conn)
+        elif answer in ("500", "502", "504"):
+            error_response(int(answer))(conn, request, server)
+        elif answer == "hang":
+            hold(conn, server, 20)
+
+    def take(self, parts, delay=0.0):
+        part = parts[0]
+        job = str(uuid_module.uuid4())
+        with self.lock:
+            self.jobs.append(
+                {
+                    "id": job,
+                    "status": "pending",
+                    "file_name": part.get_filename(),
+                    "audio_size": len(part.get_payload(decode=True)),
+                    "created_at": iso_now(),
+                    "visible_at": time.monotonic() + delay,
+                    "extra_field": {"ignored": True},
+                }
+            )
+        return job
+
+    def list(self, conn):
+        now = time.monotonic()
+        with self.lock:
+            shown = [
+                {k: v for k, v in job.items() if k != "visible_at"}
+                for job in reversed(self.jobs)
+                if job["visible_at"] <= now
+            ]
+        body = json.dumps(shown).encode()
+        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+        conn.sendall(
+            head(
+                200,
+                {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                    "Connection": "close",
+                    "Date": date,
+                },
+            )
+            + body
+        )
+
+    def uploaded(self, index=-1):
+        """The file bytes of the index-th POST, as the parser read them."""
+        return self.posts[index][1][0].get_payload(decode=True)
+
+
+# The lookup's pause and Retry-After, shortened for the tests.
+QUICK = RetryPolicy(backoff_base=0.001, backoff_max=0.005, sleep=lambda s: time.sleep(min(s, 0.4)))
+
+
+@pytest.fixture
+def audio_file(tmp_path):
+    path = tmp_path / "interview.wav"
+    path.write_bytes(mp._demo_wav())
+    return str(path)
+
+
+def submit_to(server, path, **kwargs):
+    kwargs.setdefault("api_key", KEY)
+    kwargs.setdefault("base_url", server.base_url)
+    kwargs.setdefault("retry", QUICK)
+    return mp.submit(path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "plain.wav",
+        'a "quoted" name.wav',
+        "back\\slash.mp3",
+        "ملف صوتي.wav",
+        "日本語 🎧.flac",
+        "semi;colon=x.ogg",
+    ],
+)
+def test_upload_is_one_audio_part_that_a_multipart_parser_reads_back_intact(server, tmp_path, name):
+    content = os.urandom(70000)
+    (tmp_path / name).write_bytes(content)
+    api = FakeAPI("ok")
+    server.serve(api)
+    job = submit_to(server, str(tmp_path / name), check=False)
+    request, parts, length = api.posts[0]
+    assert len(parts) == 1
+    part = parts[0]
+    assert part.get_param("name", header="content-disposition") == "audio"
+    assert part.get_filename() == name
+    assert part.get_payload(decode=True) == content
+    assert request.headers["content-length"] == str(length)
+    assert "transfer-encoding" not in request.headers
+    assert job.file_name == name and job.size == len(content)
+    assert job.denoise_id == api.jobs[0]["id"] == job.job_id
+
+
+def test_a_line_end_in_a_file_name_is_sent_as_browsers_send_it(server, tmp_path):
+    (tmp_path / "two\nlines.wav").write_bytes(b"RIFF....")
+    api = FakeAPI("ok")
+    server.serve(api)
+    submit_to(server, str(tmp_path / "two\nlines.wav"), check=False)
+    assert api.posts[0][1][0].get_filename() == "two%0Alines.wav"
+
+
+def test_the_part_has_the_content_type_of_its_extension(server, tmp_path):
+    api = FakeAPI("ok")
+    server.serve(api)
+    for name, expected in [
+        ("a.mp3", "audio/mpeg"),
+        ("b.mkv", "video/x-matroska"),
+        ("c.xyz", "application/octet-stream"),
+    ]:
+        (tmp_path / name).write_bytes(b"data")
+        submit_to(server, str(tmp_path / name), check=False)
+        assert api.posts[-1][1][0].get_content_type() == expected
+
+
+def test_submit_takes_an_open_binary_file(server, audio_file):
+    api = FakeAPI("ok")
+    server.serve(api)
+    with open(audio_file, "rb") as handle:
+        job = submit_to(server, handle)
+    assert job.file_name == "interview.wav"
+    assert api.uploaded() == open(audio_file, "rb").read()
+
+
+def test_upload_progress_goes_to_on_upload_and_to_a_progress_bar(server, tmp_path):
+    (tmp_path / "big.wav").write_bytes(os.urandom(3_000_000))
+    server.serve(FakeAPI("ok"))
+    seen = []
+    submit_to(
+        server,
+        str(tmp_path / "big.wav"),
+        on_upload=lambda sent, total: seen.append((sent, total)),
+        check=False,
+    )
+    assert seen[-1] == (3_000_000, 3_000_000) and len(seen) > 5
+    assert [sent for sent, _ in seen] == sorted(sent for sent, _ in seen)
+    out = Utf8Stream()
+    submit_to(
+        server,
+        str(tmp_path / "big.wav"),
+        on_upload=mp.ProgressBar(out, mode="log").transfer,
+        check=False,
+    )
+    assert "uploading 3.0 MB of 3.0 MB" in out.getvalue()
+
+
+def wav_header(seconds, rate=8000):
+    """A WAV header for ``seconds`` of 8-bit mono audio (no data after it)."""
+    import struct
+
+    data = int(seconds * rate)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate, 1, 8)
+        + b"data"
+        + struct.pack("<I", data)
+    )
+
+
+def make_input(tmp_path, kind):
+    path = tmp_path / ("input.wav" if kind not in ("extension",) else "notes.txt")
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(str(path))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "too-large":
+        with open(str(path), "wb") as out:
+            out.truncate(mp.MAX_UPLOAD_BYTES + 1)  # sparse: costs no disk
+    elif kind == "extension":
+        path.write_bytes(b"hello")
+    elif kind == "too-long":
+        with open(str(path), "wb") as out:
+            out.write(wav_header(15 * 60 + 1))
+            out.truncate(44 + (15 * 60 + 1) * 8000)
+    return str(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX")
+@pytest.mark.parametrize(
+    "kind", ["folder", "fifo", "empty", "too-large", "extension", "too-long", "missing"]
+)
+def test_each_check_refuses_before_any_request(server, tmp_path, kind):
+    server.serve(FakeAPI("ok"))
+    path = make_input(tmp_path, kind) if kind != "missing" else str(tmp_path / "gone.wav")
+    with pytest.raises(ConfigurationError) as info:
+        submit_to(server, path)
+    assert os.path.basename(path) in str(info.value)
+    assert_nothing_sent(server)
+
+
+def test_a_wav_of_exactly_fifteen_minutes_passes_the_check(server, tmp_path):
+    path = tmp_path / "limit.wav"
+    with open(str(path), "wb") as out:
+        out.write(wav_header(15 * 60))
+        out.truncate(44 + 15 * 60 * 8000)
+    api = FakeAPI("ok")
+    server.serve(api)
+    submit_to(server, str(path))
+    assert len(api.posts) == 1
+
+
+def test_no_check_sends_an_unlisted_type_and_a_long_wav(server, tmp_path):
+    api = FakeAPI("ok")
+    server.serve(api)
+    submit_to(server, make_input(tmp_path, "extension"), check=False)
+    submit_to(server, make_input(tmp_path, "too-long"), check=False)
+    assert len(api.posts) == 2
+
+
+def test_a_text_mode_file_is_refused(server, audio_file):
+    server.serve(FakeAPI("ok"))
+    with open(audio_file, encoding="latin-1") as handle:
+        with pytest.raises(ConfigurationError, match="binary"):
+            submit_to(server, handle)
+    assert_nothing_sent(server)
+
+
+def test_a_file_that_shrinks_while_it_is_sent_fails_and_creates_nothing(server, tmp_path):
+    path = tmp_path / "shrinking.wav"
+    path.write_bytes(os.urandom(2_000_000))
+    api = FakeAPI("ok")
+    server.serve(api)
+
+    def shrink(sent, total):
+        if sent >= 256 * 1024:
+            with open(str(path), "r+b") as handle:
+                handle.truncate(300_000)
+
+    with pytest.raises(ConfigurationError, match="shorter"):
+        submit_to(server, str(path), on_upload=shrink, check=False)
+    assert api.jobs == []
+
+
+def posts_and_jobs(api):
+    return len(api.posts), len(api.jobs)
+
+
+def test_answer_lost_after_the_job_was_taken_is_found_not_paid_again(server, audio_file):
+    api = FakeAPI("drop")
+    server.serve(api)
+    job = submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (1, 1)
+    assert job.denoise_id == api.jobs[0]["id"]
+    assert [r.method for r in server.requests] == ["POST", "GET"]
+
+
+def test_a_record_that_appears_late_is_found_by_the_second_look(server, audio_file):
+    api = FakeAPI("late")
+    server.serve(api)
+    job = submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (1, 1)
+    assert job.denoise_id == api.jobs[0]["id"]
+    assert [r.method for r in server.requests] == ["POST", "GET", "GET"]
+
+
+@pytest.mark.parametrize("answer", ["502", "504", "500"])
+def test_a_gateway_error_after_the_job_was_taken_is_found(server, audio_file, answer):
+    api = FakeAPI(answer)
+    server.serve(api)
+    job = submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (1, 1) and job.denoise_id == api.jobs[0]["id"]
+
+
+def test_connection_dropped_before_the_job_was_taken_is_sent_again(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(os.urandom(3_000_000))
+    api = FakeAPI("midway", "ok")
+    server.serve(api)
+    job = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    assert posts_and_jobs(api) == (2, 1)
+    # A fresh body: the second upload is whole, not a consumed stream.
+    assert api.uploaded() == (tmp_path / "a.wav").read_bytes()
+    assert job.denoise_id == api.jobs[0]["id"]
+    assert "GET" not in [r.method for r in server.requests]
+
+
+@pytest.mark.parametrize("answer", ["429", "503"])
+def test_429_and_503_are_sent_again_without_a_lookup(server, audio_file, answer):
+    api = FakeAPI(answer, answer, "ok")
+    server.serve(api)
+    submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (3, 1)
+    assert [r.method for r in server.requests] == ["POST", "POST", "POST"]
+    assert api.uploaded() == open(audio_file, "rb").read()
+
+
+def test_a_lost_answer_with_no_job_behind_it_is_sent_again(server, audio_file):
+    api = FakeAPI("untaken-502", "ok")
+    server.serve(api)
+    submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (2, 1)
+    assert [r.method for r in server.requests] == ["POST", "GET", "GET", "POST"]
+
+
+def test_connection_refused_is_sent_again_once_it_can_connect(audio_file):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(TransportError, match="cannot reach"):
+        mp.submit(
+            audio_file,
+            api_key=KEY,
+            base_url="http://127.0.0.1:%d" % port,
+            retry=RetryPolicy(max_retries=2, backoff_max=0.01),
+        )
+
+
+def test_several_candidate_jobs_raise_and_name_them_without_sending_again(server, audio_file):
+    api = FakeAPI("drop")
+    server.serve(api)
+    size = os.path.getsize(audio_file)
+    for _ in range(2):  # the same file, submitted twice a moment ago
+        api.jobs.append(
+            {
+                "id": str(uuid_module.uuid4()),
+                "status": "pending",
+                "file_name": "interview.wav",
+                "audio_size": size,
+                "created_at": iso_now(),
+                "visible_at": 0,
+            }
+        )
+    with pytest.raises(mp.SubmissionUnknownError) as info:
+        submit_to(server, audio_file)
+    assert len(info.value.candidates) == 3
+    assert all(job["id"] in str(info.value) for job in api.jobs)
+    assert len(api.posts) == 1
+    assert mp._exit_status(info.value) == mp.EXIT_UNSURE == 6
+
+
+def test_a_lookup_that_fails_is_unknown_not_a_second_upload(server, audio_file):
+    api = FakeAPI("drop")
+
+    def no_list(conn, request, srv):
+        if request.method == "GET":
+            error_response(500)(conn, request, srv)
+        else:
+            api(conn, request, srv)
+
+    server.serve(no_list)
+    with pytest.raises(mp.SubmissionUnknownError, match="could not be looked up"):
+        submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (1, 1)
+
+
+def test_older_jobs_of_the_same_file_are_not_taken_for_this_one(server, audio_file):
+    api = FakeAPI("untaken-502", "ok")
+    server.serve(api)
+    api.jobs.append(
+        {
+            "id": str(uuid_module.uuid4()),
+            "status": "success",
+            "file_name": "interview.wav",
+            "audio_size": os.path.getsize(audio_file),
+            "created_at": iso_now(-3600),
+            "visible_at": 0,
+        }
+    )
+    job = submit_to(server, audio_file)
+    assert posts_and_jobs(api) == (2, 2) and job.denoise_id == api.jobs[-1]["id"]
+
+
+def test_a_deadline_after_the_file_was_sent_is_unknown_not_a_timeout(server, audio_file):
+    api = FakeAPI("hang")
+    server.serve(api)
+    started = time.monotonic()
+    with pytest.raises(mp.SubmissionUnknownError, match="may exist"):
+        submit_to(server, audio_file, timeout=1.5)
+    assert time.monotonic() - started < 3
+    assert len(api.posts) == 1
+
+
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        ("400", APIError),
+        ("401", AuthenticationError),
+        ("403", AuthenticationError),
+        ("402", mp.PaymentRequiredError),
+    ],
+)
+def test_refusals_map_to_typed_errors_and_are_not_sent_again(server, audio_file, answer, error):
+    api = FakeAPI(answer)
+    server.serve(api)
+    with pytest.raises(error) as info:
+        submit_to(server, audio_file)
+    assert type(info.value) is error
+    assert info.value.status_code == int(answer)
+    assert info.value.error_code == "4%s01" % answer[1:]
+    assert info.value.error_message == "refused (%s)" % answer
+    assert len(api.posts) == 1
+
+
+def test_a_redirect_of_the_upload_to_another_origin_is_not_followed(server, audio_file):
+    other = Server()
+    try:
+        other.serve(FakeAPI("ok"))
+        server.serve(error_response(307, headers={"Location": other.origin + "/api/v1/denoise"}))
+        with pytest.raises(APIError, match="another origin"):
+            submit_to(server, audio_file)
+        assert_nothing_sent(other)
+    finally:
+        other.close()
+
+
+def test_a_307_within_the_origin_is_followed_with_a_fresh_body(server, audio_file):
+    api = FakeAPI("ok")
+
+    def moved(conn, request, srv):
+        read_body(conn, request)
+        error_response(307, headers={"Location": "/api/v2/denoise"})(conn, request, srv)
+
+    server.serve(moved, api)
+    job = submit_to(server, audio_file)
+    assert [r.path for r in server.requests] == ["/api/v1/denoise", "/api/v2/denoise"]
+    assert api.uploaded() == open(audio_file, "rb").read()
+    assert job.denoise_id == api.jobs[0]["id"]
+
+
+def test_a_302_of_the_upload_is_not_turned_into_a_get(server, audio_file):
+    server.serve(error_response(302, headers={"Location": "/api/v1/elsewhere"}))
+    with pytest.raises(APIError, match="not followed"):
+        submit_to(server, audio_file)
+    assert [r.method for r in server.requests] == ["POST"]
+
+
+def test_uploading_a_large_file_keeps_memory_flat(server, tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "large.wav"
+    with open(str(path), "wb") as out:
+        out.truncate(150 * 1024 * 1024)  # sparse
+
+    def discard(conn, request, srv):
+        read_body(conn, request, keep=False)
+        job = str(uuid_module.uuid4())
+        body = json.dumps({"jobId": job, "denoiseId": job}).encode()
+        conn.sendall(head(200, {"Content-Length": str(len(body)), "Connection": "close"}) + body)
+
+    server.serve(discard)
+    tracemalloc.start()
+    try:
+        mp.submit(str(path), api_key=KEY, base_url=server.base_url, check=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, peak  # requests' files= would hold 300 MB
+
+
+def test_list_jobs_returns_records_newest_first(server):
+    records = [
+        {
+            "id": "5B1D2F7E3F814C2A9C5D7A2E91B4C7A1",
+            "status": "success",
+            "audio_url": "https://x/a.wav",
+            "file_name": "a.wav",
+            "audio_size": 1000,
+            "audio_duration": 12.5,
+            "source_type": "audio",
+            "error": None,
+            "created_at": "2026-11-26T07:00:00.000Z",
+            "updated_at": "2026-11-26T07:01:00.000Z",
+            "user_id": "u",
+            "transaction_id": "t",
+        },
+        {"id": JOB, "status": "failed", "error": "bad audio"},
+    ]
+    body = json.dumps(records).encode()
+    server.serve(
+        raw_bytes(
+            head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body
+        )
+    )
+    jobs = mp.list_jobs(limit=2, offset=3, api_key=KEY, base_url=server.base_url)
+    assert server.requests[0].path == "/api/v1/denoise?offset=3&limit=2"
+    assert server.requests[0].headers["x-api-key"] == KEY
+    assert jobs[0] == mp.JobRecord(
+        JOB,
+        "success",
+        "https://x/a.wav",
+        "a.wav",
+        1000,
+        12.5,
+        "audio",
+        None,
+        "2026-11-26T07:00:00.000Z",
+        "2026-11-26T07:01:00.000Z",
+    )
+    assert jobs[1].status == "failed" and jobs[1].error == "bad audio" and jobs[1].file_name is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        jobs[0].status = "x"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "x"}',
+        b"[1, 2]",
+        b'[{"status": "success"}]',
+        b'[{"id": "not-a-uuid", "status": "success"}]',
+        b'[{"id": "%s"}]' % JOB.encode(),
+        b"<html>",
+    ],
+)
+def test_list_jobs_refuses_what_is_not_a_list_of_records(server, body):
+    server.serve(
+        raw_bytes(
+            head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body
+        )
+    )
+    with pytest.raises(ProtocolError):
+        mp.list_jobs(api_key=KEY, base_url=server.base_url)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"limit": 0}, {"limit": -1}, {"offset": -1}, {"limit": 1.5}, {"limit": True}]
+)
+def test_list_jobs_refuses_bad_bounds_before_any_request(server, kwargs):
+    server.serve(raw_bytes(b""))
+    with pytest.raises(ConfigurationError):
+        mp.list_jobs(api_key=KEY, base_url=server.base_url, **kwargs)
+    assert_nothing_sent(server)
+
+
+def test_list_jobs_retries_a_503(server):
+    body = b"[]"
+    server.serve(
+        error_response(503, headers={"Retry-After": "0"}),
+        raw_bytes(head(200, {"Content-Length": "2"}) + body),
+    )
+    assert mp.list_jobs(api_key=KEY, base_url=server.base_url, retry=FAST) == []
+
+
+# --------------------------------------------------------------------------
 # Security and configuration
 # --------------------------------------------------------------------------
 
@@ -1526,6 +2194,95 @@ def test_the_exception_keeps_no_key_within_reach(server):
         error = error.__cause__ or error.__context__
     assert len(reachable) > 2  # the cause and its request are there
     assert all(KEY not in repr(item) for item in reachable)
+
+
+def test_a_key_echoed_in_an_event_name_is_redacted_from_debug_logs(server, caplog):
+    server.serve(stream(("event: echo-%s\ndata: not json\n\n" % KEY).encode(), DONE))
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        wait_on(server)
+    assert "non-JSON" in caplog.text and KEY not in caplog.text
+
+
+def test_c1_controls_in_a_redirect_reach_no_log(server, caplog):
+    # U+009B (CSI) as UTF-8 bytes; http.client reads headers as Latin-1.
+    location = b"/api/v1/denoise/" + JOB.encode() + b"/progress?\xc2\x9b2J\xc2\x9b31mFORGED"
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
+    server.serve(raw_bytes(redirect), stream(DONE))
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        try:
+            wait_on(server)
+        except ProtocolError:
+            pass
+    assert "\x9b" not in caplog.text and "FORGED" not in caplog.text
+
+
+def test_line_separators_and_bidi_overrides_cannot_forge_log_lines():
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="log")
+    bar(
+        ProcessingEvent(
+            50, "working\u20282026-11-26 00:00:00 munsit: done: http://evil/x \u202eexe.wav"
+        )
+    )
+    text = out.getvalue()
+    assert "\u2028" not in text and "\u202e" not in text
+    assert len(text.splitlines()) == 1
+
+
+def test_a_206_that_changed_version_is_not_spliced(server, tmp_path):
+    old, new = b"A" * 1000, b"B" * 1000
+
+    def first(conn, request, srv):
+        conn.sendall(head(200, {"ETag": '"v1"', "Content-Length": "1000"}) + old[:400])
+
+    def ignores_if_range(conn, request, srv):
+        headers = {"ETag": '"v2"', "Content-Range": "bytes 400-999/1000", "Content-Length": "600"}
+        conn.sendall(head(206, headers, reason="Partial Content") + new[400:])
+
+    server.serve(first, ignores_if_range, file_response(new, headers={"ETag": '"v2"'}))
+    target = tmp_path / "x.wav"
+    try:
+        mp.download(
+            result_on(server), str(target), base_url=server.base_url, retry=FAST, timeout=10
+        )
+    except MunsitError:
+        pass
+    assert not target.exists() or target.read_bytes() in (old, new)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, chunked", "deflate"])
+def test_transfer_codings_other_than_chunked_are_refused(server, tmp_path, coding):
+    body = gzip.compress(AUDIO)
+    server.serve(raw_bytes(head(200, {"Transfer-Encoding": coding, "Connection": "close"}) + body))
+    with pytest.raises(ProtocolError, match="Transfer-Encoding"):
+        mp.download(result_on(server), str(tmp_path / "x.wav"), base_url=server.base_url)
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("name", ["a\x00b.wav", "\ud800.wav", "folder-to-be/"])
+def test_output_names_that_cannot_be_files_are_configuration_errors(tmp_path, name):
+    with pytest.raises(ConfigurationError):
+        mp.download(DoneEvent(RESULT_URL, JOB), str(tmp_path) + os.sep + name)
+
+
+@pytest.mark.parametrize("kwargs", [{"api_key": b"bytes-key-123"}, {"base_url": b"http://x"}])
+def test_keys_and_base_urls_that_are_not_str_are_configuration_errors(kwargs):
+    kwargs.setdefault("api_key", KEY)
+    with pytest.raises(ConfigurationError):
+        list(iter_events(JOB, **kwargs))
+
+
+def test_a_progress_bar_without_any_stderr_is_silent(server, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)
+    server.serve(stream(processing(10), DONE))
+    assert wait_on(server, on_progress=mp.ProgressBar()) == EXPECTED_DONE
+
+
+def test_ascii_log_replaces_what_it_cannot_encode_with_a_question_mark(server):
+    server.serve(stream(processing(40, "تقليل"), DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0
+    assert "?????" in result.stderr and "\\u" not in result.stderr
 
 
 # --------------------------------------------------------------------------
@@ -1901,8 +2658,6 @@ def test_notebook_link_to_an_http_url(fake_ipython):
 # --------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------
-
-AUDIO = bytes(range(256)) * 2000  # 512 000 bytes
 
 
 def file_response(body, status=200, declared=None, headers=None):
@@ -2314,6 +3069,154 @@ def test_download_to_a_long_name_works_and_a_too_long_one_fails_before_any_reque
             result_on(server), str(tmp_path / ("b" * 300)), api_key=KEY, base_url=server.base_url
         )
     assert_nothing_sent(server)
+
+
+# --------------------------------------------------------------------------
+# One call: denoise()
+# --------------------------------------------------------------------------
+
+
+def denoise_on(server, path, output=None, **kwargs):
+    kwargs.setdefault("api_key", KEY)
+    kwargs.setdefault("base_url", server.base_url)
+    kwargs.setdefault("retry", QUICK)
+    return mp.denoise(path, output, **kwargs)
+
+
+def test_denoise_uploads_follows_and_saves(server, audio_file, tmp_path):
+    api = FakeAPI("ok")
+    server.serve(api)
+    out = Utf8Stream()
+    done = denoise_on(
+        server, audio_file, str(tmp_path / "clean.wav"), on_progress=mp.ProgressBar(out, mode="log")
+    )
+    assert done.denoise_id == api.jobs[0]["id"]
+    assert (tmp_path / "clean.wav").read_bytes() == AUDIO
+    text = out.getvalue()
+    for step in (
+        "uploading",
+        "50%  working",
+        "done: ",
+        "downloading",
+        "saved %s" % (tmp_path / "clean.wav"),
+    ):
+        assert step in text, text
+    assert text.index("uploading") < text.index("working") < text.index("downloading")
+
+
+def test_denoise_without_output_returns_the_done_event(server, audio_file):
+    server.serve(FakeAPI("ok"))
+    seen = []
+    done = denoise_on(server, audio_file, on_progress=seen.append)
+    assert done.url.endswith(".wav") and [event.pct for event in seen] == [50]
+
+
+def test_denoise_checks_the_output_before_paying(server, audio_file, tmp_path):
+    server.serve(FakeAPI("ok"))
+    with pytest.raises(ConfigurationError):
+        denoise_on(server, audio_file, str(tmp_path / "no-such-folder" / "x.wav"))
+    assert_nothing_sent(server)
+
+
+def stall_in(phase):
+    """A FakeAPI whose given phase goes silent."""
+    if phase == "answer":
+        return FakeAPI("hang")
+    if phase == "processing":
+        return FakeAPI("ok", progress=stream(processing(10), hold_for=20, end="cut"))
+    if phase == "download":
+        api = FakeAPI("ok")
+
+        def serve(conn, request, server):
+            if request.path.startswith("/files/"):
+                conn.sendall(head(200, {"Content-Length": str(len(AUDIO))}) + AUDIO[:1000])
+                hold(conn, server, 20)
+            else:
+                FakeAPI.__call__(api, conn, request, server)
+
+        api.serve = serve
+        return api
+    raise AssertionError(phase)
+
+
+@pytest.mark.parametrize("phase", ["upload", "answer", "processing", "download"])
+def test_denoise_keeps_one_deadline_through_every_phase(server, tmp_path, phase):
+    path = tmp_path / "big.wav"
+    if phase == "upload":
+        with open(str(path), "wb") as out:
+            out.truncate(64 * 1024 * 1024)  # more than the socket buffers hold
+
+        def never_reads(conn, request, srv):
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not srv.client_closed.is_set():
+                time.sleep(0.05)  # no recv: the client's sends must block
+
+        server.serve(never_reads)
+    else:
+        path.write_bytes(mp._demo_wav())
+        api = stall_in(phase)
+        server.serve(getattr(api, "serve", api))
+    started = time.monotonic()
+    with pytest.raises(MunsitError) as info:
+        denoise_on(server, str(path), str(tmp_path / "out.wav"), timeout=2, check=False)
+    assert time.monotonic() - started < 3.5
+    if phase in ("processing", "download"):
+        assert isinstance(info.value, WaitTimeoutError)
+        job = info.value.denoise_id
+        assert job is not None and job in str(info.value)
+    elif phase == "answer":
+        assert isinstance(info.value, mp.SubmissionUnknownError)
+    else:
+        assert isinstance(info.value, WaitTimeoutError) and info.value.denoise_id is None
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_a_failed_job_carries_its_denoise_id(server, audio_file):
+    api = FakeAPI("ok", progress=stream(FAILED))
+    server.serve(api)
+    with pytest.raises(DenoiseFailedError) as info:
+        denoise_on(server, audio_file)
+    assert info.value.denoise_id == api.jobs[0]["id"] and api.jobs[0]["id"] in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.denoise_id == info.value.denoise_id and str(again) == str(info.value)
+
+
+def test_demo_server_takes_uploads_lists_them_and_serves_the_result(tmp_path, audio_file):
+    with mp.demo_server(duration=0.5) as base_url:
+        done = mp.denoise(
+            audio_file, str(tmp_path / "clean.wav"), api_key="demo", base_url=base_url
+        )
+        jobs = mp.list_jobs(api_key="demo", base_url=base_url)
+    assert (tmp_path / "clean.wav").read_bytes() == open(audio_file, "rb").read()
+    assert [job.denoise_id for job in jobs] == [done.denoise_id]
+    assert jobs[0].file_name == "interview.wav" and jobs[0].status == "success"
+    assert jobs[0].audio_size == os.path.getsize(audio_file)
+
+
+def test_demo_server_refuses_a_file_over_its_limit_with_the_documented_body(tmp_path):
+    (tmp_path / "big.wav").write_bytes(os.urandom(300_000))
+    with mp.demo_server(max_upload=100_000) as base_url:
+        with pytest.raises(APIError) as info:
+            mp.submit(str(tmp_path / "big.wav"), api_key="demo", base_url=base_url, check=False)
+        assert mp.list_jobs(api_key="demo", base_url=base_url) == []
+    assert info.value.status_code == 400
+    assert info.value.error_message.startswith(
+        "File size exceeds the maximum limit of 200MB. File size:"
+    )
+
+
+def test_demo_server_lists_pending_then_success_with_offset_and_limit(tmp_path, audio_file):
+    with mp.demo_server(duration=1.0) as base_url:
+        first = mp.submit(audio_file, api_key="demo", base_url=base_url)
+        second = mp.submit(audio_file, api_key="demo", base_url=base_url)
+        pending = mp.list_jobs(api_key="demo", base_url=base_url)
+        assert [job.denoise_id for job in pending] == [second.denoise_id, first.denoise_id]
+        assert {job.status for job in pending} == {"pending"}
+        assert [
+            j.denoise_id for j in mp.list_jobs(limit=1, offset=1, api_key="demo", base_url=base_url)
+        ] == [first.denoise_id]
+        mp.wait(second.denoise_id, api_key="demo", base_url=base_url)
+        assert mp.list_jobs(limit=1, api_key="demo", base_url=base_url)[0].status == "success"
 
 
 # --------------------------------------------------------------------------
@@ -2861,6 +3764,190 @@ def test_python_3_6_gets_one_line_saying_3_7_is_needed():
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "munsit_progress needs Python 3.7 or newer (this is 3.6)"
+
+
+def test_cli_denoise_prints_the_url_or_the_saved_path(server, audio_file, tmp_path):
+    api = FakeAPI("ok")
+    server.serve(api)
+    result = run_cli("denoise", audio_file, "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == server.origin + "/files/%s.wav\n" % api.jobs[0]["id"]
+    assert "submitted as job %s" % api.jobs[0]["id"] in result.stderr
+    target = str(tmp_path / "clean.wav")
+    result = run_cli("denoise", audio_file, "-o", target, "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == target + "\n"
+    assert (tmp_path / "clean.wav").read_bytes() == AUDIO
+
+
+def test_cli_denoise_json_names_the_file_and_the_job(server, audio_file):
+    api = FakeAPI("ok")
+    server.serve(api)
+    result = run_cli("denoise", audio_file, "--json", "-q", "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["stage"] for line in lines] == ["submitted", "processing", "done"]
+    assert all(
+        line["file"] == "interview.wav" and line["denoiseId"] == api.jobs[0]["id"] for line in lines
+    )
+
+
+def test_cli_denoise_json_has_saved_and_error_lines(server, audio_file, tmp_path):
+    server.serve(FakeAPI("ok"))
+    target = str(tmp_path / "c.wav")
+    result = run_cli(
+        "denoise", audio_file, "-o", target, "--json", "-q", "--base-url", server.base_url
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == {
+        "stage": "saved",
+        "path": target,
+        "file": "interview.wav",
+        "denoiseId": json.loads(result.stdout.splitlines()[0])["denoiseId"],
+    }
+    server.serve(FakeAPI("ok", progress=stream(FAILED)))
+    result = run_cli("denoise", audio_file, "--json", "-q", "--base-url", server.base_url)
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert result.returncode == 1 and last["stage"] == "error" and last["denoiseId"]
+
+
+@pytest.mark.parametrize("answer, status", [("400", 3), ("402", 3), ("401", 3), ("hang", 6)])
+def test_cli_denoise_exit_statuses(server, audio_file, answer, status):
+    server.serve(FakeAPI(answer))
+    extra = ["--timeout", "2"] if answer == "hang" else []
+    result = run_cli("denoise", audio_file, "--base-url", server.base_url, *extra)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_cli_denoise_refuses_an_unlisted_type_unless_no_check(server, tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"hello")
+    server.serve(FakeAPI("ok"))
+    result = run_cli("denoise", str(tmp_path / "notes.txt"), "--base-url", server.base_url)
+    assert result.returncode == 2 and "--no-check" in result.stderr
+    assert_nothing_sent(server)
+    result = run_cli(
+        "denoise", str(tmp_path / "notes.txt"), "--no-check", "--base-url", server.base_url
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_denoise_failed_job_names_its_id(server, audio_file):
+    api = FakeAPI("ok", progress=stream(FAILED))
+    server.serve(api)
+    result = run_cli("denoise", audio_file, "--base-url", server.base_url)
+    assert result.returncode == 1
+    assert api.jobs[0]["id"] in last_line(result)
+
+
+def test_cli_list_prints_a_table_or_json_lines(server):
+    api = FakeAPI()
+    api.jobs.append(
+        {
+            "id": JOB,
+            "status": "success",
+            "file_name": "a\x1b[31m.wav",
+            "audio_size": 2_000_000,
+            "audio_duration": 75.0,
+            "created_at": "2026-11-26T07:00:00.000Z",
+            "visible_at": 0,
+        }
+    )
+    server.serve(api)
+    result = run_cli("list", "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["CREATED", "STATUS", "DENOISE", "ID", "SIZE", "LENGTH", "FILE"]
+    assert (
+        JOB in lines[1]
+        and "2026-11-26 07:00:00" in lines[1]
+        and "1:15" in lines[1]
+        and "2.0 MB" in lines[1]
+    )
+    assert "\x1b" not in result.stdout
+    assert server.requests[0].path == "/api/v1/denoise?offset=0&limit=20"
+    result = run_cli("list", "--json", "--limit", "0", "--base-url", server.base_url)
+    assert json.loads(result.stdout)["id"] == JOB
+    assert server.requests[-1].path == "/api/v1/denoise?offset=0"
+
+
+def test_cli_old_form_and_commands_live_side_by_side(server):
+    server.serve(stream(DONE))
+    assert run_cli("--base-url", server.base_url, JOB).stdout == RESULT_URL + "\n"
+    result = run_cli("denoise", "--help")
+    assert result.returncode == 0 and "--no-check" in result.stdout
+    assert "munsit-progress denoise FILE" in run_cli("--help").stdout
+
+
+def test_cli_demo_denoise_runs_the_whole_chain(tmp_path, audio_file):
+    target = str(tmp_path / "clean.wav")
+    result = run_cli("--demo", "denoise", audio_file, "-o", target, env={"MUNSIT_API_KEY": None})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == target + "\n"
+    assert (tmp_path / "clean.wav").read_bytes() == open(audio_file, "rb").read()
+    assert "saved " + target in result.stderr
+
+
+def test_cli_json_applies_the_clean_url_rule_too(server):
+    server.serve(
+        stream(sse_data({"stage": "done", "url": "javascript:alert(1)", "denoiseId": JOB}))
+    )
+    result = run_cli(JOB, "--base-url", server.base_url, "--json")
+    assert result.returncode == 5 and "javascript" not in result.stdout
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file descriptors")
+@pytest.mark.parametrize("closed", ["stderr", "stdout"])
+def test_cli_started_with_a_stream_closed(server, closed):
+    server.serve(stream(processing(50), DONE))
+    command = [sys.executable, MODULE, JOB, "--base-url", server.base_url]
+    shell = " ".join("'%s'" % part for part in command) + (
+        " 2>&-" if closed == "stderr" else " >&-"
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", shell],
+        capture_output=True,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+        timeout=30,
+    )
+    if closed == "stderr":
+        assert result.returncode == 0 and result.stdout.decode() == RESULT_URL + "\n"
+    else:
+        assert result.returncode == 141 and b"Traceback" not in result.stderr
+
+
+def test_cli_usage_errors_are_timestamped_in_a_log_and_keep_stdout_clean():
+    for args in (["--bogus"], []):
+        result = run_cli(*args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert all(STAMP.match(line) for line in result.stderr.splitlines())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_cli_key_file_fifo_is_waited_for_within_the_timeout(server, tmp_path):
+    server.serve(stream(DONE))
+    fifo = str(tmp_path / "key-fifo")
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    result = run_cli(
+        JOB,
+        "--base-url",
+        server.base_url,
+        "--api-key-file",
+        fifo,
+        "--timeout",
+        "2",
+        env={"MUNSIT_API_KEY": None},
+    )
+    assert result.returncode == 2 and "nothing came" in result.stderr
+    assert time.monotonic() - started < 8
+    writer = subprocess.Popen(["/bin/sh", "-c", "sleep 0.5; echo %s > '%s'" % (KEY, fifo)])
+    try:
+        result = run_cli(
+            JOB, "--base-url", server.base_url, "--api-key-file", fifo, env={"MUNSIT_API_KEY": None}
+        )
+    finally:
+        writer.wait(10)
+    assert result.returncode == 0, result.stderr
 
 
 # --------------------------------------------------------------------------
