@@ -10,7 +10,8 @@ One file, no dependency beyond ``requests``; copy it into a project or
     print(done.url)
 
 ``denoise()`` uploads a file, follows its job and saves the result under
-one deadline; ``submit()`` uploads (streamed, never paid for twice),
+one deadline; ``denoise_many()`` does it for a folder of files, resumably,
+with a journal; ``submit()`` uploads (streamed, never paid for twice),
 ``list_jobs()`` lists the account's jobs, ``wait()`` follows a job across
 reconnections, ``iter_events()`` yields the validated events of a single
 connection, ``download()`` saves a result, resuming a broken transfer.
@@ -30,6 +31,7 @@ if sys.version_info < (3, 7):  # noqa: UP036 (a copied file may meet an old Pyth
 
 import codecs
 import contextlib
+import dataclasses
 import errno
 import functools
 import http.client
@@ -75,11 +77,12 @@ import urllib3
 if TYPE_CHECKING:  # the CLI imports argparse only when it runs
     import argparse
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "BatchBusyError",
     "ConfigurationError",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -88,6 +91,7 @@ __all__ = [
     "DenoiseFailedError",
     "DoneEvent",
     "EXIT_BROKEN_PIPE",
+    "EXIT_BUSY",
     "EXIT_GAVE_UP",
     "EXIT_INTERRUPTED",
     "EXIT_JOB_FAILED",
@@ -97,13 +101,16 @@ __all__ = [
     "EXIT_UNSURE",
     "EXIT_USAGE",
     "ErrorEvent",
+    "FileResult",
     "Event",
+    "JOURNAL_NAME",
     "JobNotFoundError",
     "JobRecord",
     "MAX_AUDIO_SECONDS",
     "MAX_LINE_BYTES",
     "MAX_UPLOAD_BYTES",
     "MunsitError",
+    "NotSubmittedError",
     "PaymentRequiredError",
     "ProcessingEvent",
     "ProgressBar",
@@ -115,6 +122,7 @@ __all__ = [
     "WaitTimeoutError",
     "demo_server",
     "denoise",
+    "denoise_many",
     "download",
     "iter_events",
     "list_jobs",
@@ -364,6 +372,11 @@ class TransportError(MunsitError):
     """The connection failed, was reset, was cut short before the terminal
     event, or went silent for longer than the read timeout.  The underlying
     exception is kept as ``__cause__``."""
+
+
+class _Aborted(TransportError):
+    """A batch's worker was stopped (Ctrl-C, SIGTERM): never retried, and
+    never shown to a caller, who gets the KeyboardInterrupt."""
 
 
 class WaitTimeoutError(MunsitError, TimeoutError):
@@ -966,8 +979,10 @@ class _Client:
         "deadline",
         "clock",
         "allow_http",
+        "aborted",
         "_owned",
         "_api_origin",
+        "_current",
     )
 
     def __init__(
@@ -1025,6 +1040,9 @@ class _Client:
         self.deadline = deadline
         self.clock = clock
         self.allow_http = allow_http
+        #: Set by abort(): every request from now on raises _Aborted.
+        self.aborted = False
+        self._current = None  # type: Optional[_Exchange]
         self._owned = session is None
         self.session = _new_session(pool_size) if session is None else session
 
@@ -1048,7 +1066,17 @@ class _Client:
     def remaining(self) -> Optional[float]:
         return None if self.deadline is None else self.deadline - self.clock()
 
+    def abort(self) -> None:
+        """Stop this client from another thread: cut the connection it is
+        using now, and refuse any further request."""
+        self.aborted = True
+        current = self._current
+        if current is not None:
+            current.limit(0, "aborted")
+
     def check_time(self, doing: str) -> None:
+        if self.aborted:
+            raise _Aborted("stopped")
         remaining = self.remaining()
         if remaining is not None and remaining <= 0:
             raise WaitTimeoutError("the deadline passed %s" % doing)
@@ -1135,6 +1163,10 @@ class _Client:
             exchange.limit(remaining, "deadline")
             data.on_end = lambda: _limit_answer(exchange, self.read_timeout, self)
         logger.debug("%s %s", method, _clean(url, 300))
+        self._current = exchange
+        if self.aborted:  # abort() may have come between check_time and here
+            exchange.close()
+            raise _Aborted("stopped")
         _local.exchange = exchange
         try:
             response = self.session.request(
@@ -1172,6 +1204,8 @@ class _Client:
             expired = exchange.expired
         if expired is not None or (self.deadline is not None and self.clock() >= self.deadline):
             exchange.close()
+            if expired == "aborted":
+                raise _Aborted("stopped")
             if expired == "answer":
                 raise TransportError("no complete answer within %g seconds" % answer)
             raise WaitTimeoutError("the deadline passed while waiting for the answer")
@@ -1183,6 +1217,8 @@ class _Client:
         if data is not None and data.callback_error is exc:
             return exc  # the caller's own callback raised: theirs, unchanged
         _scrub(exc)
+        if exchange.expired == "aborted" or self.aborted:
+            return _Aborted("stopped")
         if exchange.expired == "deadline" or (
             self.deadline is not None and self.clock() >= self.deadline
         ):
@@ -1457,7 +1493,9 @@ def _read_chunks(
     exchange = getattr(response, "_munsit_exchange", None)
 
     def past_deadline() -> bool:
-        if exchange is not None and exchange.expired == "deadline":
+        if exchange is not None and exchange.expired is not None:
+            if exchange.expired == "aborted":
+                raise _Aborted("stopped")
             return True
         return deadline is not None and clock() >= deadline
 
@@ -1671,6 +1709,8 @@ class RetryPolicy:
 
 
 def _is_retryable(exc: MunsitError) -> bool:
+    if isinstance(exc, _Aborted):
+        return False
     if isinstance(exc, TransportError):
         # A certificate that fails verification will fail again.
         return not isinstance(exc.__cause__, requests.exceptions.SSLError)
@@ -1878,7 +1918,7 @@ _VIDEO_TYPES = {
 }
 # http.client asks a body for 8 KB at a time; larger pieces mean far fewer
 # system calls, and it sends whatever a read returns.
-_UPLOAD_BLOCK = 256 * 1024
+_UPLOAD_BLOCK = 1024 * 1024
 _ANSWER_LIMIT = 64 * 1024
 _LIST_LIMIT_BYTES = 64 * 1024 * 1024
 # The lookup after a lost answer: how many recent jobs it reads, and how long
@@ -2191,17 +2231,22 @@ def _submit(
     report: Optional[Callable[[int, Optional[int]], Any]],
     policy: RetryPolicy,
     sent_since: Optional[float] = None,
+    gate: "Optional[_Gate]" = None,
 ) -> Submission:
     """POST the file until the server certainly has it once.
 
     ``sent_since`` (a time.time() reading) says that an earlier run may have
-    sent this file from then on without seeing the answer: look first."""
+    sent this file from then on without seeing the answer: look first.
+    ``gate`` is what a batch's uploads share: a pause after a 429, a stop
+    after a 402."""
     failures = 0
     if sent_since is not None:
         found = _look_up(client, source, sent_since, policy)
         if found is not None:
             return found
     while True:
+        if gate is not None:
+            gate.wait_turn(client, policy)
         began = time.time()
         boundary = "munsit-%s" % os.urandom(16).hex()
         bodies = []  # type: List[_MultipartBody]
@@ -2222,6 +2267,8 @@ def _submit(
             if status == 200:
                 return _submission(client, response, source)
             error = client.error(response, for_job=False)  # type: MunsitError
+            if gate is not None:
+                gate.learn(error, policy)
             if status not in (429, 503) and not 500 <= status <= 599:
                 raise error
             # 429 and 503 say the job was not taken; another 5xx may come
@@ -2249,6 +2296,45 @@ def _submit(
         if failures > policy.max_retries or not _is_retryable(error):
             raise error
         _pause(error, failures, policy, client.remaining(), "sending %s again" % source.name)
+
+
+class _Gate:
+    """What a batch's uploads share: after a 429 every new upload waits for
+    its Retry-After, and after a 402 (the wallet is empty) none is sent,
+    while jobs already submitted are followed to their end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until = 0.0
+        self.refused = None  # type: Optional[APIError]
+
+    def learn(self, error: MunsitError, policy: RetryPolicy) -> None:
+        if isinstance(error, PaymentRequiredError):
+            self.refused = error
+        elif isinstance(error, APIError) and error.status_code == 429:
+            pause = error.retry_after if error.retry_after is not None else policy.backoff_max
+            with self._lock:
+                self._until = max(self._until, time.monotonic() + min(pause, _MAX_SLEEP))
+
+    def wait_turn(self, client: _Client, policy: RetryPolicy) -> None:
+        """Return when an upload may start; raise if none may."""
+        while True:
+            if self.refused is not None:
+                raise PaymentRequiredError(
+                    402,
+                    self.refused.error_code,
+                    "not sent: an earlier upload of this run was refused (%s)"
+                    % (self.refused.error_message or "payment required"),
+                )
+            client.check_time("before the upload")
+            with self._lock:
+                wait = self._until - time.monotonic()
+            if wait <= 0:
+                return
+            remaining = client.remaining()
+            if remaining is not None and wait >= remaining:
+                raise WaitTimeoutError("the deadline would pass while uploads are paused (429)")
+            policy.sleep(min(wait, 1.0))
 
 
 def _fresh_body(
@@ -2808,6 +2894,7 @@ class _LogView(_View):
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         super().__init__(out)
+        self.phase_of = None  # type: Optional[str]
         self.restart()
 
     def restart(self) -> None:
@@ -3415,6 +3502,8 @@ def _denoise_one(
     known_id: Optional[str] = None,
     sent_since: Optional[float] = None,
     on_submitted: Optional[Callable[[Submission], Any]] = None,
+    output_for: Optional[Callable[[DoneEvent], Tuple[str, str]]] = None,
+    gate: Optional[_Gate] = None,
 ) -> DoneEvent:
     """denoise() for one file on a client: the one way a file is uploaded,
     followed and saved, which the batch uses too.
@@ -3422,7 +3511,10 @@ def _denoise_one(
     ``known_id``: the job was submitted already (follow it, do not upload);
     ``sent_since``: an earlier run may have sent the file without seeing the
     answer (look it up first); ``on_submitted`` is called with the
-    :class:`Submission` the moment the server accepts the upload."""
+    :class:`Submission` the moment the server accepts the upload;
+    ``output_for(done)`` names the output (its path to show, the file to
+    write) once the result's extension is known; ``gate`` is shared by a
+    batch's uploads."""
     finish = _finisher(on_progress)
     upload = getattr(on_progress, "upload", None)
     transfer = getattr(on_progress, "transfer", None)
@@ -3430,13 +3522,15 @@ def _denoise_one(
     try:
         if job is None:
             submission = _submit(
-                client, source, upload if callable(upload) else None, policy, sent_since
+                client, source, upload if callable(upload) else None, policy, sent_since, gate
             )
             job = submission.denoise_id
             if on_submitted is not None:
                 on_submitted(submission)
         try:
             done = _follow(client, job, on_progress if callable(on_progress) else None, policy)
+            if output_for is not None:
+                output, target = output_for(done)
             if target is None:
                 if finish is not None:
                     finish(done)
@@ -3462,6 +3556,901 @@ def _denoise_one(
     if finish is not None:
         finish("saved %s" % output)
     return done
+
+
+# --------------------------------------------------------------------------
+# A folder of files: denoise_many()
+# --------------------------------------------------------------------------
+
+#: The batch journal's file name, in the output folder.
+JOURNAL_NAME = ".munsit-batch.jsonl"
+_JOURNAL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """How one input of :func:`denoise_many` ended.
+
+    ``output`` is the saved file (``None`` unless saved); ``denoise_id`` the
+    job (``None`` if it was never submitted); ``error`` is ``None`` on
+    success, else the :class:`MunsitError` or ``OSError`` that ended it;
+    ``skipped`` is true when the output was already there from an earlier
+    run, so nothing was sent or fetched.
+    """
+
+    path: str
+    output: Optional[str] = None
+    denoise_id: Optional[str] = None
+    error: Optional[BaseException] = None
+    skipped: bool = False
+
+
+class BatchBusyError(MunsitError):
+    """Another run holds the output folder's journal (an overlapping cron
+    job): nothing was done.  Exit status 7."""
+
+
+class NotSubmittedError(MunsitError):
+    """The file was not sent in this run: a cap (``max_files``,
+    ``max_bytes``) was reached, or the run was stopped first.  A later run
+    sends it."""
+
+
+class _Journal:
+    """The output folder's record of what a batch did, so that a run killed
+    at any point can be run again without paying twice.
+
+    Append-only JSON lines, each written whole, flushed and fsynced:
+    ``sending`` (the input's identity, its size and SHA-256, and the time)
+    before its POST, ``submitted`` (the denoiseId) the moment the POST is
+    answered, ``saved`` (the output's name) or ``failed`` (the server's
+    message) at the end.  The file is held under the OS's exclusive lock
+    for the whole run, which the OS drops if the process dies.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, JOURNAL_NAME)
+        self._lock = threading.Lock()
+        self._handle = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
+        try:
+            if not _lock_file(self._handle):
+                raise BatchBusyError(
+                    "another run is using %s (its journal %s is locked); nothing was done"
+                    % (_printable(folder), JOURNAL_NAME)
+                )
+            self.states = self._read()
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def _read(self) -> "Dict[str, _Progress]":
+        self._handle.seek(0)
+        data = self._handle.read()
+        lines = data.split(b"\n")
+        if data and not data.endswith(b"\n"):
+            # A line torn by a kill mid-write: ignored, and ended, so that
+            # the next line starts on a line of its own.
+            lines.pop()
+            self._append(b"\n")
+        if not data:
+            self._append(self._line({"journal": "munsit-progress batch", "version": 1}))
+        return _journal_states(lines)
+
+    @staticmethod
+    def _line(record: Dict[str, Any]) -> bytes:
+        return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
+
+    def _append(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def record(self, event: str, identity: "_Identity", **fields: Any) -> None:
+        """Write one step, durably, before going on."""
+        record = {
+            "event": event,
+            "sha256": identity.sha256,
+            "size": identity.size,
+            "at": time.time(),
+        }
+        record.update(fields)
+        with self._lock:
+            self._append(self._line(record))
+            self.states.setdefault(identity.key, _Progress()).learn(record)
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()  # closing the file drops the lock
+
+
+def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
+    """What journal lines say of each input's content; lines that are not
+    whole records (a torn one) are skipped."""
+    states = {}  # type: Dict[str, _Progress]
+    for line in lines:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            continue
+        key = "%s:%s" % (record["sha256"], record.get("size"))
+        states.setdefault(key, _Progress()).learn(record)
+    return states
+
+
+def _lock_file(handle: Any) -> bool:
+    """Take the OS's exclusive lock on an open file without waiting;
+    whether it was free.  The OS drops it when the holder dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+class _Progress:
+    """What the journal says of one input's content."""
+
+    __slots__ = ("sent_at", "denoise_id", "saved", "failed")
+
+    def __init__(self) -> None:
+        self.sent_at = None  # type: Optional[float]
+        self.denoise_id = None  # type: Optional[str]
+        self.saved = None  # type: Optional[str]
+        self.failed = None  # type: Optional[str]
+
+    def learn(self, record: Dict[str, Any]) -> None:
+        event = record.get("event")
+        at = record.get("at")
+        named = record.get("denoiseId")
+        job = _canonical_uuid(named) if isinstance(named, str) else None
+        if event == "sending" and isinstance(at, (int, float)):
+            if self.sent_at is None:
+                self.sent_at = float(at)
+        elif event == "submitted" and job is not None:
+            self.denoise_id = job
+            self.failed = None
+        elif event == "saved" and job is not None and isinstance(record.get("output"), str):
+            self.denoise_id = job
+            self.saved = os.path.basename(record["output"])
+        elif event == "failed" and job is not None:
+            self.denoise_id = job
+            self.failed = str(record.get("error") or "the job failed")
+
+
+class _Identity:
+    """An input's content: its size and SHA-256, so that a renamed or
+    touched file is still recognised."""
+
+    __slots__ = ("sha256", "size", "key")
+
+    def __init__(self, sha256: str, size: int) -> None:
+        self.sha256 = sha256
+        self.size = size
+        self.key = "%s:%d" % (sha256, size)
+
+
+def _identify(source: _Source, stop: threading.Event) -> _Identity:
+    import hashlib
+
+    digest = hashlib.sha256()
+    source.rewind()
+    left = source.size
+    while left > 0:
+        if stop.is_set():
+            raise _Aborted("stopped")
+        piece = source.read(min(1024 * 1024, left))
+        if not piece:
+            raise ConfigurationError(
+                "%s got shorter while it was being read" % _printable(source.name)
+            )
+        digest.update(piece)
+        left -= len(piece)
+    source.rewind()
+    return _Identity(digest.hexdigest(), source.size)
+
+
+def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
+    """The inputs as (path, output stem), the same file given twice kept
+    once; ConfigurationError, before anything is sent, when two inputs
+    could land on the same output.  The result's extension is known only
+    at the end, so inputs sharing a base name without extension collide,
+    whatever their extensions or folders (compared without case, as a
+    case-insensitive file system would)."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ConfigurationError("paths must be a list of file names, not one name")
+    inputs = []  # type: List[Tuple[str, str]]
+    seen = set()  # type: Set[str]
+    stems = {}  # type: Dict[str, str]
+    for path in paths:
+        name = os.fspath(path)
+        name = name if isinstance(name, str) else os.fsdecode(name)
+        real = os.path.realpath(name)
+        if real in seen:
+            continue
+        seen.add(real)
+        stem = os.path.splitext(os.path.basename(name))[0]
+        if not stem:
+            raise ConfigurationError("%s has no file name to save under" % _printable(name))
+        other = stems.get(stem.casefold())
+        if other is not None:
+            raise ConfigurationError(
+                "%s and %s would be saved under the same name (%s.*): rename one, or run them "
+                "into different folders; nothing was sent"
+                % (_printable(other), _printable(name), _printable(stem))
+            )
+        stems[stem.casefold()] = name
+        inputs.append((name, stem))
+    return inputs
+
+
+_RESULT_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def _result_extension(url: str) -> str:
+    """The extension of the result's file name in its URL; ``.wav`` if none."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        path = unquote(urlsplit(url).path)
+    except ValueError:
+        return ".wav"
+    extension = os.path.splitext(path.rsplit("/", 1)[-1])[1]
+    return extension.lower() if _RESULT_EXTENSION.fullmatch(extension) else ".wav"
+
+
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def _parse_size(text: str) -> int:
+    """A byte count such as ``500M``, ``2G``, ``1.5GB``, ``300MiB`` or ``1000``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text.lower())
+    if match is None:
+        raise ConfigurationError("not a size: %r (say 500M, 2G, 300MiB or a byte count)" % text)
+    number, unit, binary = match.groups()
+    scale = 1024 ** " kmgt".index(unit) if binary and unit else _SIZE_UNITS[unit]
+    return int(float(number) * scale)
+
+
+def denoise_many(
+    paths: Any,
+    output_dir: str,
+    *,
+    concurrency: int = 4,
+    timeout: Optional[float] = None,
+    on_progress: Any = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    check: bool = True,
+    max_files: Optional[int] = None,
+    max_bytes: Optional[int] = None,
+    retry_failed: bool = False,
+    allow_http: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: Optional[RetryPolicy] = None,
+) -> Iterator[FileResult]:
+    """Denoise many files, ``concurrency`` at a time, into ``output_dir``;
+    yield a :class:`FileResult` for each as it finishes.
+
+    Each result is saved in ``output_dir`` under its input's base name with
+    the result's extension (from the done URL; ``.wav`` if it has none).
+    Inputs that could land on the same output are refused with
+    :class:`ConfigurationError` before anything is sent.
+
+    The run can be killed at any moment and run again: a journal in
+    ``output_dir`` (:data:`JOURNAL_NAME`) records each input's content
+    before its upload, its job the moment the upload is answered, and its
+    saved output.  A later run skips what is saved, follows what was
+    submitted instead of uploading it again, and looks up (``GET
+    /denoise``) what was sent without an answer before sending it again.
+    Only one run at a time may use a folder: another raises
+    :class:`BatchBusyError` at once.  ``timeout`` bounds the whole run; what
+    is left undone is done by the next run.  After a 429 every new upload
+    waits; after a 402 none is sent (:class:`PaymentRequiredError`) while
+    jobs already submitted are followed to their end; a file that fails
+    does not stop the others.  ``max_files`` and ``max_bytes`` cap what this
+    run sends (:class:`NotSubmittedError` for the rest).  A job that failed
+    on the server is not sent again unless ``retry_failed``.
+
+    ``on_progress`` may be a :class:`ProgressBar` (its stream and mode draw
+    the batch: lines in place on a terminal, prefixed lines in a log, one
+    display in a notebook) or a callable ``(path, event)``.
+
+    The journal is locked when this is called and released when the
+    iterator is exhausted or closed.  Example::
+
+        for result in denoise_many(sorted(glob.glob("in/*.wav")), "out", concurrency=8):
+            print(result.path, result.output or result.error)
+    """
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ConfigurationError("concurrency must be a whole number >= 1")
+    for name, cap in (("max_files", max_files), ("max_bytes", max_bytes)):
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+            raise ConfigurationError("%s must be a whole number >= 0" % name)
+    policy = retry if retry is not None else RetryPolicy()
+    batch = _Batch(
+        _batch_inputs(paths),
+        output_dir,
+        concurrency=concurrency,
+        deadline=_deadline(timeout, policy.clock),
+        on_progress=on_progress,
+        settings=dict(
+            api_key=api_key,
+            base_url=base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            allow_http=allow_http,
+            clock=policy.clock,
+        ),
+        check=check,
+        max_files=max_files,
+        max_bytes=max_bytes,
+        retry_failed=retry_failed,
+        policy=policy,
+    )
+    return batch.results()
+
+
+class _Batch:
+    """One run over a folder: the inputs, the journal, the workers."""
+
+    def __init__(
+        self,
+        inputs: List[Tuple[str, str]],
+        output_dir: str,
+        *,
+        concurrency: int,
+        deadline: Optional[float],
+        on_progress: Any,
+        settings: Dict[str, Any],
+        check: bool,
+        max_files: Optional[int],
+        max_bytes: Optional[int],
+        retry_failed: bool,
+        policy: RetryPolicy,
+        on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
+    ) -> None:
+        # A client made now checks the key and the base URL before anything.
+        _Client(session=None, **settings).close()
+        self.inputs = inputs
+        self.folder = os.path.abspath(os.fspath(output_dir))
+        self.concurrency = concurrency
+        self.deadline = deadline
+        self.settings = settings
+        self.check = check
+        self.retry_failed = retry_failed
+        self.stop = threading.Event()
+        # The workers' pauses end as soon as the run is stopped.
+        self.policy = dataclasses.replace(policy, sleep=self._sleep)
+        self._sleep_policy = policy
+        self._files_left = max_files
+        self._bytes_left = max_bytes
+        self._caps = threading.Lock()
+        self._identities = {}  # type: Dict[str, threading.Lock]
+        self.gate = _Gate()
+        self._clients = set()  # type: Set[_Client]
+        self._clients_lock = threading.Lock()
+        self.on_record = on_record
+        self.display = _BatchDisplay(on_progress, len(inputs), on_record)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                "cannot make %s: %s" % (_printable(self.folder), exc.strerror)
+            ) from None
+        if not os.access(self.folder, os.W_OK):
+            raise ConfigurationError("cannot write in %s" % _printable(self.folder))
+        self.journal = _Journal(self.folder)
+        _sweep_temporaries(self.folder)
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+    def results(self) -> Iterator[FileResult]:
+        import queue
+
+        pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
+        for index, (path, stem) in enumerate(self.inputs):
+            pending.put((index, path, stem))
+        done = queue.Queue()  # type: queue.Queue[FileResult]
+        workers = [
+            threading.Thread(
+                target=self._work, args=(pending, done), name="munsit-batch-%d" % n, daemon=True
+            )
+            for n in range(min(self.concurrency, len(self.inputs)))
+        ]
+        try:
+            for worker in workers:
+                worker.start()
+            for _ in range(len(self.inputs)):
+                while True:
+                    try:
+                        result = done.get(timeout=0.25)  # short waits: Ctrl-C gets through
+                        break
+                    except queue.Empty:
+                        if not any(worker.is_alive() for worker in workers) and done.empty():
+                            return
+                yield result
+        finally:
+            self._shut_down(workers)
+
+    def _shut_down(self, workers: List[threading.Thread]) -> None:
+        self.stop.set()
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            client.abort()
+        for worker in workers:
+            worker.join(10)
+        self.display.close()
+        self.journal.close()
+
+    def _work(self, pending: "Any", done: "Any") -> None:
+        import queue
+
+        session = _new_session(pool_size=2)
+        try:
+            while True:
+                try:
+                    index, path, stem = pending.get_nowait()
+                except queue.Empty:
+                    return
+                if self.stop.is_set():
+                    done.put(FileResult(path, error=NotSubmittedError("the run was stopped first")))
+                    continue
+                try:
+                    done.put(self._one(path, stem, session))
+                except BaseException as exc:  # a bug: shown with its input, not lost
+                    logger.error("unexpected failure on %s", _printable(path), exc_info=True)
+                    done.put(FileResult(path, error=exc))
+        finally:
+            session.close()
+
+    def _one(self, path: str, stem: str, session: requests.Session) -> FileResult:
+        """Denoise one input, as the journal says it stands."""
+        entry = self.display.entry(os.path.basename(path), path)
+        try:
+            source = _Source(path, self.check)
+            try:
+                identity = _identify(source, self.stop)
+                with self._identity_lock(identity.key):
+                    return self._follow_through(path, stem, source, identity, session, entry)
+            finally:
+                source.close()
+        except DenoiseFailedError as exc:
+            entry.finish(exc)
+            return FileResult(path, denoise_id=exc.denoise_id, error=exc)
+        except (MunsitError, OSError) as exc:
+            error = exc  # type: BaseException
+            job = getattr(exc, "denoise_id", None)
+            if isinstance(exc, _Aborted):  # never shown as such: it is ours
+                error = NotSubmittedError("the run was stopped first")
+                if job is not None:
+                    error = TransportError("the run was stopped while the job was followed")
+                    error.denoise_id = job
+            entry.finish(error)
+            return FileResult(path, denoise_id=job, error=error)
+
+    def _identity_lock(self, key: str) -> threading.Lock:
+        with self._caps:
+            return self._identities.setdefault(key, threading.Lock())
+
+    def _follow_through(
+        self,
+        path: str,
+        stem: str,
+        source: _Source,
+        identity: _Identity,
+        session: requests.Session,
+        entry: "_BatchEntry",
+    ) -> FileResult:
+        state = self.journal.states.get(identity.key)
+        if state is not None and state.saved is not None:
+            saved = os.path.join(self.folder, state.saved)
+            if os.path.splitext(state.saved)[0] == stem and os.path.isfile(saved):
+                entry.finish("already saved as %s" % _short_path(saved))
+                return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
+        known = state.denoise_id if state is not None else None
+        sent_since = state.sent_at if state is not None and known is None else None
+        if state is not None and state.failed is not None and not self.retry_failed:
+            error = DenoiseFailedError(state.failed)
+            error.denoise_id = known
+            entry.finish(error)
+            return FileResult(path, denoise_id=known, error=error)
+        if state is not None and state.failed is not None:
+            known = sent_since = None  # send it again, as asked
+        entry._job = known
+        if known is None:
+            self._reserve(source)
+            if sent_since is None:
+                self.journal.record("sending", identity, file=os.path.basename(path))
+
+        name = os.path.basename(path)
+
+        def submitted(job: Submission) -> None:
+            self.journal.record("submitted", identity, denoiseId=job.denoise_id)
+            entry._job = job.denoise_id
+            if self.on_record is not None:
+                self.on_record({"stage": "submitted", "file": name, "denoiseId": job.denoise_id})
+
+        def output_for(done: DoneEvent) -> Tuple[str, str]:
+            output = os.path.join(self.folder, stem + _result_extension(done.url))
+            return _short_path(output), _output_path(output)
+
+        client = _Client(session=session, deadline=self.deadline, **self.settings)
+        with self._clients_lock:
+            self._clients.add(client)
+        try:
+            if self.stop.is_set():
+                client.abort()
+            done = _denoise_one(
+                client,
+                source,
+                None,
+                None,
+                entry,
+                self.policy,
+                known_id=known,
+                sent_since=sent_since,
+                on_submitted=submitted,
+                output_for=output_for,
+                gate=self.gate,
+            )
+        except DenoiseFailedError as exc:
+            self.journal.record(
+                "failed", identity, denoiseId=exc.denoise_id, error=exc.message[:2000]
+            )
+            raise
+        finally:
+            with self._clients_lock:
+                self._clients.discard(client)
+        output = os.path.join(self.folder, stem + _result_extension(done.url))
+        self.journal.record(
+            "saved", identity, denoiseId=done.denoise_id, output=os.path.basename(output)
+        )
+        return FileResult(path, output=output, denoise_id=done.denoise_id)
+
+    def _reserve(self, source: _Source) -> None:
+        """Count a new upload against the run's caps, or raise."""
+        with self._caps:
+            if self._files_left is not None:
+                if self._files_left <= 0:
+                    raise NotSubmittedError("not sent: this run's --max-files is reached")
+            if self._bytes_left is not None:
+                if source.size > self._bytes_left:
+                    raise NotSubmittedError("not sent: this run's --max-bytes is reached")
+                self._bytes_left -= source.size
+            if self._files_left is not None:
+                self._files_left -= 1
+
+
+def _short_path(path: str) -> str:
+    """``path`` relative to the working folder when it is inside it: what a
+    display has room for."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
+def _sweep_temporaries(folder: str) -> None:
+    """Remove what killed runs left: the temporary files of unfinished
+    downloads (.NAME.XXXXXXXX.part).  Safe under the journal's lock."""
+    pattern = re.compile(r"\..+\.[0-9a-f]{8}\.part")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+class _BatchDisplay:
+    """A batch's display: a ProgressBar state for each file, drawn together
+    by one renderer (a block of lines in place on a terminal, prefixed
+    lines in a log, one table in a notebook), plus the totals."""
+
+    def __init__(
+        self,
+        on_progress: Any,
+        total: int,
+        on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
+    ) -> None:
+        self.on_record = on_record
+        self.lock = threading.RLock()
+        self.total = total
+        self.saved = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self._callback = None  # type: Optional[Callable[[str, ProcessingEvent], Any]]
+        self._renderer = None  # type: Optional[_BatchRenderer]
+        if isinstance(on_progress, ProgressBar):
+            renderers = {"terminal": _BatchTerminal, "log": _BatchLog, "notebook": _BatchNotebook}
+            self._renderer = renderers[on_progress.mode](on_progress._out, self)
+        elif callable(on_progress):
+            self._callback = on_progress
+
+    def entry(self, label: str, path: str) -> "_BatchEntry":
+        """The display of one file: a ProgressBar drawn as a row of this one."""
+        bar = _BatchEntry(label, path, self._callback, self.on_record)
+        bar._view = _BatchRow(self)
+        return bar
+
+    def draw(self, state: _JobState, important: bool) -> None:
+        if self._renderer is not None:
+            with self.lock:
+                self._renderer.update(state, important)
+
+    def line(self, state: _JobState, text: str) -> None:
+        if self._renderer is not None:
+            with self.lock:
+                self._renderer.line(state, text)
+
+    def end(self, state: _JobState, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.saved += 1
+            else:
+                self.failed += 1
+            if self._renderer is not None:
+                self._renderer.end(state)
+
+    def totals(self) -> str:
+        left = self.total - self.saved - self.failed
+        elapsed = "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
+        return "%d done, %d failed, %d left  %s" % (self.saved, self.failed, left, elapsed)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            with self.lock:
+                self._renderer.close()
+
+
+class _BatchEntry(ProgressBar):
+    """One file's state in a batch; also hands its events to a callback,
+    and its steps to ``on_record`` (the command line's JSON lines)."""
+
+    def __init__(
+        self,
+        label: str,
+        path: str,
+        callback: Optional[Callable[[str, ProcessingEvent], Any]],
+        on_record: Optional[Callable[[Dict[str, Any]], Any]],
+    ) -> None:
+        super().__init__(mode="log", label=label)
+        self._path = path
+        self._callback = callback
+        self._on_record = on_record
+        self._job = None  # type: Optional[str]
+
+    def _record(self, fields: Dict[str, Any]) -> None:
+        if self._on_record is not None:
+            fields.update(file=os.path.basename(self._path), denoiseId=self._job)
+            self._on_record(fields)
+
+    def __call__(self, event: ProcessingEvent) -> None:
+        super().__call__(event)
+        self._record(event.to_dict())
+        if self._callback is not None:
+            self._callback(self._path, event)
+
+    def _reached(self, done: DoneEvent) -> None:
+        super()._reached(done)
+        self._record(done.to_dict())
+
+
+class _BatchRow(_View):
+    """A file's view: every change goes to the batch's display."""
+
+    def __init__(self, display: _BatchDisplay) -> None:
+        super().__init__(lambda: sys.stderr)
+        self._display = display
+
+    def update(self, state: _JobState, important: bool) -> None:
+        self._display.draw(state, important)
+
+    def end(self, state: _JobState) -> None:
+        outcome = state.outcome or ""
+        ok = outcome.startswith(("saved ", "already saved ", "done: "))
+        self._display.end(state, ok)
+
+    def note(self, text: str, state: _JobState) -> None:
+        self._display.line(state, text)
+
+    def milestone(self, state: _JobState, text: str) -> None:
+        self._display.line(state, text)
+
+
+class _BatchRenderer(_View):
+    """How a batch is drawn on one stream (under the display's lock)."""
+
+    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
+        super().__init__(out)
+        self.display = display
+
+    def line(self, state: _JobState, text: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _BatchTerminal(_BatchRenderer):
+    """The files in flight, a line each, and the totals under them, redrawn
+    in place at most ten times a second; a finished file's line stays above."""
+
+    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
+        super().__init__(out, display)
+        self._live = []  # type: List[_JobState]
+        self._drawn = 0  # lines of the block now on screen
+        self._last = 0.0
+
+    def update(self, state: _JobState, important: bool) -> None:
+        if state not in self._live:
+            self._live.append(state)
+            important = True
+        now = time.monotonic()
+        if important or now - self._last >= 0.1:
+            self._last = now
+            self._redraw()
+
+    def end(self, state: _JobState) -> None:
+        if state in self._live:
+            self._live.remove(state)
+        self._redraw(above=self._row(state, state.outcome or ""))
+
+    def line(self, state: _JobState, text: str) -> None:
+        self._redraw(above=self._row(state, text))
+
+    def close(self) -> None:
+        self._live = []
+        self._redraw()
+
+    def _row(self, state: _JobState, text: str) -> str:
+        columns = self._columns() - 1
+        label = "%s  " % state.label if state.label else ""
+        bar = self.bar(state) if state.outcome is None else ""
+        body = _encodable(self._out(), "%s%s%s" % (label, bar + " " if bar else "", text))
+        return _fit(body, columns)[0]
+
+    def _redraw(self, above: Optional[str] = None) -> None:
+        # Up to the block's first line, clear to the end of the screen, and
+        # write it again: rows never wrap, so the count of lines is exact.
+        text = "\x1b[%dF\x1b[J" % self._drawn if self._drawn else "\r\x1b[J"
+        if above is not None:
+            text += above + "\n"
+        rows = [self._row(state, state.text()) for state in self._live[:20]]
+        if len(self._live) > 20:
+            rows.append("... and %d more in flight" % (len(self._live) - 20))
+        if self._live or self.display.saved or self.display.failed:
+            rows.append(_fit(self.display.totals(), self._columns() - 1)[0])
+        self._drawn = len(rows)
+        self.write(text + "".join(row + "\n" for row in rows))
+
+    def _columns(self) -> int:
+        try:
+            columns = os.get_terminal_size(self._out().fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        return columns or shutil.get_terminal_size((80, 24)).columns
+
+
+class _BatchLog(_BatchRenderer):
+    """Timestamped lines, each prefixed with its file's name, throttled per
+    file as a single job's log is; the totals when a file ends."""
+
+    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
+        super().__init__(out, display)
+        self._files = {}  # type: Dict[int, _LogView]
+
+    def _view(self, state: _JobState) -> _LogView:
+        view = self._files.get(id(state))
+        if view is None:
+            view = self._files[id(state)] = _LogView(self._out)
+        return view
+
+    def update(self, state: _JobState, important: bool) -> None:
+        view = self._view(state)
+        if view.phase_of != state.phase:
+            view.phase_of = state.phase
+            view.restart()
+        view.update(state, important)
+
+    def end(self, state: _JobState) -> None:
+        view = self._files.pop(id(state), None) or _LogView(self._out)
+        if state.outcome:
+            view.line(state, state.outcome)
+        view.line(None, self.display.totals())
+
+    def line(self, state: _JobState, text: str) -> None:
+        self._view(state).line(state, text)
+
+    def close(self) -> None:
+        self._files.clear()
+
+
+class _BatchNotebook(_BatchRenderer):
+    """One IPython display: a row per file in flight, and the totals."""
+
+    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
+        super().__init__(out, display)
+        self._live = []  # type: List[_JobState]
+        self._ended = []  # type: List[_JobState]
+        self._handle = None  # type: Any
+        self._last = 0.0
+
+    def update(self, state: _JobState, important: bool) -> None:
+        if state not in self._live:
+            self._live.append(state)
+        now = time.monotonic()
+        if important or now - self._last >= 0.2:
+            self._last = now
+            self._show()
+
+    def end(self, state: _JobState) -> None:
+        if state in self._live:
+            self._live.remove(state)
+        self._ended.append(state)
+        self._show()
+
+    def line(self, state: _JobState, text: str) -> None:
+        self._show()
+
+    def close(self) -> None:
+        self._live = []
+        self._show()
+
+    def _show(self) -> None:
+        import html
+
+        try:
+            display = importlib.import_module("IPython.display").display
+        except ImportError:
+            return
+        rows = []
+        for state in self._live + self._ended[-50:]:
+            if state.phase in ("upload", "download") and state.total:
+                pct = 100.0 * state.sent / state.total
+            else:
+                pct = state.pct or 0.0
+            rows.append(
+                '<tr><td dir="auto">%s</td><td><progress value="%.1f" max="100"></progress></td>'
+                '<td dir="auto">%s</td></tr>'
+                % (
+                    html.escape(state.label or ""),
+                    100.0 if state.outcome else pct,
+                    html.escape(state.text()),
+                )
+            )
+        markup = '<div style="font-family: monospace"><table>%s</table><div>%s</div></div>' % (
+            "".join(rows),
+            html.escape(self.display.totals()),
+        )
+        plain = "\n".join(
+            ["%s  %s" % (state.label, state.text()) for state in self._live]
+            + [self.display.totals()]
+        )
+        bundle = {"text/plain": plain, "text/html": markup}
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True)
 
 
 # --------------------------------------------------------------------------
@@ -3920,6 +4909,8 @@ EXIT_PROTOCOL = 5
 #: sending the file again may pay twice (SubmissionUnknownError).
 EXIT_UNSURE = 6
 EXIT_INTERRUPTED = 130
+#: Another run holds the batch folder's journal: nothing was done.
+EXIT_BUSY = 7
 #: stdout's reader went away (``| head``): what a shell shows for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -3939,12 +4930,19 @@ exit status:
   6    denoise: the file was sent but the answer was lost, and the job could
        not be found for sure; check `munsit-progress list` before sending
        it again (it may be paid for already)
+  7    denoise FILE... -o DIR: another run is using DIR; nothing was done
   130  interrupted (Ctrl-C or SIGTERM); no partial download is left
+
+a batch (denoise FILE... -o DIR) exits 0 when every input is saved (now or
+by an earlier run), else with the most serious of its files' statuses, in
+this order: 3, 2, 6, 5, 4, 1 (4 covers files a rerun will finish: the
+deadline, failing connections, a cap, an interrupted run)
   141  stdout was closed by its reader (| head); nothing more is written
 
 environment:
-  MUNSIT_API_KEY   the API key (or use --api-key-file)
-  MUNSIT_BASE_URL  the API's address (default %s)
+  MUNSIT_API_KEY       the API key (or use --api-key-file)
+  MUNSIT_BASE_URL      the API's address (default %s)
+  MUNSIT_DEMO_SECONDS  how long each --demo job takes (default 4)
 
 commands:
   munsit-progress DENOISE_ID [-o FILE]      follow a job (this page)
@@ -4049,6 +5047,7 @@ class _Console:
     def __init__(self, quiet: bool, verbose: bool) -> None:
         self.quiet = quiet
         self.verbose = verbose
+        self._lock = threading.Lock()  # a batch's workers write JSON lines
         isatty = getattr(sys.stderr, "isatty", None)
         try:
             self.log_mode = not (isatty is not None and isatty())
@@ -4062,8 +5061,9 @@ class _Console:
         if stdout is None:  # started with stdout closed (>&-)
             raise _StdoutClosed()
         try:
-            stdout.write(_encodable(stdout, text) + "\n")
-            stdout.flush()
+            with self._lock:
+                stdout.write(_encodable(stdout, text) + "\n")
+                stdout.flush()
         except (BrokenPipeError, ValueError):  # ValueError: stdout closed in-process
             raise _StdoutClosed() from None
         except OSError as exc:
@@ -4152,7 +5152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.output is not None:
             _output_path(args.output)
         if demo:
-            with demo_server(fail=args.demo_fail) as base_url:
+            with demo_server(fail=args.demo_fail, duration=_demo_seconds()) as base_url:
                 job = args.denoise_id or _random_uuid()
                 console.note("demo: simulated job %s (local server, no key)" % job)
                 return _follow_job(args, console, job, "demo", base_url, bar)
@@ -4209,7 +5209,18 @@ def _run_command(
 
 # Options that take a value, so that their value is not taken for a command.
 _VALUED_OPTIONS = frozenset(
-    ("-o", "--output", "--timeout", "--api-key-file", "--base-url", "--limit", "--offset")
+    (
+        "-o",
+        "--output",
+        "--timeout",
+        "--api-key-file",
+        "--base-url",
+        "--limit",
+        "--offset",
+        "--jobs",
+        "--max-files",
+        "--max-bytes",
+    )
 )
 _COMMANDS = ("denoise", "list")
 
@@ -4240,12 +5251,41 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             epilog=_EPILOG,
         )
         parser.add_argument("command", choices=["denoise"], help=argparse.SUPPRESS)
-        parser.add_argument("files", nargs="+", metavar="FILE", help="the file to denoise")
+        parser.add_argument(
+            "files",
+            nargs="+",
+            metavar="FILE",
+            help="the file to denoise; several, with -o DIR, for a batch",
+        )
         parser.add_argument(
             "-o",
             "--output",
             metavar="OUTPUT",
-            help="save the denoised audio to OUTPUT (checked before the upload)",
+            help="save the denoised audio to OUTPUT (checked before the upload); with several "
+            "files, or a folder, save each into that folder and keep a journal there so that "
+            "a rerun goes on where a killed run stopped",
+        )
+        batch = parser.add_argument_group("batches (several files, -o DIR)")
+        batch.add_argument(
+            "--jobs", type=int, default=4, metavar="N", help="files in flight at once (default 4)"
+        )
+        batch.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="say what would be sent, followed or skipped, and send nothing",
+        )
+        batch.add_argument(
+            "--max-files", type=int, metavar="N", help="send at most N files in this run"
+        )
+        batch.add_argument(
+            "--max-bytes",
+            metavar="SIZE",
+            help="send at most SIZE bytes in this run (500M, 2G, 300MiB...)",
+        )
+        batch.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="send again the files whose job failed on the server in an earlier run",
         )
         parser.add_argument(
             "--no-check",
@@ -4300,11 +5340,26 @@ def _main_command(command: str, argv: List[str]) -> int:
         if args.limit < 0 or args.offset < 0:
             return _usage(parser, "--limit and --offset must be 0 or more")
         return _run_command(args, console, None, lambda: _list_command(args, console))
-    if len(args.files) > 1:
-        return _usage(parser, "give one FILE")
     if args.output == "":
         return _usage(parser, "-o needs a file name")
+    many = len(args.files) > 1 or (
+        args.output is not None
+        and (os.path.isdir(args.output) or args.output.endswith(("/", os.sep)))
+    )
     bar = None if args.quiet else ProgressBar()
+    if many:
+        if args.output is None:
+            return _usage(parser, "several files need -o DIR, the folder to save them in")
+        if args.jobs < 1 or (args.max_files is not None and args.max_files < 0):
+            return _usage(parser, "--jobs must be 1 or more and --max-files 0 or more")
+        if args.max_bytes is not None:
+            try:
+                args.max_bytes = _parse_size(args.max_bytes)
+            except ConfigurationError as exc:
+                return _usage(parser, str(exc))
+        return _run_command(args, console, bar, lambda: _batch_command(args, console, bar))
+    if args.dry_run or args.max_files is not None or args.max_bytes is not None:
+        return _usage(parser, "--dry-run, --max-files and --max-bytes are for -o DIR")
     return _run_command(args, console, bar, lambda: _denoise_command(args, console, bar))
 
 
@@ -4313,10 +5368,22 @@ def _with_api(
 ) -> int:
     """Run ``run(api_key, base_url)`` against the API, or the simulator."""
     if args.demo:
-        with demo_server() as base_url:
+        with demo_server(duration=_demo_seconds()) as base_url:
             console.note("demo: a local simulator of the API (no key, no network)")
             return run("demo", base_url)
     return run(_cli_key(args), args.base_url)
+
+
+_DEMO_SECONDS_ENV = "MUNSIT_DEMO_SECONDS"
+
+
+def _demo_seconds() -> float:
+    """How long each of --demo's simulated jobs takes ($MUNSIT_DEMO_SECONDS)."""
+    try:
+        seconds = float(os.environ.get(_DEMO_SECONDS_ENV) or 4.0)
+    except ValueError:
+        return 4.0
+    return seconds if 0 < seconds < 3600 else 4.0
 
 
 def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> int:
@@ -4405,6 +5472,185 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
         return EXIT_OK
 
     return _with_api(args, console, run)
+
+
+_OUTCOMES = (
+    (EXIT_REJECTED, "refused"),
+    (EXIT_USAGE, "not sent"),
+    (EXIT_UNSURE, "unsure"),
+    (EXIT_PROTOCOL, "bad answer"),
+    (EXIT_GAVE_UP, "gave up"),
+    (EXIT_JOB_FAILED, "failed"),
+)
+
+
+def _outcome(result: FileResult) -> Tuple[int, str]:
+    """A batch input's exit status and the word the summary shows for it."""
+    error = result.error
+    if error is None:
+        return EXIT_OK, "already saved" if result.skipped else "saved"
+    status = _exit_status(error) if isinstance(error, MunsitError) else EXIT_GAVE_UP
+    if isinstance(error, NotSubmittedError):
+        return status, "not sent yet"
+    return status, dict(_OUTCOMES).get(status, "gave up")
+
+
+def _batch_status(results: List[FileResult]) -> int:
+    """The batch's exit status: 0 if all are saved, else the most serious."""
+    found = {_outcome(result)[0] for result in results}
+    for status, _ in _OUTCOMES:
+        if status in found:
+            return status
+    return EXIT_OK
+
+
+def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> int:
+    """``munsit-progress denoise FILE... -o DIR``: a journaled batch."""
+    inputs = _batch_inputs(args.files)
+    if args.dry_run:
+        return _dry_run(args, console, inputs)
+
+    def record(fields: Dict[str, Any]) -> None:
+        if args.json:
+            console.record(fields)
+
+    def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        batch = _Batch(
+            inputs,
+            args.output,
+            concurrency=args.jobs,
+            deadline=_deadline(args.timeout, time.monotonic),
+            on_progress=bar,
+            settings=dict(api_key=api_key, base_url=base_url, allow_http=args.allow_http),
+            check=not args.no_check,
+            max_files=args.max_files,
+            max_bytes=args.max_bytes,
+            retry_failed=args.retry_failed,
+            policy=RetryPolicy(),
+            on_record=record,
+        )
+        finished = {}  # type: Dict[str, FileResult]
+        for result in batch.results():
+            finished[result.path] = result
+        results = [
+            finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
+            for path, _ in inputs
+        ]
+        _batch_report(args, console, results)
+        return _batch_status(results)
+
+    return _with_api(args, console, run)
+
+
+def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> None:
+    """The end of a batch: every input in the order given, with its outcome
+    and job, on stderr (unless -q); the saved files on stdout (or, with
+    --json, a result line per input)."""
+    rows = [("FILE", "OUTCOME", "DENOISE ID", "OUTPUT OR REASON")]
+    for result in results:
+        _, word = _outcome(result)
+        detail = result.output or (str(result.error) if result.error is not None else "")
+        rows.append((os.path.basename(result.path), word, result.denoise_id or "-", detail))
+    if not args.quiet:
+        widths = [max(len(_printable(row[column])) for row in rows) for column in range(3)]
+        for row in rows:
+            cells = [_printable(_redact(cell)) for cell in row]
+            console.err_line(
+                "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[3]
+            )
+    for result in results:
+        status, word = _outcome(result)
+        if args.json:
+            fields = {
+                "stage": "result",
+                "file": os.path.basename(result.path),
+                "path": result.path,
+                "outcome": word,
+                "status": status,
+                "denoiseId": result.denoise_id,
+                "output": result.output,
+                "error": str(result.error) if result.error is not None else None,
+            }
+            console.record(fields)
+        elif result.output is not None:
+            console.out(_printable(result.output))
+
+
+def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int:
+    """What a batch would do, from the journal, without sending anything
+    (nor taking the folder's lock: another run may be using it)."""
+    folder = os.path.abspath(args.output)
+    try:
+        with open(os.path.join(folder, JOURNAL_NAME), "rb") as handle:
+            states = _journal_states(handle.read().split(b"\n"))
+    except FileNotFoundError:
+        states = {}
+    files_left = args.max_files
+    bytes_left = args.max_bytes
+    rows = [("ACTION", "SIZE", "FILE", "")]
+    counts = {}  # type: Dict[str, int]
+    to_send = 0
+    never = threading.Event()
+    for path, stem in inputs:
+        try:
+            source = _Source(path, not args.no_check)
+        except ConfigurationError as exc:
+            rows.append(("refuse", "-", path, str(exc)))
+            counts["refuse"] = counts.get("refuse", 0) + 1
+            continue
+        try:
+            identity = _identify(source, never)
+        finally:
+            source.close()
+        state = states.get(identity.key)
+        detail = ""
+        if (
+            state is not None
+            and state.saved is not None
+            and os.path.splitext(state.saved)[0] == stem
+            and os.path.isfile(os.path.join(folder, state.saved))
+        ):
+            action, detail = "skip", "already saved as %s" % state.saved
+        elif state is not None and state.failed is not None and not args.retry_failed:
+            action, detail = (
+                "failed",
+                "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id,
+            )
+        elif state is not None and state.denoise_id is not None and state.failed is None:
+            action, detail = "follow", "job %s, submitted earlier: no upload" % state.denoise_id
+        else:
+            looked = state is not None and state.sent_at is not None and state.denoise_id is None
+            fits = (files_left is None or files_left > 0) and (
+                bytes_left is None or identity.size <= bytes_left
+            )
+            if not fits:
+                action, detail = "later", "over this run's --max-files/--max-bytes"
+            else:
+                action = "look up" if looked else "send"
+                if looked:
+                    detail = "sent by an earlier run without an answer: looked up first"
+                to_send += identity.size
+                if files_left is not None:
+                    files_left -= 1
+                if bytes_left is not None:
+                    bytes_left -= identity.size
+        counts[action] = counts.get(action, 0) + 1
+        rows.append((action, _size(identity.size), path, detail))
+    widths = [max(len(_printable(row[column])) for row in rows) for column in range(3)]
+    for row in rows:
+        cells = [_printable(cell) for cell in row]
+        console.out(
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[3]
+        )
+    console.out(
+        "would send %d file(s), %s; %s"
+        % (
+            counts.get("send", 0) + counts.get("look up", 0),
+            _size(to_send),
+            ", ".join("%s %d" % (action, count) for action, count in sorted(counts.items())),
+        )
+    )
+    return EXIT_OK
 
 
 def _list_command(args: Any, console: _Console) -> int:
@@ -4627,6 +5873,10 @@ def _exit_status(exc: MunsitError) -> int:
         return EXIT_JOB_FAILED
     if isinstance(exc, SubmissionUnknownError):
         return EXIT_UNSURE
+    if isinstance(exc, BatchBusyError):
+        return EXIT_BUSY
+    if isinstance(exc, NotSubmittedError):
+        return EXIT_GAVE_UP
     if isinstance(exc, ConfigurationError):
         return EXIT_USAGE
     if isinstance(exc, (WaitTimeoutError, TransportError)):

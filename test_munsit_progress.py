@@ -1410,13 +1410,45 @@ class FakeAPI:
     newest first; their progress streams end in done; their results serve
     ``result``."""
 
-    def __init__(self, *answers, result=AUDIO, progress=None):
+    def __init__(self, *answers, result=AUDIO, progress=None, echo=False, by_name=None):
         self.answers = list(answers) or ["ok"]
         self.result = result
         self.progress = progress
+        self.echo = echo  # serve each job's upload back as its result
+        self.by_name = by_name or {}  # file name -> progress script of its job
         self.jobs = []  # newest last
         self.posts = []  # (request, parts or None)
+        self.content = {}  # job id -> uploaded bytes
+        self.events = []  # (event, file name), in order
+        self.pause_at = None  # (event, nth): hold there until released
+        self.hit = threading.Event()
+        self.release = threading.Event()
         self.lock = threading.Lock()
+
+    def event(self, name, file_name):
+        """Note an event; at the armed one, wait (bounded) to be released."""
+        with self.lock:
+            self.events.append((name, file_name))
+            count = sum(1 for event, _ in self.events if event == name)
+            armed = self.pause_at == (name, count)
+        if armed:
+            self.hit.set()
+            self.release.wait(15)
+
+    def name_of(self, job):
+        with self.lock:
+            for record in self.jobs:
+                if record["id"] == job:
+                    return record["file_name"]
+        return None
+
+    def posts_by_name(self):
+        counts = {}
+        for post in self.posts:
+            if post[1] is not None:
+                name = post[1][0].get_filename()
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def __call__(self, conn, request, server):
         path = request.path.split("?")[0]
@@ -1426,12 +1458,26 @@ class FakeAPI:
             self.list(conn)
         elif path.endswith("/progress"):
             job = path.split("/")[-2]
+            name = self.name_of(job)
+            self.event("progress", name)
             done = sse_data(
                 {"stage": "done", "url": server.origin + "/files/%s.wav" % job, "denoiseId": job}
             )
-            (self.progress or stream(processing(50, "working"), done))(conn, request, server)
+            script = (
+                self.by_name.get(name) or self.progress or stream(processing(50, "working"), done)
+            )
+            script(conn, request, server)
         elif path.startswith("/files/"):
-            file_response(self.result)(conn, request, server)
+            job = path.split("/")[-1].split(".")[0]
+            body = self.content.get(job, self.result) if self.echo else self.result
+            if self.pause_at is not None and self.pause_at[0] == "download-half":
+                half = len(body) // 2
+                headers = {"Content-Length": str(len(body)), "Connection": "close"}
+                conn.sendall(head(200, headers) + body[:half])
+                self.event("download-half", self.name_of(job))
+                conn.sendall(body[half:])
+            else:
+                file_response(body)(conn, request, server)
         else:
             conn.sendall(head(404, {"Content-Length": "0", "Connection": "close"}))
 
@@ -1441,6 +1487,7 @@ class FakeAPI:
 
     def post(self, conn, request, server):
         answer = self.answer()
+        self.event("post-head", None)
         if answer == "midway":
             conn.recv(1000)
             with self.lock:
@@ -1448,6 +1495,11 @@ class FakeAPI:
             reset(conn)
             return
         body = read_body(conn, request)
+        if len(body) < int(request.headers.get("content-length", "0")):
+            # The client went away mid-upload: no closing boundary, no job.
+            with self.lock:
+                self.posts.append((request, None))
+            return
         parts = form_parts(request.headers["content-type"], body)
         with self.lock:
             self.posts.append((request, parts, len(body)))
@@ -1460,6 +1512,7 @@ class FakeAPI:
             error_response(int(answer), json.dumps(payload).encode())(conn, request, server)
             return
         job = self.take(parts, delay=0.3 if answer == "late" else 0.0)
+        self.event("post-taken", parts[0].get_filename())
         if answer == "ok":
             body = json.dumps({"jobId": job, "denoiseId": job}).encode()
             conn.sendall(
@@ -1473,6 +1526,7 @@ class FakeAPI:
                 )
                 + body
             )
+            self.event("post-answered", parts[0].get_filename())
         elif answer in ("drop", "late"):
             reset(conn)
         elif answer in ("500", "502", "504"):
@@ -1483,6 +1537,7 @@ class FakeAPI:
     def take(self, parts, delay=0.0):
         part = parts[0]
         job = str(uuid_module.uuid4())
+        self.content[job] = part.get_payload(decode=True)
         with self.lock:
             self.jobs.append(
                 {
@@ -1612,7 +1667,7 @@ def test_upload_progress_goes_to_on_upload_and_to_a_progress_bar(server, tmp_pat
         on_upload=lambda sent, total: seen.append((sent, total)),
         check=False,
     )
-    assert seen[-1] == (3_000_000, 3_000_000) and len(seen) > 5
+    assert seen[-1] == (3_000_000, 3_000_000) and len(seen) >= 3
     assert [sent for sent, _ in seen] == sorted(sent for sent, _ in seen)
     out = Utf8Stream()
     submit_to(
@@ -3220,6 +3275,384 @@ def test_demo_server_lists_pending_then_success_with_offset_and_limit(tmp_path, 
 
 
 # --------------------------------------------------------------------------
+# A folder of files: denoise_many() and its journal
+# --------------------------------------------------------------------------
+
+
+def make_inputs(folder, count, prefix="in"):
+    """``count`` small distinct audio files in ``folder``; their paths."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / ("%s%d.wav" % (prefix, index))
+        path.write_bytes(mp._demo_wav()[:2000] + os.urandom(500 + index))
+        paths.append(str(path))
+    return paths
+
+
+def many_on(server, paths, output, **kwargs):
+    kwargs.setdefault("api_key", KEY)
+    kwargs.setdefault("base_url", server.base_url)
+    kwargs.setdefault("retry", QUICK)
+    return list(mp.denoise_many(paths, str(output), **kwargs))
+
+
+def journal_of(folder):
+    return [json.loads(line) for line in (folder / mp.JOURNAL_NAME).read_text().splitlines()]
+
+
+def test_batch_saves_each_result_under_its_input_name(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 5)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    results = many_on(server, paths, tmp_path / "out", concurrency=3)
+    assert sorted(r.path for r in results) == sorted(paths)
+    for result in results:
+        assert result.error is None and not result.skipped
+        assert result.output == str(tmp_path / "out" / os.path.basename(result.path))
+        assert open(result.output, "rb").read() == open(result.path, "rb").read()
+    assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
+    events = [(line["event"], line.get("file")) for line in journal_of(tmp_path / "out")[1:]]
+    for path in paths:
+        name = os.path.basename(path)
+        mine = [
+            e
+            for e in journal_of(tmp_path / "out")
+            if e.get("file") == name or e.get("output") == name
+        ]
+        assert [e["event"] for e in mine] == ["sending", "saved"]
+    assert len(events) == 15  # sending, submitted, saved for each
+
+
+def test_a_second_run_skips_what_is_saved_and_sends_nothing(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    again = many_on(server, paths, tmp_path / "out")
+    assert all(r.skipped and r.error is None for r in again)
+    assert len(api.posts) == 3
+
+
+def test_a_renamed_input_is_recognised_by_its_content(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    first = many_on(server, paths, tmp_path / "out")[0]
+    renamed = str(tmp_path / "in" / "renamed.wav")
+    os.rename(paths[0], renamed)
+    result = many_on(server, [renamed], tmp_path / "out")[0]
+    assert len(api.posts) == 1  # followed the known job, not uploaded again
+    assert result.denoise_id == first.denoise_id and not result.skipped
+    assert open(result.output, "rb").read() == open(renamed, "rb").read()
+
+
+def test_an_input_whose_content_changed_is_a_new_input(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    with open(paths[0], "ab") as handle:
+        handle.write(b"more")
+    result = many_on(server, paths, tmp_path / "out")[0]
+    assert len(api.posts) == 2 and not result.skipped
+    assert open(result.output, "rb").read() == open(paths[0], "rb").read()
+
+
+def test_inputs_with_the_same_content_share_one_job(server, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    (folder / "b.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    results = many_on(
+        server, [str(folder / "a.wav"), str(folder / "b.wav")], tmp_path / "out", check=False
+    )
+    assert len(api.posts) == 1
+    assert {os.path.basename(r.output) for r in results} == {"a.wav", "b.wav"}
+
+
+def test_a_torn_last_journal_line_is_ignored(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths[:1], tmp_path / "out")
+    with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "ab") as journal:
+        journal.write(b'{"event": "sending", "sha256": "ab')  # killed mid-write
+    results = many_on(server, paths, tmp_path / "out")
+    assert sorted(r.skipped for r in results) == [False, True]
+    lines = (tmp_path / "out" / mp.JOURNAL_NAME).read_bytes().split(b"\n")
+    assert lines[-1] == b""  # every line ended, the torn one too
+
+
+def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    # What a run killed after its POST left: the job exists, the journal
+    # says only "sending".
+    job = submit_to(server, paths[0])
+    identity = mp._identify(mp._Source(paths[0], True), threading.Event())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / mp.JOURNAL_NAME).write_text(
+        json.dumps(
+            {
+                "event": "sending",
+                "sha256": identity.sha256,
+                "size": identity.size,
+                "at": time.time() - 5,
+            }
+        )
+        + "\n"
+    )
+    result = many_on(server, paths, tmp_path / "out")[0]
+    assert result.denoise_id == job.denoise_id and len(api.posts) == 1
+    assert "GET" in [r.method for r in server.requests if r.path.startswith("/api/v1/denoise?")]
+
+
+def test_colliding_outputs_are_refused_before_any_upload(server, tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.wav").write_bytes(b"RIFF....")
+    (tmp_path / "a.mp3").write_bytes(b"ID3.....")
+    server.serve(FakeAPI("ok"))
+    for paths in (["x/a.wav", "y/a.wav"], ["x/a.wav", "a.mp3"], ["x/a.wav", "A.mp3"]):
+        with pytest.raises(ConfigurationError, match="same name"):
+            mp.denoise_many(
+                [str(tmp_path / p) for p in paths],
+                str(tmp_path / "out"),
+                api_key=KEY,
+                base_url=server.base_url,
+            )
+    assert_nothing_sent(server)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_file_given_twice_counts_once(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    results = many_on(
+        server, [paths[0], paths[0], str(tmp_path / "in" / "." / "in0.wav")], tmp_path / "out"
+    )
+    assert len(results) == 1 and len(api.posts) == 1
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("1000", 1000),
+        ("500M", 500_000_000),
+        ("2G", 2_000_000_000),
+        ("1.5GB", 1_500_000_000),
+        ("300MiB", 300 * 1024**2),
+        ("10k", 10_000),
+    ],
+)
+def test_sizes_are_read_in_bytes_with_decimal_and_binary_units(text, size):
+    assert mp._parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "ten", "5X", "-1M"])
+def test_sizes_that_are_not_sizes_are_configuration_errors(text):
+    with pytest.raises(ConfigurationError):
+        mp._parse_size(text)
+
+
+def test_the_batch_status_is_the_most_serious_in_a_fixed_order():
+    def result(error=None, skipped=False):
+        return mp.FileResult("x.wav", error=error, skipped=skipped)
+
+    failed = DenoiseFailedError("bad")
+    gave_up = TransportError("lost")
+    refused = mp.PaymentRequiredError(402)
+    unsure = mp.SubmissionUnknownError("?")
+    assert mp._batch_status([result(), result(skipped=True)]) == 0
+    assert mp._batch_status([result(), result(failed)]) == 1
+    assert mp._batch_status([result(failed), result(gave_up)]) == 4
+    assert mp._batch_status([result(gave_up), result(ProtocolError("x"))]) == 5
+    assert mp._batch_status([result(ProtocolError("x")), result(unsure)]) == 6
+    assert mp._batch_status([result(unsure), result(ConfigurationError("not audio"))]) == 2
+    assert mp._batch_status([result(ConfigurationError("x")), result(refused), result(failed)]) == 3
+    assert mp._batch_status([result(mp.NotSubmittedError("cap"))]) == 4
+    assert mp._batch_status([result(OSError(28, "No space left"))]) == 4
+
+
+def test_one_run_at_a_time_per_folder(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    holder = mp._Journal(str(tmp_path / "out"))
+    try:
+        before = (tmp_path / "out" / mp.JOURNAL_NAME).read_bytes()
+        with pytest.raises(mp.BatchBusyError, match="another run"):
+            mp.denoise_many(paths, str(tmp_path / "out"), api_key=KEY, base_url=server.base_url)
+        assert (tmp_path / "out" / mp.JOURNAL_NAME).read_bytes() == before
+    finally:
+        holder.close()
+    assert_nothing_sent(server)
+
+
+def test_the_lock_is_released_when_the_iteration_ends(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", echo=True))
+    results = mp.denoise_many(paths, str(tmp_path / "out"), api_key=KEY, base_url=server.base_url)
+    next(results)
+    results.close()
+    mp._Journal(str(tmp_path / "out")).close()  # free again
+
+
+def test_a_429_on_submit_pauses_every_new_upload(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    api = FakeAPI("ok", echo=True)
+
+    def first_429(conn, request, srv):
+        if request.method == "POST" and not api.posts:
+            read_body(conn, request)
+            api.posts.append((request, None))
+            error_response(429, headers={"Retry-After": "1"})(conn, request, srv)
+        else:
+            api(conn, request, srv)
+
+    server.serve(first_429)
+    many_on(server, paths, tmp_path / "out", concurrency=4, retry=FAST)
+    posts = [r.at for r in server.requests if r.method == "POST"]
+    assert len(posts) == 5
+    refused_at = posts[0]
+    # Everything after the 429 waited for its Retry-After (the others were
+    # already on their way, or waited at the gate).
+    later = sorted(at for at in posts[1:] if at > refused_at + 0.05)
+    assert later and all(at >= refused_at + 0.9 for at in later)
+
+
+def test_a_402_stops_new_uploads_and_finishes_submitted_jobs(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    slow_done = stream(processing(10), processing(90), delay=0.5)
+    api = FakeAPI("ok", "402", echo=True)
+
+    def progress_then_done(conn, request, srv):
+        job = request.path.split("/")[-2]
+        done = sse_data(
+            {"stage": "done", "url": srv.origin + "/files/%s.wav" % job, "denoiseId": job}
+        )
+        stream(processing(10), processing(90), done, delay=0.5)(conn, request, srv)
+
+    api.progress = progress_then_done
+    server.serve(api)
+    results = many_on(server, paths, tmp_path / "out", concurrency=1)
+    saved = [r for r in results if r.error is None]
+    refused = [r for r in results if isinstance(r.error, mp.PaymentRequiredError)]
+    assert len(saved) == 1 and len(refused) == 3
+    assert len(api.posts) == 2  # the refused one; none after it
+    assert mp._batch_status(results) == mp.EXIT_REJECTED
+    del slow_done
+
+
+def test_max_files_and_max_bytes_cap_the_uploads(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 5)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    results = many_on(server, paths, tmp_path / "out", max_files=2, concurrency=1)
+    assert len(api.posts) == 2
+    assert sum(isinstance(r.error, mp.NotSubmittedError) for r in results) == 3
+    results = many_on(
+        server, paths, tmp_path / "out", max_bytes=os.path.getsize(paths[2]), concurrency=1
+    )
+    assert len(api.posts) == 3
+    assert mp._batch_status(results) == mp.EXIT_GAVE_UP
+
+
+def test_a_failed_job_is_not_sent_again_unless_asked(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True, by_name={"in0.wav": stream(FAILED)})
+    server.serve(api)
+    first = {os.path.basename(r.path): r for r in many_on(server, paths, tmp_path / "out")}
+    assert isinstance(first["in0.wav"].error, DenoiseFailedError) and first["in1.wav"].error is None
+    again = {os.path.basename(r.path): r for r in many_on(server, paths, tmp_path / "out")}
+    assert isinstance(again["in0.wav"].error, DenoiseFailedError)
+    assert again["in0.wav"].denoise_id == first["in0.wav"].denoise_id
+    assert len(api.posts) == 2
+    api.by_name = {}
+    retried = many_on(server, paths, tmp_path / "out", retry_failed=True)
+    assert all(r.error is None for r in retried) and len(api.posts) == 3
+
+
+def test_batch_progress_callback_gets_the_path_and_the_event(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", echo=True))
+    seen = []
+    many_on(
+        server,
+        paths,
+        tmp_path / "out",
+        on_progress=lambda path, event: seen.append((path, event.pct)),
+    )
+    assert sorted(seen) == sorted((p, 50) for p in paths)
+
+
+def test_batch_log_display_prefixes_lines_with_the_file_then_totals(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(FakeAPI("ok", echo=True))
+    out = Utf8Stream()
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(out, mode="log"), concurrency=2
+    )
+    lines = out.getvalue().splitlines()
+    assert all(STAMP.match(line) for line in lines)
+    for path in paths:
+        name = os.path.basename(path)
+        mine = [line for line in lines if " munsit: %s: " % name in line]
+        assert any("uploading" in line for line in mine) and mine[-1].endswith(
+            "saved %s" % (tmp_path / "out" / name)
+        )
+    assert (
+        lines[-1].endswith("3 done, 0 failed, 0 left  0:00")
+        or "3 done, 0 failed, 0 left" in lines[-1]
+    )
+
+
+def test_batch_terminal_display_redraws_a_block_in_place(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(FakeAPI("ok", echo=True))
+    out = Utf8Stream()
+    many_on(
+        server,
+        paths,
+        tmp_path / "out",
+        on_progress=mp.ProgressBar(out, mode="terminal"),
+        concurrency=2,
+    )
+    text = out.getvalue()
+    assert "\x1b[J" in text and "\x1b[" in text
+    final = text.rsplit("\x1b[J", 1)[-1]
+    assert "3 done, 0 failed, 0 left" in final or "3 done, 0 failed, 0 left" in text
+    for path in paths:
+        assert "saved %s" % (tmp_path / "out" / os.path.basename(path)) in text
+
+
+def test_batch_notebook_display_is_one_display_updated(server, tmp_path, fake_ipython):
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(FakeAPI("ok", echo=True))
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(mode="notebook"), concurrency=2
+    )
+    final = fake_ipython.shown[-1]
+    assert "3 done, 0 failed, 0 left" in final["text/html"]
+    assert all(os.path.basename(p) in final["text/html"] for p in paths)
+
+
+def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".in0.wav.0123abcd.part").write_bytes(b"half")
+    (tmp_path / "out" / "keep.part").write_bytes(b"not ours")
+    server.serve(FakeAPI("ok", echo=True))
+    many_on(server, paths, tmp_path / "out")
+    assert sorted(os.listdir(str(tmp_path / "out"))) == [mp.JOURNAL_NAME, "in0.wav", "keep.part"]
+
+
+# --------------------------------------------------------------------------
 # Demo server
 # --------------------------------------------------------------------------
 
@@ -3280,6 +3713,7 @@ def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
     environment.pop("MUNSIT_BASE_URL", None)
     environment["MUNSIT_API_KEY"] = KEY
     environment["PYTHONIOENCODING"] = "utf-8"
+    environment["MUNSIT_DEMO_SECONDS"] = "0.6"  # --demo's jobs, quick
     environment.update(env or {})
     environment = {k: v for k, v in environment.items() if v is not None}
     command = [sys.executable, "-m", "munsit_progress"] if module else [sys.executable, MODULE]
@@ -3950,6 +4384,226 @@ def test_cli_key_file_fifo_is_waited_for_within_the_timeout(server, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def batch_cli(server, paths, output, *extra, **kwargs):
+    return run_cli(
+        "denoise",
+        *paths,
+        "-o",
+        str(output) + os.sep,
+        "--base-url",
+        server.base_url,
+        *extra,
+        **kwargs,
+    )
+
+
+def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    stall = stream(processing(10), hold_for=20, end="cut")
+    api = FakeAPI("ok", echo=True, by_name={"in1.wav": stream(FAILED), "in2.wav": stall})
+    server.serve(api)
+    result = batch_cli(server, paths, tmp_path / "out", "--timeout", "4", "--jobs", "4")
+    assert result.returncode == mp.EXIT_GAVE_UP == 4, result.stderr  # 4 wins over 1
+    summary = [STAMP.sub("", line, count=1) for line in result.stderr.splitlines()[-5:]]
+    assert summary[0].split()[:2] == ["FILE", "OUTCOME"]
+    assert [line.split()[0] for line in summary[1:]] == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
+    assert [line.split()[1] for line in summary[1:]] == ["saved", "failed", "gave", "saved"]
+    ids = {name: job["id"] for job in api.jobs for name in [job["file_name"]]}
+    assert all(ids[line.split()[0]] in line for line in summary[1:])
+    assert result.stdout.splitlines() == [
+        str(tmp_path / "out" / "in0.wav"),
+        str(tmp_path / "out" / "in3.wav"),
+    ]
+
+
+def test_cli_batch_second_run_is_refused_at_once_with_status_7(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    holder = mp._Journal(str(tmp_path / "out"))  # the first run, still going
+    try:
+        server.serve(FakeAPI("ok"))
+        started = time.monotonic()
+        result = batch_cli(server, paths, tmp_path / "out")
+        assert result.returncode == mp.EXIT_BUSY == 7
+        assert "another run" in result.stderr and time.monotonic() - started < 10
+    finally:
+        holder.close()
+    assert_nothing_sent(server)
+
+
+def test_cli_batch_colliding_names_are_refused_before_any_upload(server, tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.wav").write_bytes(b"RIFF....")
+    server.serve(FakeAPI("ok"))
+    result = batch_cli(
+        server, [str(tmp_path / "x/a.wav"), str(tmp_path / "y/a.wav")], tmp_path / "out"
+    )
+    assert result.returncode == 2 and "same name" in result.stderr
+    assert_nothing_sent(server)
+
+
+def test_cli_batch_dry_run_sends_nothing_and_max_files_caps(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    result = batch_cli(server, paths, tmp_path / "out", "--max-files", "1", "--jobs", "1")
+    assert result.returncode == 4 and len(api.posts) == 1
+    requests_before = len(server.requests)
+    result = batch_cli(server, paths, tmp_path / "out", "--dry-run", "--max-files", "2")
+    assert result.returncode == 0, result.stderr
+    assert len(server.requests) == requests_before  # nothing sent, not even a GET
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:5]] == ["skip", "send", "send", "later"]
+    assert lines[-1].startswith("would send 2 file(s)")
+
+
+def test_cli_batch_dry_run_works_while_another_run_holds_the_folder(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    holder = mp._Journal(str(tmp_path / "out"))
+    try:
+        server.serve(FakeAPI("ok"))
+        result = batch_cli(server, paths, tmp_path / "out", "--dry-run")
+    finally:
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:3]] == ["send", "send"]
+    assert_nothing_sent(server)
+
+
+def test_cli_batch_json_lines_name_the_file_and_the_job(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", echo=True))
+    result = batch_cli(server, paths, tmp_path / "out", "--json", "-q")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["stage"] for r in records} == {"submitted", "processing", "done", "result"}
+    assert all(r["file"] in ("in0.wav", "in1.wav") and r["denoiseId"] for r in records)
+    results = [r for r in records if r["stage"] == "result"]
+    assert [r["file"] for r in results] == ["in0.wav", "in1.wav"]
+    assert all(r["outcome"] == "saved" and r["status"] == 0 for r in results)
+
+
+def journal_is_whole(folder):
+    data = (folder / mp.JOURNAL_NAME).read_bytes()
+    return data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tmp_path, signum):
+    paths = make_inputs(tmp_path / "in", 4)
+
+    def slow(conn, request, srv):
+        job = request.path.split("/")[-2]
+        done = sse_data(
+            {"stage": "done", "url": srv.origin + "/files/%s.wav" % job, "denoiseId": job}
+        )
+        stream(processing(10), done, delay=1.5)(conn, request, srv)
+
+    api = FakeAPI("ok", echo=True, progress=slow)
+    server.serve(api)
+    command = [
+        sys.executable,
+        MODULE,
+        "denoise",
+        *paths,
+        "-o",
+        str(tmp_path / "out"),
+        "--base-url",
+        server.base_url,
+        "--jobs",
+        "2",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while len(api.jobs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    out = tmp_path / "out"
+    assert journal_is_whole(out)
+    assert not [name for name in os.listdir(str(out)) if name.endswith(".part")]
+    api.progress = None
+    result = batch_cli(server, paths, out)
+    assert result.returncode == 0, result.stderr
+    assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
+    for path in paths:
+        assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_cli_batch_terminal_display_under_a_pty(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(FakeAPI("ok", echo=True, progress=None))
+    master, slave = os.openpty()
+    environment = dict(os.environ, MUNSIT_API_KEY=KEY, COLUMNS="120", PYTHONIOENCODING="utf-8")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            MODULE,
+            "denoise",
+            *paths,
+            "-o",
+            str(tmp_path / "out"),
+            "--base-url",
+            server.base_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=environment,
+    )
+    os.close(slave)
+    output = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            piece = os.read(master, 4096)
+        except OSError:
+            break
+        if not piece:
+            break
+        output += piece
+    os.close(master)
+    stdout, _ = process.communicate(timeout=10)
+    assert process.returncode == 0
+    text = output.decode("utf-8")
+    assert "\x1b[J" in text and "3 done, 0 failed, 0 left" in text
+    assert len(stdout.decode().splitlines()) == 3
+
+
+def test_cli_demo_batch_runs_a_whole_batch(tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    result = run_cli(
+        "--demo",
+        "denoise",
+        *paths,
+        "-o",
+        str(tmp_path / "out"),
+        "--jobs",
+        "2",
+        env={"MUNSIT_API_KEY": None},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for path in paths:
+        assert (tmp_path / "out" / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+
+
 # --------------------------------------------------------------------------
 # Notebook display (a real Jupyter kernel)
 # --------------------------------------------------------------------------
@@ -3980,3 +4634,112 @@ def test_notebook_display_is_one_output_updated_in_place(server):
     html = displays[0].data["text/html"]
     assert "<progress" in html and RESULT_URL in html and "done" in html
     assert [out.text for out in streams] == [RESULT_URL + "\n"]
+
+
+# --------------------------------------------------------------------------
+# Killed and run again (slow: run once in CI, and by the README's command)
+# --------------------------------------------------------------------------
+
+KILL_POINTS = [
+    (event, nth)
+    for nth in (1, 2, 3)
+    for event in ("post-head", "post-taken", "post-answered", "progress", "download-half")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("point", KILL_POINTS, ids=["%s-%d" % point for point in KILL_POINTS])
+def test_a_batch_killed_at_any_point_and_run_again_pays_once_and_saves_whole_files(
+    server, tmp_path, point
+):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", echo=True)
+    api.pause_at = point
+    server.serve(api)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        MODULE,
+        "denoise",
+        *paths,
+        "-o",
+        str(out),
+        "--base-url",
+        server.base_url,
+        "--jobs",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+    )
+    try:
+        assert api.hit.wait(20), "the run never reached %s" % (point,)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        api.pause_at = None
+        api.release.set()
+    result = batch_cli(server, paths, out, "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
+    for path in paths:
+        assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+    assert sorted(os.listdir(str(out))) == sorted(
+        [mp.JOURNAL_NAME] + [os.path.basename(p) for p in paths]
+    )
+    assert journal_is_whole(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_batch_killed_again_and_again_still_pays_once(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        MODULE,
+        "denoise",
+        *paths,
+        "-o",
+        str(out),
+        "--base-url",
+        server.base_url,
+        "--jobs",
+        "2",
+    ]
+    for point in [("post-taken", 1), ("post-answered", 3), ("download-half", 3), ("post-taken", 5)]:
+        api.hit.clear()
+        api.release.clear()
+        api.pause_at = point
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, MUNSIT_API_KEY=KEY),
+        )
+        try:
+            reached = api.hit.wait(20)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)
+            api.pause_at = None
+            api.release.set()
+        if not reached:
+            break  # the batch finished before this point: nothing left to kill
+    result = batch_cli(server, paths, out)
+    assert result.returncode == 0, result.stderr
+    assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
+    for path in paths:
+        assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
