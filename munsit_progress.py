@@ -1301,6 +1301,30 @@ def _limit_answer(exchange: _Exchange, seconds: float, client: _Client) -> None:
         exchange.limit(seconds, "answer")
 
 
+def _client_for(
+    api_key: Optional[str],
+    base_url: Optional[str],
+    session: Optional[requests.Session],
+    connect_timeout: float,
+    read_timeout: float,
+    timeout: Optional[float],
+    policy: "RetryPolicy",
+    **options: Any,
+) -> _Client:
+    """The client of one public call, its deadline ``timeout`` seconds from
+    now on the policy's clock."""
+    return _Client(
+        api_key,
+        base_url,
+        session,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        deadline=_deadline(timeout, policy.clock),
+        clock=policy.clock,
+        **options,
+    )
+
+
 def _bounded(timeout: float, remaining: Optional[float]) -> float:
     if remaining is None:
         return timeout
@@ -1762,15 +1786,7 @@ def wait(
     """
     job = _job_id(denoise_id)
     policy = retry if retry is not None else RetryPolicy()
-    client = _Client(
-        api_key,
-        base_url,
-        session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        deadline=_deadline(timeout, policy.clock),
-        clock=policy.clock,
-    )
+    client = _client_for(api_key, base_url, session, connect_timeout, read_timeout, timeout, policy)
     finish = _finisher(on_progress)
     try:
         done = _follow(client, job, on_progress, policy)
@@ -2200,14 +2216,8 @@ def submit(
         done = wait(job.denoise_id)
     """
     policy = retry if retry is not None else RetryPolicy()
-    with _Client(
-        api_key,
-        base_url,
-        session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        deadline=_deadline(timeout, policy.clock),
-        clock=policy.clock,
+    with _client_for(
+        api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
     ) as client:
         source = _Source(path, check)
         try:
@@ -2472,14 +2482,8 @@ def list_jobs(
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise ConfigurationError("offset must be a whole number >= 0, got %r" % (offset,))
     policy = retry if retry is not None else RetryPolicy()
-    with _Client(
-        api_key,
-        base_url,
-        session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        deadline=_deadline(timeout, policy.clock),
-        clock=policy.clock,
+    with _client_for(
+        api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
     ) as client:
         failures = 0
         while True:
@@ -3129,14 +3133,14 @@ def download(
     report = _transfer_callback(on_progress)
     try:
         target = _output_path(path)
-        with _Client(
+        with _client_for(
             api_key,
             base_url,
             session,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            deadline=_deadline(timeout, policy.clock),
-            clock=policy.clock,
+            connect_timeout,
+            read_timeout,
+            timeout,
+            policy,
             require_key=False,
             allow_http=allow_http,
         ) as client:
@@ -3470,14 +3474,14 @@ def denoise(
     policy = retry if retry is not None else RetryPolicy()
     if not isinstance(max_size, int) or max_size < 0:
         raise ConfigurationError("max_size must be a number of bytes >= 0")
-    with _Client(
+    with _client_for(
         api_key,
         base_url,
         session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        deadline=_deadline(timeout, policy.clock),
-        clock=policy.clock,
+        connect_timeout,
+        read_timeout,
+        timeout,
+        policy,
         allow_http=allow_http,
     ) as client:
         target = _output_path(output) if output is not None else None

@@ -4647,18 +4647,33 @@ KILL_POINTS = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("point", KILL_POINTS, ids=["%s-%d" % point for point in KILL_POINTS])
-def test_a_batch_killed_at_any_point_and_run_again_pays_once_and_saves_whole_files(
-    server, tmp_path, point
-):
-    paths = make_inputs(tmp_path / "in", 3)
-    api = FakeAPI("ok", echo=True)
+def kill_at(command, api, point):
+    """Run ``command``, SIGKILL it when the server reaches ``point``, and
+    release the server; whether the run got that far."""
+    api.hit.clear()
+    api.release.clear()
     api.pause_at = point
-    server.serve(api)
-    out = tmp_path / "out"
-    command = [
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+    )
+    try:
+        reached = api.hit.wait(20)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        api.pause_at = None
+        api.release.set()
+    return reached
+
+
+def batch_command(server, paths, out, jobs):
+    return [
         sys.executable,
         MODULE,
         "denoise",
@@ -4668,26 +4683,11 @@ def test_a_batch_killed_at_any_point_and_run_again_pays_once_and_saves_whole_fil
         "--base-url",
         server.base_url,
         "--jobs",
-        "1",
+        str(jobs),
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, MUNSIT_API_KEY=KEY),
-    )
-    try:
-        assert api.hit.wait(20), "the run never reached %s" % (point,)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        api.pause_at = None
-        api.release.set()
-    result = batch_cli(server, paths, out, "--jobs", "2")
-    assert result.returncode == 0, result.stderr
+
+
+def assert_paid_once_and_whole(api, paths, out):
     assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
     for path in paths:
         assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
@@ -4699,47 +4699,30 @@ def test_a_batch_killed_at_any_point_and_run_again_pays_once_and_saves_whole_fil
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("point", KILL_POINTS, ids=["%s-%d" % point for point in KILL_POINTS])
+def test_a_batch_killed_at_any_point_and_run_again_pays_once_and_saves_whole_files(
+    server, tmp_path, point
+):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = tmp_path / "out"
+    assert kill_at(batch_command(server, paths, out, 1), api, point), "never reached %s" % (point,)
+    result = batch_cli(server, paths, out, "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert_paid_once_and_whole(api, paths, out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_batch_killed_again_and_again_still_pays_once(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 4)
     api = FakeAPI("ok", echo=True)
     server.serve(api)
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        MODULE,
-        "denoise",
-        *paths,
-        "-o",
-        str(out),
-        "--base-url",
-        server.base_url,
-        "--jobs",
-        "2",
-    ]
     for point in [("post-taken", 1), ("post-answered", 3), ("download-half", 3), ("post-taken", 5)]:
-        api.hit.clear()
-        api.release.clear()
-        api.pause_at = point
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(os.environ, MUNSIT_API_KEY=KEY),
-        )
-        try:
-            reached = api.hit.wait(20)
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
-            api.pause_at = None
-            api.release.set()
-        if not reached:
+        if not kill_at(batch_command(server, paths, out, 2), api, point):
             break  # the batch finished before this point: nothing left to kill
     result = batch_cli(server, paths, out)
     assert result.returncode == 0, result.stderr
-    assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
-    for path in paths:
-        assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+    assert_paid_once_and_whole(api, paths, out)
