@@ -57,6 +57,7 @@ from typing import (
     Callable,
     ClassVar,
     Dict,
+    FrozenSet,
     Generator,
     Iterator,
     List,
@@ -2242,6 +2243,7 @@ def _submit(
     policy: RetryPolicy,
     sent_since: Optional[float] = None,
     gate: "Optional[_Gate]" = None,
+    earlier: FrozenSet[str] = frozenset(),
 ) -> Submission:
     """POST the file until the server certainly has it once.
 
@@ -2251,7 +2253,7 @@ def _submit(
     after a 402."""
     failures = 0
     if sent_since is not None:
-        found = _look_up(client, source, sent_since, policy)
+        found = _look_up(client, source, sent_since, policy, earlier=earlier)
         if found is not None:
             return found
     while True:
@@ -2299,7 +2301,7 @@ def _submit(
                 "the answer to the upload of %s was lost: looking the job up",
                 _printable(source.name),
             )
-            found = _look_up(client, source, began, policy, error)
+            found = _look_up(client, source, began, policy, error, earlier)
             if found is not None:
                 return found
         failures += 1
@@ -2377,9 +2379,11 @@ def _look_up(
     began: float,
     policy: RetryPolicy,
     lost: Optional[MunsitError] = None,
+    earlier: FrozenSet[str] = frozenset(),
 ) -> Optional[Submission]:
     """The job an upload begun at ``began`` (time.time()) created, if the
-    account's recent jobs show exactly one; None if they show none, twice."""
+    account's recent jobs show exactly one; None if they show none, twice.
+    ``earlier`` names jobs known to be other attempts of this file."""
     names = {source.name, _form_quote(source.name)}
     for look in range(2):
         if look:
@@ -2403,6 +2407,7 @@ def _look_up(
             record
             for record in records
             if record.file_name in names
+            and record.denoise_id not in earlier
             and record.audio_size in (None, source.size)
             and _created_at_or_after(record, since)
         ]
@@ -3508,6 +3513,7 @@ def _denoise_one(
     on_submitted: Optional[Callable[[Submission], Any]] = None,
     output_for: Optional[Callable[[DoneEvent], Tuple[str, str]]] = None,
     gate: Optional[_Gate] = None,
+    earlier: FrozenSet[str] = frozenset(),
 ) -> DoneEvent:
     """denoise() for one file on a client: the one way a file is uploaded,
     followed and saved, which the batch uses too.
@@ -3526,7 +3532,13 @@ def _denoise_one(
     try:
         if job is None:
             submission = _submit(
-                client, source, upload if callable(upload) else None, policy, sent_since, gate
+                client,
+                source,
+                upload if callable(upload) else None,
+                policy,
+                sent_since,
+                gate,
+                earlier,
             )
             job = submission.denoise_id
             if on_submitted is not None:
@@ -3707,10 +3719,12 @@ def _lock_file(handle: Any) -> bool:
 class _Progress:
     """What the journal says of one input's content."""
 
-    __slots__ = ("sent_at", "denoise_id", "saved", "failed")
+    __slots__ = ("sent_at", "denoise_id", "saved", "failed", "earlier")
 
     def __init__(self) -> None:
         self.sent_at = None  # type: Optional[float]
+        #: Jobs of earlier attempts (failed ones sent again): never this one.
+        self.earlier = set()  # type: Set[str]
         self.denoise_id = None  # type: Optional[str]
         self.saved = None  # type: Optional[str]
         self.failed = None  # type: Optional[str]
@@ -3721,8 +3735,13 @@ class _Progress:
         named = record.get("denoiseId")
         job = _canonical_uuid(named) if isinstance(named, str) else None
         if event == "sending" and isinstance(at, (int, float)):
-            if self.sent_at is None:
+            if self.denoise_id is None or self.failed is not None:
+                # A first upload, or one sent again after a failed job: a
+                # new attempt, whose answer may be lost like any other.
+                if self.denoise_id is not None:
+                    self.earlier.add(self.denoise_id)
                 self.sent_at = float(at)
+                self.denoise_id = self.failed = self.saved = None
         elif event == "submitted" and job is not None:
             self.denoise_id = job
             self.failed = None
@@ -4112,6 +4131,7 @@ class _Batch:
                 on_submitted=submitted,
                 output_for=output_for,
                 gate=self.gate,
+                earlier=frozenset(state.earlier) if state is not None else frozenset(),
             )
         except DenoiseFailedError as exc:
             self.journal.record(

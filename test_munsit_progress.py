@@ -3577,6 +3577,32 @@ def test_a_failed_job_is_not_sent_again_unless_asked(server, tmp_path):
     assert all(r.error is None for r in retried) and len(api.posts) == 3
 
 
+def test_a_resend_after_a_failed_job_is_looked_up_if_its_answer_was_lost(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True, by_name={"in0.wav": stream(FAILED)})
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    api.by_name = {}
+    # A --retry-failed run killed after its POST was taken, before the answer:
+    job = submit_to(server, paths[0])
+    identity = mp._identify(mp._Source(paths[0], True), threading.Event())
+    with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "a") as journal:
+        journal.write(
+            json.dumps(
+                {
+                    "event": "sending",
+                    "sha256": identity.sha256,
+                    "size": identity.size,
+                    "at": time.time() - 5,
+                }
+            )
+            + "\n"
+        )
+    result = many_on(server, paths, tmp_path / "out")[0]
+    assert result.error is None and result.denoise_id == job.denoise_id
+    assert len(api.posts) == 2  # the failed job and the resend: no third
+
+
 def test_batch_progress_callback_gets_the_path_and_the_event(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 2)
     server.serve(FakeAPI("ok", echo=True))
