@@ -59,6 +59,7 @@ from typing import (
     Dict,
     FrozenSet,
     Generator,
+    Iterable,
     Iterator,
     List,
     Mapping,
@@ -1941,7 +1942,10 @@ _LIST_LIMIT_BYTES = 64 * 1024 * 1024
 # The lookup after a lost answer: how many recent jobs it reads, and how long
 # it waits before its second look (the server may still be writing the record).
 _LOOKUP_RECORDS = 100
+_LOOKUP_PAGES = 20
 _LOOKUP_PAUSE = 3.0
+# How far the server's record times may disagree with its Date header.
+_LOOKUP_MARGIN = 30.0
 
 
 class _Source:
@@ -2241,21 +2245,22 @@ def _submit(
     source: _Source,
     report: Optional[Callable[[int, Optional[int]], Any]],
     policy: RetryPolicy,
-    sent_since: Optional[float] = None,
+    prior: "Optional[_Prior]" = None,
     gate: "Optional[_Gate]" = None,
-    earlier: FrozenSet[str] = frozenset(),
 ) -> Submission:
     """POST the file until the server certainly has it once.
 
-    ``sent_since`` (a time.time() reading) says that an earlier run may have
-    sent this file from then on without seeing the answer: look first.
-    ``gate`` is what a batch's uploads share: a pause after a 429, a stop
-    after a 402."""
+    ``prior`` is what an earlier run knows (if it may have sent the file
+    without seeing the answer, look first) and whom to tell before each
+    POST and after one certainly not taken.  ``gate`` is what a batch's
+    uploads share: a pause after a 429, a stop after a 402."""
     failures = 0
-    if sent_since is not None:
-        found = _look_up(client, source, sent_since, policy, earlier=earlier)
+    if prior is not None and prior.sent_at is not None:
+        found = _look_up(client, source, prior.sent_at, policy, prior=prior)
         if found is not None:
             return found
+        if prior.on_unsent is not None:
+            prior.on_unsent()
     while True:
         if gate is not None:
             gate.wait_turn(client, policy)
@@ -2272,6 +2277,9 @@ def _submit(
             "User-Agent": _USER_AGENT,
         }  # type: Dict[str, Union[str, bytes]]
         sent = False
+        client.check_time("before the upload")
+        if prior is not None and prior.on_sending is not None:
+            prior.on_sending()
         try:
             response = client.send("POST", client.url("/denoise"), headers, body=fresh_body)
             sent = bool(bodies) and bodies[-1].finished
@@ -2282,6 +2290,8 @@ def _submit(
             if gate is not None:
                 gate.learn(error, policy)
             if status not in (429, 503) and not 500 <= status <= 599:
+                if prior is not None and prior.on_unsent is not None:
+                    prior.on_unsent()  # refused: certainly not taken
                 raise error
             # 429 and 503 say the job was not taken; another 5xx may come
             # from a proxy after the server took it.
@@ -2301,9 +2311,11 @@ def _submit(
                 "the answer to the upload of %s was lost: looking the job up",
                 _printable(source.name),
             )
-            found = _look_up(client, source, began, policy, error, earlier)
+            found = _look_up(client, source, began, policy, error, prior)
             if found is not None:
                 return found
+        if prior is not None and prior.on_unsent is not None:
+            prior.on_unsent()  # certainly not taken: a rerun need not look
         failures += 1
         if failures > policy.max_retries or not _is_retryable(error):
             raise error
@@ -2319,14 +2331,20 @@ class _Gate:
         self._lock = threading.Lock()
         self._until = 0.0
         self.refused = None  # type: Optional[APIError]
+        self.throttled = None  # type: Optional[APIError]
 
     def learn(self, error: MunsitError, policy: RetryPolicy) -> None:
         if isinstance(error, PaymentRequiredError):
             self.refused = error
         elif isinstance(error, APIError) and error.status_code == 429:
             pause = error.retry_after if error.retry_after is not None else policy.backoff_max
+            if pause > policy.max_retry_after:
+                # Longer than one call would wait: it gives up, and so do
+                # the uploads behind it, rather than the whole run waiting.
+                self.throttled = error
+                return
             with self._lock:
-                self._until = max(self._until, time.monotonic() + min(pause, _MAX_SLEEP))
+                self._until = max(self._until, time.monotonic() + pause)
 
     def wait_turn(self, client: _Client, policy: RetryPolicy) -> None:
         """Return when an upload may start; raise if none may."""
@@ -2337,6 +2355,14 @@ class _Gate:
                     self.refused.error_code,
                     "not sent: an earlier upload of this run was refused (%s)"
                     % (self.refused.error_message or "payment required"),
+                )
+            if self.throttled is not None:
+                raise APIError(
+                    429,
+                    self.throttled.error_code,
+                    "not sent: the API asked this run to wait %s seconds, more than it waits "
+                    "(max_retry_after)" % self.throttled.retry_after,
+                    self.throttled.retry_after,
                 )
             client.check_time("before the upload")
             with self._lock:
@@ -2373,53 +2399,142 @@ def _submission(client: _Client, response: requests.Response, source: _Source) -
     )
 
 
+class _Prior:
+    """What an earlier run (a batch's journal) knows of this file's uploads,
+    and whom to tell before and after each new one: when an upload may have
+    been sent without its answer (``sent_at``, a time.time() reading), the
+    jobs of earlier attempts (never this one), and the names it was sent
+    under (the file may have been renamed since)."""
+
+    __slots__ = ("sent_at", "earlier", "names", "on_sending", "on_unsent")
+
+    def __init__(
+        self,
+        sent_at: Optional[float] = None,
+        earlier: FrozenSet[str] = frozenset(),
+        names: FrozenSet[str] = frozenset(),
+        on_sending: Optional[Callable[[], Any]] = None,
+        on_unsent: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        self.sent_at = sent_at
+        self.earlier = earlier
+        self.names = names
+        self.on_sending = on_sending
+        self.on_unsent = on_unsent
+
+
+def _name_forms(names: Iterable[str]) -> Set[str]:
+    """The ways a server may have stored a file name it was sent: as sent,
+    as escaped in the form, and as bytes read as Latin-1 (what some
+    multipart parsers, busboy's default among them, make of UTF-8)."""
+    forms = set()  # type: Set[str]
+    for name in names:
+        for form in (name, _form_quote(name)):
+            sent = form.encode("utf-8", "surrogateescape")
+            forms.update((form, sent.decode("latin-1"), sent.decode("utf-8", "replace")))
+    return forms
+
+
+def _skeleton(name: str) -> str:
+    """A name's ASCII letters, digits and dots, lower-cased: what survives
+    any mangling of the rest."""
+    return re.sub(r"[^a-z0-9.]", "", name.lower())
+
+
 def _look_up(
     client: _Client,
     source: _Source,
     began: float,
     policy: RetryPolicy,
     lost: Optional[MunsitError] = None,
-    earlier: FrozenSet[str] = frozenset(),
+    prior: Optional[_Prior] = None,
 ) -> Optional[Submission]:
     """The job an upload begun at ``began`` (time.time()) created, if the
-    account's recent jobs show exactly one; None if they show none, twice.
-    ``earlier`` names jobs known to be other attempts of this file."""
-    names = {source.name, _form_quote(source.name)}
+    account's jobs since then show exactly one; None if they show none,
+    twice; SubmissionUnknownError if they cannot say.
+
+    A job is this upload's if it was created since it began (on the
+    server's clock, with a margin), has its size (or none), and one of the
+    names it was sent under (as the server may have stored it).  A job of
+    this size in that time whose name differs from it only outside ASCII
+    letters and digits may be it too: it makes the answer unsure, never a
+    reason to send again."""
+    names = [source.name] + sorted(prior.names if prior is not None else ())
+    earlier = prior.earlier if prior is not None else frozenset()
+    wanted = _name_forms(names)
+    skeletons = {_skeleton(name) for name in names}
     for look in range(2):
         if look:
             remaining = client.remaining()
             if remaining is not None and remaining <= _LOOKUP_PAUSE:
                 raise SubmissionUnknownError(
                     "%s was sent but its answer was lost, and the deadline leaves no time "
-                    "to look the job up" % source.name
+                    "to look the job up" % _printable(source.name)
                 ) from lost
             policy.sleep(_LOOKUP_PAUSE)
         try:
-            records, skew = _list(client, _LOOKUP_RECORDS, 0)
-        except (TransportError, APIError, ProtocolError) as exc:
+            found, maybe = _jobs_since(client, source, began, wanted, skeletons, earlier)
+        except (TransportError, APIError, ProtocolError, WaitTimeoutError) as exc:
             raise SubmissionUnknownError(
                 "%s was sent but its answer was lost, and the job could not be looked up: %s"
-                % (source.name, exc)
+                % (_printable(source.name), exc)
             ) from exc
-        # Record times are the server's: compare them on its clock.
-        since = began + skew - 2.0
-        found = [
-            record
-            for record in records
-            if record.file_name in names
-            and record.denoise_id not in earlier
-            and record.audio_size in (None, source.size)
-            and _created_at_or_after(record, since)
-        ]
         if len(found) == 1:
             logger.info("found the job of %s: %s", _printable(source.name), found[0].denoise_id)
             return Submission(found[0].denoise_id, found[0].denoise_id, source.name, source.size)
-        if len(found) > 1:
+        if found or maybe:
             raise SubmissionUnknownError(
-                "%s was sent but its answer was lost, and several jobs could be it" % source.name,
-                found,
+                "%s was sent but its answer was lost, and %s"
+                % (
+                    _printable(source.name),
+                    "several jobs could be it"
+                    if found
+                    else "jobs of its size but another name were created meanwhile",
+                ),
+                found + maybe,
             ) from lost
     return None
+
+
+def _jobs_since(
+    client: _Client,
+    source: _Source,
+    began: float,
+    wanted: Set[str],
+    skeletons: Set[str],
+    earlier: FrozenSet[str],
+) -> Tuple[List[JobRecord], List[JobRecord]]:
+    """The jobs created since ``began`` that are this upload by name and
+    size, and those that may be it; paged back until the list reaches
+    older jobs (other hosts may have added many since)."""
+    found = []  # type: List[JobRecord]
+    maybe = []  # type: List[JobRecord]
+    since = None  # type: Optional[float]
+    for page in range(_LOOKUP_PAGES):
+        records, skew = _list(client, _LOOKUP_RECORDS, page * _LOOKUP_RECORDS)
+        if since is None:
+            # Record times are the server's: compare them on its clock.
+            since = began + skew - _LOOKUP_MARGIN
+        reached_older = False
+        for record in records:
+            created = _epoch(record.created_at)
+            if created is not None and created < since:
+                reached_older = True
+                continue
+            if record.denoise_id in earlier or record.audio_size not in (None, source.size):
+                continue
+            if record.file_name in wanted:
+                found.append(record)
+            elif (
+                record.audio_size == source.size and _skeleton(record.file_name or "") in skeletons
+            ):
+                maybe.append(record)
+        if reached_older or len(records) < _LOOKUP_RECORDS:
+            return found, maybe
+    raise ProtocolError(
+        "more than %d jobs were created since the upload began: too many to look through"
+        % (_LOOKUP_PAGES * _LOOKUP_RECORDS)
+    )
 
 
 _ISO_TIME = re.compile(
@@ -2446,12 +2561,6 @@ def _epoch(text: Optional[str]) -> Optional[float]:
         digits = zone[1:].replace(":", "")
         seconds += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
     return seconds
-
-
-def _created_at_or_after(record: JobRecord, since: float) -> bool:
-    created = _epoch(record.created_at)
-    # A record whose time cannot be read may be this upload: a candidate.
-    return created is None or created >= since
 
 
 def list_jobs(
@@ -2545,6 +2654,8 @@ def _job_record(item: Any) -> JobRecord:
         value = item.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
+        if isinstance(value, int):  # JSON integers have no size limit
+            return value if abs(value) <= 2**53 else None
         return value if math.isfinite(value) else None
 
     size = number("audio_size")
@@ -3509,18 +3620,17 @@ def _denoise_one(
     *,
     max_size: int = DEFAULT_MAX_DOWNLOAD,
     known_id: Optional[str] = None,
-    sent_since: Optional[float] = None,
+    prior: Optional[_Prior] = None,
     on_submitted: Optional[Callable[[Submission], Any]] = None,
     output_for: Optional[Callable[[DoneEvent], Tuple[str, str]]] = None,
     gate: Optional[_Gate] = None,
-    earlier: FrozenSet[str] = frozenset(),
 ) -> DoneEvent:
     """denoise() for one file on a client: the one way a file is uploaded,
     followed and saved, which the batch uses too.
 
     ``known_id``: the job was submitted already (follow it, do not upload);
-    ``sent_since``: an earlier run may have sent the file without seeing the
-    answer (look it up first); ``on_submitted`` is called with the
+    ``prior``: what an earlier run knows of its uploads (see _Prior);
+    ``on_submitted`` is called with the
     :class:`Submission` the moment the server accepts the upload;
     ``output_for(done)`` names the output (its path to show, the file to
     write) once the result's extension is known; ``gate`` is shared by a
@@ -3532,13 +3642,7 @@ def _denoise_one(
     try:
         if job is None:
             submission = _submit(
-                client,
-                source,
-                upload if callable(upload) else None,
-                policy,
-                sent_since,
-                gate,
-                earlier,
+                client, source, upload if callable(upload) else None, policy, prior, gate
             )
             job = submission.denoise_id
             if on_submitted is not None:
@@ -3719,38 +3823,60 @@ def _lock_file(handle: Any) -> bool:
 class _Progress:
     """What the journal says of one input's content."""
 
-    __slots__ = ("sent_at", "denoise_id", "saved", "failed", "earlier")
+    __slots__ = ("sent_at", "denoise_id", "saved", "failed", "earlier", "names")
 
     def __init__(self) -> None:
+        #: When an upload whose answer was not recorded began, if one did.
         self.sent_at = None  # type: Optional[float]
+        self.denoise_id = None  # type: Optional[str]
+        #: The names of the outputs saved from this content.
+        self.saved = set()  # type: Set[str]
+        self.failed = None  # type: Optional[str]
         #: Jobs of earlier attempts (failed ones sent again): never this one.
         self.earlier = set()  # type: Set[str]
-        self.denoise_id = None  # type: Optional[str]
-        self.saved = None  # type: Optional[str]
-        self.failed = None  # type: Optional[str]
+        #: The names the content was sent under (it may be renamed since).
+        self.names = set()  # type: Set[str]
 
     def learn(self, record: Dict[str, Any]) -> None:
         event = record.get("event")
         at = record.get("at")
         named = record.get("denoiseId")
         job = _canonical_uuid(named) if isinstance(named, str) else None
+        if isinstance(record.get("file"), str):
+            self.names.add(record["file"])
         if event == "sending" and isinstance(at, (int, float)):
-            if self.denoise_id is None or self.failed is not None:
-                # A first upload, or one sent again after a failed job: a
-                # new attempt, whose answer may be lost like any other.
+            if self.failed is not None:
+                # Sent again after a failed job: a new attempt, whose
+                # answer may be lost like any other.
                 if self.denoise_id is not None:
                     self.earlier.add(self.denoise_id)
+                self.denoise_id = self.failed = None
+                self.saved = set()
+            if self.denoise_id is None and self.sent_at is None:
+                # The earliest upload whose answer is unknown: a lookup
+                # must reach back to it.
                 self.sent_at = float(at)
-                self.denoise_id = self.failed = self.saved = None
+        elif event == "unsent":
+            self.sent_at = None  # that upload was certainly not taken
         elif event == "submitted" and job is not None:
             self.denoise_id = job
-            self.failed = None
+            self.sent_at = self.failed = None
         elif event == "saved" and job is not None and isinstance(record.get("output"), str):
             self.denoise_id = job
-            self.saved = os.path.basename(record["output"])
+            self.sent_at = None
+            self.saved.add(os.path.basename(record["output"]))
         elif event == "failed" and job is not None:
             self.denoise_id = job
+            self.sent_at = None
             self.failed = str(record.get("error") or "the job failed")
+
+    def saved_for(self, stem: str, folder: str) -> Optional[str]:
+        """The output saved for an input of this stem, if it is still there."""
+        for name in sorted(self.saved):
+            path = os.path.join(folder, name)
+            if os.path.splitext(name)[0] == stem and os.path.isfile(path):
+                return path
+        return None
 
 
 class _Identity:
@@ -3765,15 +3891,15 @@ class _Identity:
         self.key = "%s:%d" % (sha256, size)
 
 
-def _identify(source: _Source, stop: threading.Event) -> _Identity:
+def _identify(source: _Source, check: Callable[[], None]) -> _Identity:
+    """The content's identity; ``check`` may raise to stop the hashing."""
     import hashlib
 
     digest = hashlib.sha256()
     source.rewind()
     left = source.size
     while left > 0:
-        if stop.is_set():
-            raise _Aborted("stopped")
+        check()
         piece = source.read(min(1024 * 1024, left))
         if not piece:
             raise ConfigurationError(
@@ -3976,6 +4102,13 @@ class _Batch:
             ) from None
         if not os.access(self.folder, os.W_OK):
             raise ConfigurationError("cannot write in %s" % _printable(self.folder))
+        real_folder = os.path.realpath(self.folder)
+        for path, _ in inputs:
+            if os.path.dirname(os.path.realpath(path)) == real_folder:
+                raise ConfigurationError(
+                    "%s is in the output folder: its result would replace it, and the next run "
+                    "would pay for it again; save into another folder" % _printable(path)
+                )
         self.journal = _Journal(self.folder)
         _sweep_temporaries(self.folder)
 
@@ -4046,9 +4179,10 @@ class _Batch:
         """Denoise one input, as the journal says it stands."""
         entry = self.display.entry(os.path.basename(path), path)
         try:
+            self._check_time()
             source = _Source(path, self.check)
             try:
-                identity = _identify(source, self.stop)
+                identity = _identify(source, self._check_time)
                 with self._identity_lock(identity.key):
                     return self._follow_through(path, stem, source, identity, session, entry)
             finally:
@@ -4067,6 +4201,13 @@ class _Batch:
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
 
+    def _check_time(self) -> None:
+        """Raise if the run was stopped or its deadline passed."""
+        if self.stop.is_set():
+            raise _Aborted("stopped")
+        if self.deadline is not None and self.policy.clock() >= self.deadline:
+            raise NotSubmittedError("not sent: the run's deadline passed first")
+
     def _identity_lock(self, key: str) -> threading.Lock:
         with self._caps:
             return self._identities.setdefault(key, threading.Lock())
@@ -4081,25 +4222,34 @@ class _Batch:
         entry: "_BatchEntry",
     ) -> FileResult:
         state = self.journal.states.get(identity.key)
-        if state is not None and state.saved is not None:
-            saved = os.path.join(self.folder, state.saved)
-            if os.path.splitext(state.saved)[0] == stem and os.path.isfile(saved):
-                entry.finish("already saved as %s" % _short_path(saved))
-                return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
+        saved = state.saved_for(stem, self.folder) if state is not None else None
+        if state is not None and saved is not None:
+            entry.finish("already saved as %s" % _short_path(saved))
+            return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
         known = state.denoise_id if state is not None else None
-        sent_since = state.sent_at if state is not None and known is None else None
         if state is not None and state.failed is not None and not self.retry_failed:
             error = DenoiseFailedError(state.failed)
             error.denoise_id = known
             entry.finish(error)
             return FileResult(path, denoise_id=known, error=error)
         if state is not None and state.failed is not None:
-            known = sent_since = None  # send it again, as asked
+            known = None  # send it again, as asked
         entry._job = known
+        prior = None  # type: Optional[_Prior]
         if known is None:
             self._reserve(source)
-            if sent_since is None:
-                self.journal.record("sending", identity, file=os.path.basename(path))
+            # Journaled right before each POST, and undone when the server
+            # certainly did not take it: a rerun looks up only what may
+            # exist, and from the right moment.
+            prior = _Prior(
+                sent_at=state.sent_at if state is not None else None,
+                earlier=frozenset(state.earlier) if state is not None else frozenset(),
+                names=frozenset(state.names) if state is not None else frozenset(),
+                on_sending=lambda: self.journal.record(
+                    "sending", identity, file=os.path.basename(path)
+                ),
+                on_unsent=lambda: self.journal.record("unsent", identity),
+            )
 
         name = os.path.basename(path)
 
@@ -4127,11 +4277,10 @@ class _Batch:
                 entry,
                 self.policy,
                 known_id=known,
-                sent_since=sent_since,
+                prior=prior,
                 on_submitted=submitted,
                 output_for=output_for,
                 gate=self.gate,
-                earlier=frozenset(state.earlier) if state is not None else frozenset(),
             )
         except DenoiseFailedError as exc:
             self.journal.record(
@@ -5613,8 +5762,8 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     bytes_left = args.max_bytes
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
+    planned = {}  # type: Dict[str, str]  # identity -> the first input with it
     to_send = 0
-    never = threading.Event()
     for path, stem in inputs:
         try:
             source = _Source(path, not args.no_check)
@@ -5623,18 +5772,17 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
             counts["refuse"] = counts.get("refuse", 0) + 1
             continue
         try:
-            identity = _identify(source, never)
+            identity = _identify(source, lambda: None)
         finally:
             source.close()
         state = states.get(identity.key)
         detail = ""
-        if (
-            state is not None
-            and state.saved is not None
-            and os.path.splitext(state.saved)[0] == stem
-            and os.path.isfile(os.path.join(folder, state.saved))
-        ):
-            action, detail = "skip", "already saved as %s" % state.saved
+        saved = state.saved_for(stem, folder) if state is not None else None
+        first = planned.setdefault(identity.key, path)
+        if saved is not None:
+            action, detail = "skip", "already saved as %s" % os.path.basename(saved)
+        elif first != path:
+            action, detail = "follow", "same content as %s: one job for both" % first
         elif state is not None and state.failed is not None and not args.retry_failed:
             action, detail = (
                 "failed",

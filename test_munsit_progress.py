@@ -1410,7 +1410,18 @@ class FakeAPI:
     newest first; their progress streams end in done; their results serve
     ``result``."""
 
-    def __init__(self, *answers, result=AUDIO, progress=None, echo=False, by_name=None):
+    def __init__(
+        self,
+        *answers,
+        result=AUDIO,
+        progress=None,
+        echo=False,
+        by_name=None,
+        stored_name=None,
+        clock_offset=0.0,
+    ):
+        self.stored_name = stored_name or (lambda name: name)  # how it keeps file names
+        self.clock_offset = clock_offset  # its records' clock minus its Date header's
         self.answers = list(answers) or ["ok"]
         self.result = result
         self.progress = progress
@@ -1455,7 +1466,7 @@ class FakeAPI:
         if request.method == "POST":
             self.post(conn, request, server)
         elif path == "/api/v1/denoise":
-            self.list(conn)
+            self.list(conn, request)
         elif path.endswith("/progress"):
             job = path.split("/")[-2]
             name = self.name_of(job)
@@ -1543,23 +1554,29 @@ class FakeAPI:
                 {
                     "id": job,
                     "status": "pending",
-                    "file_name": part.get_filename(),
+                    "file_name": self.stored_name(part.get_filename()),
                     "audio_size": len(part.get_payload(decode=True)),
-                    "created_at": iso_now(),
+                    "created_at": iso_now(self.clock_offset),
                     "visible_at": time.monotonic() + delay,
                     "extra_field": {"ignored": True},
                 }
             )
         return job
 
-    def list(self, conn):
+    def list(self, conn, request):
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(request.path).query)
+        offset = int(query.get("offset", ["0"])[0])
+        limit = int(query["limit"][0]) if "limit" in query else None
         now = time.monotonic()
         with self.lock:
             shown = [
                 {k: v for k, v in job.items() if k != "visible_at"}
                 for job in reversed(self.jobs)
                 if job["visible_at"] <= now
-            ]
+            ][offset:]
+        shown = shown[:limit] if limit is not None else shown
         body = json.dumps(shown).encode()
         date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
         conn.sendall(
@@ -1881,6 +1898,110 @@ def test_a_lookup_that_fails_is_unknown_not_a_second_upload(server, audio_file):
     with pytest.raises(mp.SubmissionUnknownError, match="could not be looked up"):
         submit_to(server, audio_file)
     assert posts_and_jobs(api) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "name, stored",
+    [
+        # busboy's default: UTF-8 bytes read as Latin-1
+        ("مقابلة café.wav", lambda name: name.encode("utf-8").decode("latin-1")),
+        # a name that is not UTF-8 on disk, read with replacement characters
+        (
+            os.fsdecode(b"caf\xe9 \xff.wav"),
+            lambda name: name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+        ),
+    ],
+    ids=["latin-1", "not-utf8"],
+)
+def test_a_name_the_server_mangled_is_still_found(server, tmp_path, name, stored):
+    path = os.path.join(str(tmp_path), name)
+    with open(path, "wb") as handle:
+        handle.write(mp._demo_wav())
+    api = FakeAPI("drop", stored_name=stored)
+    server.serve(api)
+    job = submit_to(server, path)
+    assert len(api.jobs) == 1 and job.denoise_id == api.jobs[0]["id"]
+
+
+def test_a_job_of_this_size_under_another_non_ascii_name_is_unsure_not_resent(server, tmp_path):
+    (tmp_path / "مقابلة.wav").write_bytes(mp._demo_wav())
+    api = FakeAPI("untaken-502")
+    server.serve(api)
+    api.jobs.append(
+        {
+            "id": str(uuid_module.uuid4()),
+            "status": "pending",
+            "file_name": "????.wav",
+            "audio_size": len(mp._demo_wav()),
+            "created_at": iso_now(),
+            "visible_at": 0,
+        }
+    )
+    with pytest.raises(mp.SubmissionUnknownError, match="another name"):
+        submit_to(server, str(tmp_path / "مقابلة.wav"))
+    assert len(api.posts) == 1
+
+
+def test_record_times_a_few_seconds_behind_the_date_header_are_still_found(server, audio_file):
+    api = FakeAPI("drop", clock_offset=-8.0)
+    server.serve(api)
+    job = submit_to(server, audio_file)
+    assert len(api.jobs) == 1 and job.denoise_id == api.jobs[0]["id"]
+
+
+def test_the_lookup_pages_back_past_many_newer_jobs(server, audio_file):
+    api = FakeAPI("drop")
+    server.serve(api)
+    began = time.time()
+    taken = {
+        "id": str(uuid_module.uuid4()),
+        "status": "pending",
+        "file_name": "interview.wav",
+        "audio_size": os.path.getsize(audio_file),
+        "created_at": iso_now(),
+        "visible_at": 0,
+    }
+    api.jobs.append(taken)
+    for n in range(130):  # other hosts' jobs, newer
+        api.jobs.append(
+            {
+                "id": str(uuid_module.uuid4()),
+                "status": "pending",
+                "file_name": "other%d.wav" % n,
+                "audio_size": 10,
+                "created_at": iso_now(1),
+                "visible_at": 0,
+            }
+        )
+    client = mp._Client(KEY, server.base_url, None)
+    source = mp._Source(audio_file, True)
+    try:
+        found = mp._look_up(client, source, began - 1, QUICK)
+    finally:
+        source.close()
+        client.close()
+    assert found is not None and found.denoise_id == taken["id"]
+    assert [r.path for r in server.requests if "offset=100" in r.path]
+
+
+def test_a_deadline_during_the_lookup_is_unsure_not_a_timeout(server, audio_file):
+    api = FakeAPI("drop")
+
+    def slow_list(conn, request, srv):
+        if request.method == "GET":
+            hold(conn, srv, 10)
+        else:
+            api(conn, request, srv)
+
+    server.serve(slow_list)
+    with pytest.raises(mp.SubmissionUnknownError, match="could not be looked up"):
+        submit_to(server, audio_file, timeout=2)
+
+
+def test_huge_integers_in_a_record_are_left_out(server):
+    body = ('[{"id": "%s", "status": "success", "audio_size": %s}]' % (JOB, "9" * 400)).encode()
+    server.serve(raw_bytes(head(200, {"Content-Length": str(len(body))}) + body))
+    assert mp.list_jobs(api_key=KEY, base_url=server.base_url)[0].audio_size is None
 
 
 def test_older_jobs_of_the_same_file_are_not_taken_for_this_one(server, audio_file):
@@ -3393,7 +3514,7 @@ def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, t
     # What a run killed after its POST left: the job exists, the journal
     # says only "sending".
     job = submit_to(server, paths[0])
-    identity = mp._identify(mp._Source(paths[0], True), threading.Event())
+    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / mp.JOURNAL_NAME).write_text(
         json.dumps(
@@ -3585,7 +3706,7 @@ def test_a_resend_after_a_failed_job_is_looked_up_if_its_answer_was_lost(server,
     api.by_name = {}
     # A --retry-failed run killed after its POST was taken, before the answer:
     job = submit_to(server, paths[0])
-    identity = mp._identify(mp._Source(paths[0], True), threading.Event())
+    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
     with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "a") as journal:
         journal.write(
             json.dumps(
@@ -4421,6 +4542,106 @@ def batch_cli(server, paths, output, *extra, **kwargs):
         *extra,
         **kwargs,
     )
+
+
+def test_inputs_inside_the_output_folder_are_refused(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", echo=True))
+    with pytest.raises(ConfigurationError, match="output folder"):
+        mp.denoise_many(paths, str(tmp_path / "in"), api_key=KEY, base_url=server.base_url)
+    assert_nothing_sent(server)
+
+
+def test_an_input_renamed_after_a_lost_answer_is_looked_up_by_its_old_name(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    job = submit_to(server, paths[0])  # taken; the answer never reached the journal
+    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / mp.JOURNAL_NAME).write_text(
+        json.dumps(
+            {
+                "event": "sending",
+                "file": "in0.wav",
+                "sha256": identity.sha256,
+                "size": identity.size,
+                "at": time.time() - 5,
+            }
+        )
+        + "\n"
+    )
+    renamed = str(tmp_path / "in" / "renamed.wav")
+    os.rename(paths[0], renamed)
+    result = many_on(server, [renamed], tmp_path / "out")[0]
+    assert result.denoise_id == job.denoise_id and len(api.posts) == 1
+
+
+def test_a_429_asking_too_long_ends_the_uploads_behind_it(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(error_response(429, headers={"Retry-After": "99999999999999"}))
+    started = time.monotonic()
+    results = many_on(server, paths, tmp_path / "out", concurrency=1)
+    assert time.monotonic() - started < 10
+    assert mp._batch_status(results) == mp.EXIT_GAVE_UP
+    assert len([r for r in server.requests if r.method == "POST"]) == 1
+
+
+def test_files_not_sent_leave_no_sending_line(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", "402", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out", concurrency=1)
+    sending = [line for line in journal_of(tmp_path / "out") if line.get("event") == "sending"]
+    unsent = [line for line in journal_of(tmp_path / "out") if line.get("event") == "unsent"]
+    assert len(sending) == 2 and len(unsent) == 1  # the 402 was certainly not taken
+    requests_before = len(server.requests)
+    many_on(server, paths, tmp_path / "out", concurrency=1)
+    lookups = [
+        r for r in server.requests[requests_before:] if r.path.startswith("/api/v1/denoise?")
+    ]
+    assert lookups == []
+
+
+def test_nothing_is_hashed_or_sent_past_the_deadline(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    stall = stream(processing(10), hold_for=20, end="cut")
+    api = FakeAPI("ok", echo=True, progress=stall)
+    server.serve(api)
+    started = time.monotonic()
+    results = many_on(server, paths, tmp_path / "out", concurrency=1, timeout=1.5)
+    assert time.monotonic() - started < 4
+    assert len(api.posts) == 1
+    assert sum(isinstance(r.error, mp.NotSubmittedError) for r in results) == 3
+
+
+def test_inputs_with_the_same_content_are_both_already_saved_on_a_rerun(server, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    (folder / "b.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    paths = [str(folder / "a.wav"), str(folder / "b.wav")]
+    many_on(server, paths, tmp_path / "out", check=False)
+    again = many_on(server, paths, tmp_path / "out", check=False)
+    assert all(r.skipped for r in again) and len(api.posts) == 1
+
+
+def test_dry_run_counts_shared_content_once(server, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    (folder / "b.wav").write_bytes(b"RIFF" + b"x" * 3000)
+    server.serve(FakeAPI("ok"))
+    result = batch_cli(
+        server,
+        [str(folder / "a.wav"), str(folder / "b.wav")],
+        tmp_path / "out",
+        "--dry-run",
+        "--no-check",
+    )
+    assert result.stdout.splitlines()[-1].startswith("would send 1 file(s)")
 
 
 def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(server, tmp_path):
