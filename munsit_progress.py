@@ -4131,15 +4131,18 @@ class _Batch:
         try:
             for worker in workers:
                 worker.start()
-            for _ in range(len(self.inputs)):
-                while True:
-                    try:
-                        result = done.get(timeout=0.25)  # short waits: Ctrl-C gets through
-                        break
-                    except queue.Empty:
-                        if not any(worker.is_alive() for worker in workers) and done.empty():
-                            return
-                yield result
+            running = len(workers)
+            while running:
+                # Each worker ends its results with None.  A timeout, however
+                # long, keeps the wait interruptible by Ctrl-C on every Python.
+                try:
+                    result = done.get(timeout=5.0)
+                except queue.Empty:
+                    continue
+                if result is None:
+                    running -= 1
+                else:
+                    yield result
         finally:
             self._shut_down(workers)
 
@@ -4174,6 +4177,7 @@ class _Batch:
                     done.put(FileResult(path, error=exc))
         finally:
             session.close()
+            done.put(None)  # this worker is done
 
     def _one(self, path: str, stem: str, session: requests.Session) -> FileResult:
         """Denoise one input, as the journal says it stands."""

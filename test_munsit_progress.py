@@ -3418,6 +3418,21 @@ def many_on(server, paths, output, **kwargs):
     return list(mp.denoise_many(paths, str(output), **kwargs))
 
 
+def write_sending(folder, identity, name=None):
+    """What a run killed after its POST leaves in the journal: a 'sending'
+    line and no answer."""
+    record = {
+        "event": "sending",
+        "sha256": identity.sha256,
+        "size": identity.size,
+        "at": time.time() - 5,
+    }
+    if name is not None:
+        record["file"] = name
+    with open(str(folder / mp.JOURNAL_NAME), "a") as journal:
+        journal.write(json.dumps(record) + "\n")
+
+
 def journal_of(folder):
     return [json.loads(line) for line in (folder / mp.JOURNAL_NAME).read_text().splitlines()]
 
@@ -3516,17 +3531,7 @@ def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, t
     job = submit_to(server, paths[0])
     identity = mp._identify(mp._Source(paths[0], True), lambda: None)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / mp.JOURNAL_NAME).write_text(
-        json.dumps(
-            {
-                "event": "sending",
-                "sha256": identity.sha256,
-                "size": identity.size,
-                "at": time.time() - 5,
-            }
-        )
-        + "\n"
-    )
+    write_sending(tmp_path / "out", identity)
     result = many_on(server, paths, tmp_path / "out")[0]
     assert result.denoise_id == job.denoise_id and len(api.posts) == 1
     assert "GET" in [r.method for r in server.requests if r.path.startswith("/api/v1/denoise?")]
@@ -3707,18 +3712,7 @@ def test_a_resend_after_a_failed_job_is_looked_up_if_its_answer_was_lost(server,
     # A --retry-failed run killed after its POST was taken, before the answer:
     job = submit_to(server, paths[0])
     identity = mp._identify(mp._Source(paths[0], True), lambda: None)
-    with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "a") as journal:
-        journal.write(
-            json.dumps(
-                {
-                    "event": "sending",
-                    "sha256": identity.sha256,
-                    "size": identity.size,
-                    "at": time.time() - 5,
-                }
-            )
-            + "\n"
-        )
+    write_sending(tmp_path / "out", identity)
     result = many_on(server, paths, tmp_path / "out")[0]
     assert result.error is None and result.denoise_id == job.denoise_id
     assert len(api.posts) == 2  # the failed job and the resend: no third
@@ -4559,18 +4553,7 @@ def test_an_input_renamed_after_a_lost_answer_is_looked_up_by_its_old_name(serve
     job = submit_to(server, paths[0])  # taken; the answer never reached the journal
     identity = mp._identify(mp._Source(paths[0], True), lambda: None)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / mp.JOURNAL_NAME).write_text(
-        json.dumps(
-            {
-                "event": "sending",
-                "file": "in0.wav",
-                "sha256": identity.sha256,
-                "size": identity.size,
-                "at": time.time() - 5,
-            }
-        )
-        + "\n"
-    )
+    write_sending(tmp_path / "out", identity, name="in0.wav")
     renamed = str(tmp_path / "in" / "renamed.wav")
     os.rename(paths[0], renamed)
     result = many_on(server, [renamed], tmp_path / "out")[0]

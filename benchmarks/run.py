@@ -776,17 +776,7 @@ def render(report):
     out = []
     machine = report["machine"]
     out.append("munsit_progress benchmark (%s mode), %s" % (report["mode"], machine["date"]))
-    out.append(
-        "%s, %d cores, Python %s; munsit_progress %s (%s, sha256 %s)"
-        % (
-            machine["cpu"],
-            machine["cores"],
-            machine["python"],
-            machine["munsit_progress"],
-            machine["git"],
-            (machine["munsit_progress_sha256"] or "?")[:12],
-        )
-    )
+    out.append(machine_header(machine))
     out.append(
         "load average at start: %s" % " ".join("%.2f" % x for x in machine["load_average_at_start"])
     )
@@ -1028,6 +1018,19 @@ def machine_info():
         "munsit_progress_sha256": None,
         "packages": found["packages"],
     }
+
+
+def machine_header(machine):
+    """One line naming the machine, the Python and the version measured
+    (the other benchmarks print it too)."""
+    return "%s, %d cores, Python %s; munsit_progress %s (%s, sha256 %s)" % (
+        machine["cpu"],
+        machine["cores"],
+        machine["python"],
+        machine["munsit_progress"],
+        machine["git"],
+        (machine["munsit_progress_sha256"] or "?")[:12],
+    )
 
 
 def profile(server, settings, log):
