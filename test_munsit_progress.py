@@ -1355,6 +1355,395 @@ def test_clock_and_sleep_of_the_policy_are_used(server):
 
 
 # --------------------------------------------------------------------------
+# Security and configuration
+# --------------------------------------------------------------------------
+
+
+def test_redirect_to_another_origin_is_not_followed_and_the_key_stays(server):
+    other = Server(host="127.0.0.1")
+    try:
+        other.serve(stream(DONE))
+        target = "http://localhost:%d/api/v1/denoise/%s/progress" % (other.port, JOB)
+        server.serve(error_response(302, headers={"Location": target}))
+        with pytest.raises(APIError, match="another origin"):
+            wait_on(server)
+        assert other.requests == []
+        assert len(server.requests) == 1
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://localhost:{port}/api/v1/denoise/%s/progress" % JOB,  # host only
+        "http://127.0.0.1:{other}/api/v1/denoise/%s/progress" % JOB,  # port only
+        "https://127.0.0.1:{port}/api/v1/denoise/%s/progress" % JOB,  # scheme only
+    ],
+)
+def test_redirect_changing_any_part_of_the_origin_is_refused(server, location):
+    server.serve(
+        error_response(302, headers={"Location": location.format(port=server.port, other=1)}),
+        stream(DONE),
+    )
+    with pytest.raises(APIError, match="another origin"):
+        wait_on(server)
+    time.sleep(0.2)
+    assert len(server.requests) == 1
+
+
+def test_redirect_to_a_malformed_url_is_a_protocol_error(server):
+    server.serve(error_response(302, headers={"Location": "http://127.0.0.1:99999/x"}))
+    with pytest.raises(ProtocolError):
+        wait_on(server)
+
+
+def test_redirect_within_the_same_origin_is_followed(server):
+    server.serve(
+        error_response(307, headers={"Location": "/api/v2/denoise/%s/progress" % JOB}),
+        stream(DONE),
+    )
+    assert events_of(server) == [EXPECTED_DONE]
+    assert server.requests[1].path == "/api/v2/denoise/%s/progress" % JOB
+    assert server.requests[1].headers["x-api-key"] == KEY
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "../../admin", JOB + "/../x", None, 42])
+def test_non_uuid_ids_raise_before_any_request(server, bad_id):
+    server.serve(stream(DONE))
+    with pytest.raises(ConfigurationError):
+        iter_events(bad_id, api_key=KEY, base_url=server.base_url)
+    with pytest.raises(ConfigurationError):
+        wait(bad_id, api_key=KEY, base_url=server.base_url)
+    assert_nothing_sent(server)
+
+
+def test_missing_key_raises_before_any_request(server, monkeypatch):
+    monkeypatch.delenv("MUNSIT_API_KEY", raising=False)
+    server.serve(stream(DONE))
+    with pytest.raises(ConfigurationError, match="MUNSIT_API_KEY"):
+        wait(JOB, base_url=server.base_url)
+    with pytest.raises(ConfigurationError):
+        iter_events(JOB, api_key="  ", base_url=server.base_url)
+    assert_nothing_sent(server)
+
+
+def test_key_with_control_characters_is_refused_without_showing_it(server):
+    with pytest.raises(ConfigurationError) as info:
+        wait(JOB, api_key="abc\ndef", base_url=server.base_url)
+    assert "abc" not in str(info.value)
+    assert_nothing_sent(server)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["ftp://example.com", "example.com/api", "http://", "http://h:abc/api", "http://h:99999"],
+)
+def test_malformed_base_url_is_a_configuration_error(base_url):
+    with pytest.raises(ConfigurationError):
+        iter_events(JOB, api_key=KEY, base_url=base_url)
+
+
+def test_key_never_appears_in_errors_or_logs(server, caplog):
+    server.serve(
+        stream(processing(5), end="cut"),
+        error_response(500),
+        error_response(401, b'{"errorCode":"40101","errorMessage":"bad key"}'),
+    )
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        with pytest.raises(AuthenticationError) as info:
+            wait_on(server)
+    assert "reconnecting" in caplog.text
+    for text in (caplog.text, str(info.value), repr(info.value)):
+        assert KEY not in text
+    assert KEY not in repr(mp._Client(KEY, server.base_url, None))
+
+
+def echo_key(status, where):
+    """A server that echoes the key it was sent back in ``where``."""
+
+    def script(conn, request, server):
+        key = request.headers.get("x-api-key", "")
+        if where == "body":
+            body = json.dumps({"errorCode": "40101", "errorMessage": "bad key " + key}).encode()
+            conn.sendall(
+                head(status, {"Content-Length": str(len(body)), "Connection": "close"}) + body
+            )
+        elif where == "reason":
+            conn.sendall(head(status, {"Content-Length": "0"}, reason="key " + key))
+        elif where == "content-type":
+            conn.sendall(head(200, {"Content-Type": "text/html; k=" + key, "Content-Length": "0"}))
+        elif where == "event":
+            stream(sse_data({"stage": "error", "message": "no credit for " + key}))(
+                conn, request, server
+            )
+        elif where == "json":
+            stream(("data: {bad json %s\n\n" % key).encode())(conn, request, server)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "where, status",
+    [("body", 401), ("reason", 401), ("content-type", 200), ("event", 200), ("json", 200)],
+)
+def test_a_key_the_server_echoes_is_redacted_from_errors(server, where, status):
+    server.serve(echo_key(status, where))
+    with pytest.raises(MunsitError) as info:
+        wait_on(server)
+    error = info.value
+    texts = [
+        str(error),
+        repr(error),
+        str(getattr(error, "error_message", "")),
+        str(getattr(error, "message", "")),
+    ]
+    assert all(KEY not in text for text in texts), texts
+    assert "***" in " ".join(texts)
+
+
+def test_a_key_the_server_echoes_is_redacted_from_the_cli(server):
+    server.serve(echo_key(401, "body"))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == 3
+    assert KEY not in result.stderr and "***" in result.stderr
+
+
+def test_a_password_in_the_base_url_is_redacted_from_debug_logs(server, caplog):
+    server.serve(stream(DONE))
+    base_url = "http://admin:hunter2secret@127.0.0.1:%d/api/v1" % server.port
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        wait(JOB, api_key=KEY, base_url=base_url, retry=FAST)
+    assert "hunter2secret" not in caplog.text and "admin:***@" in caplog.text
+
+
+def test_the_exception_keeps_no_key_within_reach(server):
+    server.serve(lambda conn, request, server: reset(conn))  # no answer at all
+    with pytest.raises(TransportError) as info:
+        events_of(server)
+    reachable = []
+    error = info.value
+    while error is not None:
+        reachable.append(error)
+        for holder in (error, getattr(error, "response", None)):
+            request = getattr(holder, "request", None)
+            if request is not None:
+                reachable.append(dict(request.headers))
+        error = error.__cause__ or error.__context__
+    assert len(reachable) > 2  # the cause and its request are there
+    assert all(KEY not in repr(item) for item in reachable)
+
+
+def test_a_key_echoed_in_an_event_name_is_redacted_from_debug_logs(server, caplog):
+    server.serve(stream(("event: echo-%s\ndata: not json\n\n" % KEY).encode(), DONE))
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        wait_on(server)
+    assert "non-JSON" in caplog.text and KEY not in caplog.text
+
+
+def test_c1_controls_in_a_redirect_reach_no_log(server, caplog):
+    # U+009B (CSI) as UTF-8 bytes; http.client reads headers as Latin-1.
+    location = b"/api/v1/denoise/" + JOB.encode() + b"/progress?\xc2\x9b2J\xc2\x9b31mFORGED"
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
+    server.serve(raw_bytes(redirect), stream(DONE))
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        try:
+            wait_on(server)
+        except ProtocolError:
+            pass
+    assert "\x9b" not in caplog.text and "FORGED" not in caplog.text
+
+
+def test_line_separators_and_bidi_overrides_cannot_forge_log_lines():
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="log")
+    bar(
+        ProcessingEvent(
+            50, "working\u20282026-11-26 00:00:00 munsit: done: http://evil/x \u202eexe.wav"
+        )
+    )
+    text = out.getvalue()
+    assert "\u2028" not in text and "\u202e" not in text
+    assert len(text.splitlines()) == 1
+
+
+def test_a_206_that_changed_version_is_not_spliced(server, tmp_path):
+    old, new = b"A" * 1000, b"B" * 1000
+
+    def first(conn, request, srv):
+        conn.sendall(head(200, {"ETag": '"v1"', "Content-Length": "1000"}) + old[:400])
+
+    def ignores_if_range(conn, request, srv):
+        headers = {"ETag": '"v2"', "Content-Range": "bytes 400-999/1000", "Content-Length": "600"}
+        conn.sendall(head(206, headers, reason="Partial Content") + new[400:])
+
+    server.serve(first, ignores_if_range, file_response(new, headers={"ETag": '"v2"'}))
+    target = tmp_path / "x.wav"
+    try:
+        mp.download(
+            result_on(server), str(target), base_url=server.base_url, retry=FAST, timeout=10
+        )
+    except MunsitError:
+        pass
+    assert not target.exists() or target.read_bytes() in (old, new)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, chunked", "deflate"])
+def test_transfer_codings_other_than_chunked_are_refused(server, tmp_path, coding):
+    body = gzip.compress(AUDIO)
+    server.serve(raw_bytes(head(200, {"Transfer-Encoding": coding, "Connection": "close"}) + body))
+    with pytest.raises(ProtocolError, match="Transfer-Encoding"):
+        mp.download(result_on(server), str(tmp_path / "x.wav"), base_url=server.base_url)
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("name", ["a\x00b.wav", "\ud800.wav", "folder-to-be/"])
+def test_output_names_that_cannot_be_files_are_configuration_errors(tmp_path, name):
+    with pytest.raises(ConfigurationError):
+        mp.download(DoneEvent(RESULT_URL, JOB), str(tmp_path) + os.sep + name)
+
+
+@pytest.mark.parametrize("kwargs", [{"api_key": b"bytes-key-123"}, {"base_url": b"http://x"}])
+def test_keys_and_base_urls_that_are_not_str_are_configuration_errors(kwargs):
+    kwargs.setdefault("api_key", KEY)
+    with pytest.raises(ConfigurationError):
+        list(iter_events(JOB, **kwargs))
+
+
+def test_a_progress_bar_without_any_stderr_is_silent(server, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", None)
+    server.serve(stream(processing(10), DONE))
+    assert wait_on(server, on_progress=mp.ProgressBar()) == EXPECTED_DONE
+
+
+def test_ascii_log_replaces_what_it_cannot_encode_with_a_question_mark(server):
+    server.serve(stream(processing(40, "تقليل"), DONE))
+    result = run_cli(JOB, "--base-url", server.base_url, env={"PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0
+    assert "?????" in result.stderr and "\\u" not in result.stderr
+
+
+# --------------------------------------------------------------------------
+# The connection is closed on every exit path
+# --------------------------------------------------------------------------
+
+
+def test_connection_closed_right_after_the_terminal_event(server):
+    server.serve(stream(DONE, hold_for=5.0, end="cut"))
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
+    assert next(events) == EXPECTED_DONE
+    # The generator is still alive and has not been asked for more.
+    assert server.client_closed.wait(2.0)
+    events.close()
+
+
+def test_connection_closed_on_a_protocol_error(server):
+    server.serve(stream(b"data: {oops\n\n", hold_for=5.0, end="cut"))
+    with pytest.raises(ProtocolError):
+        events_of(server)
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_consumer_stops_early(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    for _event in iter_events(JOB, api_key=KEY, base_url=server.base_url):
+        break
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_generator_is_garbage_collected(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
+    next(events)
+    del events
+    gc.collect()
+    assert server.client_closed.wait(2.0)
+
+
+def test_connection_closed_when_the_callback_raises(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+
+    def explode(event):
+        raise RuntimeError("callback failed")
+
+    # Keeping the traceback (as a notebook does) keeps the frames alive: the
+    # connection must be closed explicitly, not by reference counting.
+    with pytest.raises(RuntimeError) as info:
+        wait_on(server, on_progress=explode)
+    assert server.client_closed.wait(2.0)
+    assert info.value.args == ("callback failed",)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_ctrl_c_during_a_blocking_read_closes_the_connection(server):
+    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    # SIGINT may be inherited as ignored (nohup, `cmd &`): make it Ctrl-C's.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wait_on(server, timeout=10)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - start < 2.0
+    assert server.client_closed.wait(2.0)
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    for error in (
+        APIError(503, "E1", "down", 2.0),
+        AuthenticationError(401, "40101", "bad key"),
+        JobNotFoundError(404, None, "gone"),
+        DenoiseFailedError("corrupt"),
+        TransportError("reset"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy)) == (type(error), str(error))
+        assert vars(copy) == vars(error)
+
+
+def test_a_session_the_library_made_is_closed(server, monkeypatch):
+    closed = []
+
+    class TrackedSession(requests.Session):
+        def close(self):
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(requests, "Session", TrackedSession)
+    server.serve(stream(DONE))
+    wait_on(server)
+    list(iter_events(JOB, api_key=KEY, base_url=server.base_url))
+    assert len(closed) == 2
+
+
+def test_a_given_session_is_reused_and_left_open(server):
+    class CountingSession(requests.Session):
+        sent = 0
+        closed = 0
+
+        def send(self, request, **kwargs):
+            CountingSession.sent += 1
+            return super().send(request, **kwargs)
+
+        def close(self):
+            CountingSession.closed += 1
+            super().close()
+
+    session = CountingSession()
+    server.serve(stream(processing(5), end="cut"), stream(DONE))
+    assert wait_on(server, session=session) == EXPECTED_DONE
+    assert (CountingSession.sent, CountingSession.closed) == (2, 0)
+    session.close()
+
+
+# --------------------------------------------------------------------------
 # Upload and list: submit(), list_jobs() (a stateful fake API)
 # --------------------------------------------------------------------------
 
@@ -2190,395 +2579,6 @@ def test_list_jobs_retries_a_503(server):
         raw_bytes(head(200, {"Content-Length": "2"}) + body),
     )
     assert mp.list_jobs(api_key=KEY, base_url=server.base_url, retry=FAST) == []
-
-
-# --------------------------------------------------------------------------
-# Security and configuration
-# --------------------------------------------------------------------------
-
-
-def test_redirect_to_another_origin_is_not_followed_and_the_key_stays(server):
-    other = Server(host="127.0.0.1")
-    try:
-        other.serve(stream(DONE))
-        target = "http://localhost:%d/api/v1/denoise/%s/progress" % (other.port, JOB)
-        server.serve(error_response(302, headers={"Location": target}))
-        with pytest.raises(APIError, match="another origin"):
-            wait_on(server)
-        assert other.requests == []
-        assert len(server.requests) == 1
-    finally:
-        other.close()
-
-
-@pytest.mark.parametrize(
-    "location",
-    [
-        "http://localhost:{port}/api/v1/denoise/%s/progress" % JOB,  # host only
-        "http://127.0.0.1:{other}/api/v1/denoise/%s/progress" % JOB,  # port only
-        "https://127.0.0.1:{port}/api/v1/denoise/%s/progress" % JOB,  # scheme only
-    ],
-)
-def test_redirect_changing_any_part_of_the_origin_is_refused(server, location):
-    server.serve(
-        error_response(302, headers={"Location": location.format(port=server.port, other=1)}),
-        stream(DONE),
-    )
-    with pytest.raises(APIError, match="another origin"):
-        wait_on(server)
-    time.sleep(0.2)
-    assert len(server.requests) == 1
-
-
-def test_redirect_to_a_malformed_url_is_a_protocol_error(server):
-    server.serve(error_response(302, headers={"Location": "http://127.0.0.1:99999/x"}))
-    with pytest.raises(ProtocolError):
-        wait_on(server)
-
-
-def test_redirect_within_the_same_origin_is_followed(server):
-    server.serve(
-        error_response(307, headers={"Location": "/api/v2/denoise/%s/progress" % JOB}),
-        stream(DONE),
-    )
-    assert events_of(server) == [EXPECTED_DONE]
-    assert server.requests[1].path == "/api/v2/denoise/%s/progress" % JOB
-    assert server.requests[1].headers["x-api-key"] == KEY
-
-
-@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "../../admin", JOB + "/../x", None, 42])
-def test_non_uuid_ids_raise_before_any_request(server, bad_id):
-    server.serve(stream(DONE))
-    with pytest.raises(ConfigurationError):
-        iter_events(bad_id, api_key=KEY, base_url=server.base_url)
-    with pytest.raises(ConfigurationError):
-        wait(bad_id, api_key=KEY, base_url=server.base_url)
-    assert_nothing_sent(server)
-
-
-def test_missing_key_raises_before_any_request(server, monkeypatch):
-    monkeypatch.delenv("MUNSIT_API_KEY", raising=False)
-    server.serve(stream(DONE))
-    with pytest.raises(ConfigurationError, match="MUNSIT_API_KEY"):
-        wait(JOB, base_url=server.base_url)
-    with pytest.raises(ConfigurationError):
-        iter_events(JOB, api_key="  ", base_url=server.base_url)
-    assert_nothing_sent(server)
-
-
-def test_key_with_control_characters_is_refused_without_showing_it(server):
-    with pytest.raises(ConfigurationError) as info:
-        wait(JOB, api_key="abc\ndef", base_url=server.base_url)
-    assert "abc" not in str(info.value)
-    assert_nothing_sent(server)
-
-
-@pytest.mark.parametrize(
-    "base_url",
-    ["ftp://example.com", "example.com/api", "http://", "http://h:abc/api", "http://h:99999"],
-)
-def test_malformed_base_url_is_a_configuration_error(base_url):
-    with pytest.raises(ConfigurationError):
-        iter_events(JOB, api_key=KEY, base_url=base_url)
-
-
-def test_key_never_appears_in_errors_or_logs(server, caplog):
-    server.serve(
-        stream(processing(5), end="cut"),
-        error_response(500),
-        error_response(401, b'{"errorCode":"40101","errorMessage":"bad key"}'),
-    )
-    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
-        with pytest.raises(AuthenticationError) as info:
-            wait_on(server)
-    assert "reconnecting" in caplog.text
-    for text in (caplog.text, str(info.value), repr(info.value)):
-        assert KEY not in text
-    assert KEY not in repr(mp._Client(KEY, server.base_url, None))
-
-
-def echo_key(status, where):
-    """A server that echoes the key it was sent back in ``where``."""
-
-    def script(conn, request, server):
-        key = request.headers.get("x-api-key", "")
-        if where == "body":
-            body = json.dumps({"errorCode": "40101", "errorMessage": "bad key " + key}).encode()
-            conn.sendall(
-                head(status, {"Content-Length": str(len(body)), "Connection": "close"}) + body
-            )
-        elif where == "reason":
-            conn.sendall(head(status, {"Content-Length": "0"}, reason="key " + key))
-        elif where == "content-type":
-            conn.sendall(head(200, {"Content-Type": "text/html; k=" + key, "Content-Length": "0"}))
-        elif where == "event":
-            stream(sse_data({"stage": "error", "message": "no credit for " + key}))(
-                conn, request, server
-            )
-        elif where == "json":
-            stream(("data: {bad json %s\n\n" % key).encode())(conn, request, server)
-
-    return script
-
-
-@pytest.mark.parametrize(
-    "where, status",
-    [("body", 401), ("reason", 401), ("content-type", 200), ("event", 200), ("json", 200)],
-)
-def test_a_key_the_server_echoes_is_redacted_from_errors(server, where, status):
-    server.serve(echo_key(status, where))
-    with pytest.raises(MunsitError) as info:
-        wait_on(server)
-    error = info.value
-    texts = [
-        str(error),
-        repr(error),
-        str(getattr(error, "error_message", "")),
-        str(getattr(error, "message", "")),
-    ]
-    assert all(KEY not in text for text in texts), texts
-    assert "***" in " ".join(texts)
-
-
-def test_a_key_the_server_echoes_is_redacted_from_the_cli(server):
-    server.serve(echo_key(401, "body"))
-    result = run_cli(JOB, "--base-url", server.base_url)
-    assert result.returncode == 3
-    assert KEY not in result.stderr and "***" in result.stderr
-
-
-def test_a_password_in_the_base_url_is_redacted_from_debug_logs(server, caplog):
-    server.serve(stream(DONE))
-    base_url = "http://admin:hunter2secret@127.0.0.1:%d/api/v1" % server.port
-    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
-        wait(JOB, api_key=KEY, base_url=base_url, retry=FAST)
-    assert "hunter2secret" not in caplog.text and "admin:***@" in caplog.text
-
-
-def test_the_exception_keeps_no_key_within_reach(server):
-    server.serve(lambda conn, request, server: reset(conn))  # no answer at all
-    with pytest.raises(TransportError) as info:
-        events_of(server)
-    reachable = []
-    error = info.value
-    while error is not None:
-        reachable.append(error)
-        for holder in (error, getattr(error, "response", None)):
-            request = getattr(holder, "request", None)
-            if request is not None:
-                reachable.append(dict(request.headers))
-        error = error.__cause__ or error.__context__
-    assert len(reachable) > 2  # the cause and its request are there
-    assert all(KEY not in repr(item) for item in reachable)
-
-
-def test_a_key_echoed_in_an_event_name_is_redacted_from_debug_logs(server, caplog):
-    server.serve(stream(("event: echo-%s\ndata: not json\n\n" % KEY).encode(), DONE))
-    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
-        wait_on(server)
-    assert "non-JSON" in caplog.text and KEY not in caplog.text
-
-
-def test_c1_controls_in_a_redirect_reach_no_log(server, caplog):
-    # U+009B (CSI) as UTF-8 bytes; http.client reads headers as Latin-1.
-    location = b"/api/v1/denoise/" + JOB.encode() + b"/progress?\xc2\x9b2J\xc2\x9b31mFORGED"
-    redirect = b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
-    server.serve(raw_bytes(redirect), stream(DONE))
-    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
-        try:
-            wait_on(server)
-        except ProtocolError:
-            pass
-    assert "\x9b" not in caplog.text and "FORGED" not in caplog.text
-
-
-def test_line_separators_and_bidi_overrides_cannot_forge_log_lines():
-    out = Utf8Stream()
-    bar = mp.ProgressBar(out, mode="log")
-    bar(
-        ProcessingEvent(
-            50, "working\u20282026-11-26 00:00:00 munsit: done: http://evil/x \u202eexe.wav"
-        )
-    )
-    text = out.getvalue()
-    assert "\u2028" not in text and "\u202e" not in text
-    assert len(text.splitlines()) == 1
-
-
-def test_a_206_that_changed_version_is_not_spliced(server, tmp_path):
-    old, new = b"A" * 1000, b"B" * 1000
-
-    def first(conn, request, srv):
-        conn.sendall(head(200, {"ETag": '"v1"', "Content-Length": "1000"}) + old[:400])
-
-    def ignores_if_range(conn, request, srv):
-        headers = {"ETag": '"v2"', "Content-Range": "bytes 400-999/1000", "Content-Length": "600"}
-        conn.sendall(head(206, headers, reason="Partial Content") + new[400:])
-
-    server.serve(first, ignores_if_range, file_response(new, headers={"ETag": '"v2"'}))
-    target = tmp_path / "x.wav"
-    try:
-        mp.download(
-            result_on(server), str(target), base_url=server.base_url, retry=FAST, timeout=10
-        )
-    except MunsitError:
-        pass
-    assert not target.exists() or target.read_bytes() in (old, new)
-
-
-@pytest.mark.parametrize("coding", ["gzip", "gzip, chunked", "deflate"])
-def test_transfer_codings_other_than_chunked_are_refused(server, tmp_path, coding):
-    body = gzip.compress(AUDIO)
-    server.serve(raw_bytes(head(200, {"Transfer-Encoding": coding, "Connection": "close"}) + body))
-    with pytest.raises(ProtocolError, match="Transfer-Encoding"):
-        mp.download(result_on(server), str(tmp_path / "x.wav"), base_url=server.base_url)
-    assert os.listdir(str(tmp_path)) == []
-
-
-@pytest.mark.parametrize("name", ["a\x00b.wav", "\ud800.wav", "folder-to-be/"])
-def test_output_names_that_cannot_be_files_are_configuration_errors(tmp_path, name):
-    with pytest.raises(ConfigurationError):
-        mp.download(DoneEvent(RESULT_URL, JOB), str(tmp_path) + os.sep + name)
-
-
-@pytest.mark.parametrize("kwargs", [{"api_key": b"bytes-key-123"}, {"base_url": b"http://x"}])
-def test_keys_and_base_urls_that_are_not_str_are_configuration_errors(kwargs):
-    kwargs.setdefault("api_key", KEY)
-    with pytest.raises(ConfigurationError):
-        list(iter_events(JOB, **kwargs))
-
-
-def test_a_progress_bar_without_any_stderr_is_silent(server, monkeypatch):
-    monkeypatch.setattr(sys, "stderr", None)
-    server.serve(stream(processing(10), DONE))
-    assert wait_on(server, on_progress=mp.ProgressBar()) == EXPECTED_DONE
-
-
-def test_ascii_log_replaces_what_it_cannot_encode_with_a_question_mark(server):
-    server.serve(stream(processing(40, "تقليل"), DONE))
-    result = run_cli(JOB, "--base-url", server.base_url, env={"PYTHONIOENCODING": "ascii"})
-    assert result.returncode == 0
-    assert "?????" in result.stderr and "\\u" not in result.stderr
-
-
-# --------------------------------------------------------------------------
-# The connection is closed on every exit path
-# --------------------------------------------------------------------------
-
-
-def test_connection_closed_right_after_the_terminal_event(server):
-    server.serve(stream(DONE, hold_for=5.0, end="cut"))
-    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
-    assert next(events) == EXPECTED_DONE
-    # The generator is still alive and has not been asked for more.
-    assert server.client_closed.wait(2.0)
-    events.close()
-
-
-def test_connection_closed_on_a_protocol_error(server):
-    server.serve(stream(b"data: {oops\n\n", hold_for=5.0, end="cut"))
-    with pytest.raises(ProtocolError):
-        events_of(server)
-    assert server.client_closed.wait(2.0)
-
-
-def test_connection_closed_when_the_consumer_stops_early(server):
-    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
-    for _event in iter_events(JOB, api_key=KEY, base_url=server.base_url):
-        break
-    assert server.client_closed.wait(2.0)
-
-
-def test_connection_closed_when_the_generator_is_garbage_collected(server):
-    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
-    events = iter_events(JOB, api_key=KEY, base_url=server.base_url)
-    next(events)
-    del events
-    gc.collect()
-    assert server.client_closed.wait(2.0)
-
-
-def test_connection_closed_when_the_callback_raises(server):
-    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
-
-    def explode(event):
-        raise RuntimeError("callback failed")
-
-    # Keeping the traceback (as a notebook does) keeps the frames alive: the
-    # connection must be closed explicitly, not by reference counting.
-    with pytest.raises(RuntimeError) as info:
-        wait_on(server, on_progress=explode)
-    assert server.client_closed.wait(2.0)
-    assert info.value.args == ("callback failed",)
-
-
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
-def test_ctrl_c_during_a_blocking_read_closes_the_connection(server):
-    server.serve(stream(processing(5), hold_for=5.0, end="cut"))
-    main = threading.main_thread().ident
-    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
-    # SIGINT may be inherited as ignored (nohup, `cmd &`): make it Ctrl-C's.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    start = time.monotonic()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            wait_on(server, timeout=10)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGINT, previous)
-    assert time.monotonic() - start < 2.0
-    assert server.client_closed.wait(2.0)
-
-
-def test_errors_survive_pickling():
-    import pickle
-
-    for error in (
-        APIError(503, "E1", "down", 2.0),
-        AuthenticationError(401, "40101", "bad key"),
-        JobNotFoundError(404, None, "gone"),
-        DenoiseFailedError("corrupt"),
-        TransportError("reset"),
-    ):
-        copy = pickle.loads(pickle.dumps(error))
-        assert (type(copy), str(copy)) == (type(error), str(error))
-        assert vars(copy) == vars(error)
-
-
-def test_a_session_the_library_made_is_closed(server, monkeypatch):
-    closed = []
-
-    class TrackedSession(requests.Session):
-        def close(self):
-            closed.append(self)
-            super().close()
-
-    monkeypatch.setattr(requests, "Session", TrackedSession)
-    server.serve(stream(DONE))
-    wait_on(server)
-    list(iter_events(JOB, api_key=KEY, base_url=server.base_url))
-    assert len(closed) == 2
-
-
-def test_a_given_session_is_reused_and_left_open(server):
-    class CountingSession(requests.Session):
-        sent = 0
-        closed = 0
-
-        def send(self, request, **kwargs):
-            CountingSession.sent += 1
-            return super().send(request, **kwargs)
-
-        def close(self):
-            CountingSession.closed += 1
-            super().close()
-
-    session = CountingSession()
-    server.serve(stream(processing(5), end="cut"), stream(DONE))
-    assert wait_on(server, session=session) == EXPECTED_DONE
-    assert (CountingSession.sent, CountingSession.closed) == (2, 0)
-    session.close()
 
 
 # --------------------------------------------------------------------------
