@@ -4583,8 +4583,10 @@ def test_a_429_asking_too_long_ends_the_uploads_behind_it(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 3)
 
     def throttled(conn, request, srv):
-        # Read first: urllib3 1.x cannot read an answer sent before its
-        # body went out, sees a broken upload, and (rightly) sends again.
+        # Read first, as servers do: urllib3 1.x cannot read an answer sent
+        # before the body went out, and closing a socket with the body
+        # unread can reset the connection before the answer is read.  The
+        # client then sees a broken upload and (rightly) sends it again.
         read_body(conn, request)
         error_response(429, headers={"Retry-After": "99999999999999"})(conn, request, srv)
 
