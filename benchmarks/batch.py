@@ -361,12 +361,7 @@ def batch_run(inputs, jobs, duration, settings, workdir, label, log):
         env["MUNSIT_API_KEY"] = API_KEY
         result = run_timed(command, limit, workdir, label, env=env)
     result.update({"files": len(inputs), "jobs": jobs, "duration": duration})
-    problems = []
-    if result["exit"] != 0:
-        problems.append(
-            "exit status %s: %s" % (result["exit"], result.get("stderr_tail", "killed"))
-        )
-    problems += check_outputs(inputs, out_dir)
+    problems = run_problems(result, inputs, out_dir)
     result["problems"] = problems
     log(
         "%-14s %3d files --jobs %-2d D=%gs: %s, wall %.2f s, CPU %s s, peak RSS %s MiB, "
@@ -384,6 +379,16 @@ def batch_run(inputs, jobs, duration, settings, workdir, label, log):
         )
     )
     return result
+
+
+def run_problems(result, inputs, out_dir):
+    """What went wrong in a client run: its exit status, then its outputs."""
+    problems = []
+    if result["exit"] != 0:
+        problems.append(
+            "exit status %s: %s" % (result["exit"], result.get("stderr_tail", "killed"))
+        )
+    return problems + check_outputs(inputs, out_dir)
 
 
 def loop_run(inputs, duration, settings, workdir, log):
@@ -409,12 +414,7 @@ def loop_run(inputs, duration, settings, workdir, log):
             ["bash", "-c", script, "bash"] + inputs, limit, workdir, "loop", sample=False, env=env
         )
     result.update({"files": len(inputs), "duration": duration})
-    problems = []
-    if result["exit"] != 0:
-        problems.append(
-            "exit status %s: %s" % (result["exit"], result.get("stderr_tail", "killed"))
-        )
-    problems += check_outputs(inputs, out_dir)
+    problems = run_problems(result, inputs, out_dir)
     result["problems"] = problems
     log(
         "shell loop     %3d files one by one D=%gs: %s, wall %.1f s, CPU %s s"
