@@ -4047,20 +4047,19 @@ def test_cli_log_display_has_no_carriage_returns(server):
     assert lines[-1].endswith("done: " + RESULT_URL)
 
 
-@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-def test_cli_terminal_display_under_a_pty(server):
-    server.serve(stream(processing(30, "جارٍ تقليل الضوضاء"), processing(70, "x"), DONE, delay=0.2))
+def run_with_stderr_on_a_pty(args, columns, limit):
+    """Run the CLI with stderr on a pseudo-terminal, as an interactive user
+    does; its exit status, stdout, and what the terminal received."""
     master, slave = os.openpty()
-    environment = dict(os.environ, MUNSIT_API_KEY=KEY, COLUMNS="150", PYTHONIOENCODING="utf-8")
+    environment = dict(
+        os.environ, MUNSIT_API_KEY=KEY, COLUMNS=str(columns), PYTHONIOENCODING="utf-8"
+    )
     process = subprocess.Popen(
-        [sys.executable, MODULE, JOB, "--base-url", server.base_url],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=environment,
+        [sys.executable, MODULE, *args], stdout=subprocess.PIPE, stderr=slave, env=environment
     )
     os.close(slave)
     output = b""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
             piece = os.read(master, 4096)
@@ -4071,9 +4070,17 @@ def test_cli_terminal_display_under_a_pty(server):
         output += piece
     os.close(master)
     stdout, _ = process.communicate(timeout=10)
-    assert process.returncode == 0
-    assert stdout.decode() == RESULT_URL + "\n"
-    text = output.decode("utf-8")
+    return process.returncode, stdout.decode(), output.decode("utf-8")
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_cli_terminal_display_under_a_pty(server):
+    server.serve(stream(processing(30, "جارٍ تقليل الضوضاء"), processing(70, "x"), DONE, delay=0.2))
+    returncode, stdout, text = run_with_stderr_on_a_pty(
+        [JOB, "--base-url", server.base_url], columns=150, limit=20
+    )
+    assert returncode == 0
+    assert stdout == RESULT_URL + "\n"
     assert "جارٍ تقليل الضوضاء" in text
     assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
     assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
@@ -4801,40 +4808,14 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
 def test_cli_batch_terminal_display_under_a_pty(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 3)
     server.serve(FakeAPI("ok", echo=True, progress=None))
-    master, slave = os.openpty()
-    environment = dict(os.environ, MUNSIT_API_KEY=KEY, COLUMNS="120", PYTHONIOENCODING="utf-8")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            MODULE,
-            "denoise",
-            *paths,
-            "-o",
-            str(tmp_path / "out"),
-            "--base-url",
-            server.base_url,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=environment,
+    returncode, stdout, text = run_with_stderr_on_a_pty(
+        ["denoise", *paths, "-o", str(tmp_path / "out"), "--base-url", server.base_url],
+        columns=120,
+        limit=30,
     )
-    os.close(slave)
-    output = b""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            piece = os.read(master, 4096)
-        except OSError:
-            break
-        if not piece:
-            break
-        output += piece
-    os.close(master)
-    stdout, _ = process.communicate(timeout=10)
-    assert process.returncode == 0
-    text = output.decode("utf-8")
+    assert returncode == 0
     assert "\x1b[J" in text and "3 done, 0 failed, 0 left" in text
-    assert len(stdout.decode().splitlines()) == 3
+    assert len(stdout.splitlines()) == 3
 
 
 def test_cli_demo_batch_runs_a_whole_batch(tmp_path):
