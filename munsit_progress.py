@@ -6000,17 +6000,14 @@ def _read_key(path: Optional[str], wait_at_most: float = 10.0) -> Optional[str]:
         return None
     try:
         if path == "-":
-            stdin = getattr(sys.stdin, "buffer", None)
-            if stdin is None:
-                raise ConfigurationError("--api-key-file -: there is no standard input")
-            line = stdin.readline(_KEY_FILE_LIMIT + 1)
+            line = _read_stdin_line(wait_at_most)
         else:
             line = _read_first_line(path, wait_at_most)
         if len(line) > _KEY_FILE_LIMIT:
             raise ConfigurationError(
                 "the API key file's first line is longer than %d bytes" % _KEY_FILE_LIMIT
             )
-        return cast(bytes, line).decode("utf-8-sig")
+        return line.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError("cannot read the API key file: %s" % exc) from exc
 
@@ -6025,23 +6022,54 @@ def _read_first_line(path: str, wait_at_most: float) -> bytes:
     if _stat.S_ISREG(mode) or not hasattr(os, "O_NONBLOCK"):
         with open(path, "rb") as handle:
             return handle.readline(_KEY_FILE_LIMIT + 1)
-    import select
-
     # Opened without blocking: a FIFO nobody writes to would block open().
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not select.select([fd], [], [], wait_at_most)[0]:
-            raise ConfigurationError(
-                "nothing came from the API key file %s within %g seconds"
-                % (_printable(path), wait_at_most)
-            )
         os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            return handle.readline(_KEY_FILE_LIMIT + 1)
+        return _read_line_within(fd, wait_at_most, "the API key file %s" % _printable(path))
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+
+
+def _read_stdin_line(wait_at_most: float) -> bytes:
+    """The first line of standard input, waited for as a FIFO is when it is
+    a pipe, a socket or a terminal: a cron job's stdin may be a pipe that
+    nobody writes to and nobody closes."""
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:
+        raise ConfigurationError("--api-key-file -: there is no standard input")
+    try:
+        fd = stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):  # a replaced sys.stdin may have no descriptor
+        return cast(bytes, stdin.readline(_KEY_FILE_LIMIT + 1))
+    waits = _stat.S_ISFIFO(mode) or _stat.S_ISSOCK(mode) or os.isatty(fd)
+    # Windows (no O_NONBLOCK) selects only sockets; a file or /dev/null reads at once.
+    if waits and hasattr(os, "O_NONBLOCK"):
+        return _read_line_within(fd, wait_at_most, "standard input")
+    return cast(bytes, stdin.readline(_KEY_FILE_LIMIT + 1))
+
+
+def _read_line_within(fd: int, wait_at_most: float, shown: str) -> bytes:
+    """The first line from a pipe, a FIFO, a socket or a terminal, given up
+    on after ``wait_at_most`` seconds.  Read a byte at a time: a writer may
+    send the line and keep the pipe open, and what follows stays unread."""
+    import select
+
+    deadline = time.monotonic() + wait_at_most
+    line = bytearray()
+    while len(line) <= _KEY_FILE_LIMIT and not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise ConfigurationError(
+                "%s from %s within %g seconds"
+                % ("no end of line came" if line else "nothing came", shown, wait_at_most)
+            )
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 def _exit_status(exc: MunsitError) -> int:

@@ -3862,6 +3862,8 @@ MODULE = os.path.abspath(mp.__file__)
 
 
 def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
+    """Run the CLI; ``stdin`` is text to pipe in, or a file descriptor to
+    give the child as its standard input."""
     environment = dict(os.environ)
     environment.pop("MUNSIT_BASE_URL", None)
     environment["MUNSIT_API_KEY"] = KEY
@@ -3872,7 +3874,8 @@ def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
     command = [sys.executable, "-m", "munsit_progress"] if module else [sys.executable, MODULE]
     return subprocess.run(
         command + list(args),
-        input=stdin,
+        input=None if isinstance(stdin, int) else stdin,
+        stdin=stdin if isinstance(stdin, int) else None,
         capture_output=True,
         env=environment,
         cwd=os.path.dirname(MODULE),
@@ -4030,6 +4033,58 @@ def test_cli_reads_the_key_from_a_file_or_stdin(server, tmp_path):
     result = run_cli(
         JOB, "--base-url", server.base_url, "--api-key-file", "-", stdin=KEY + "\n", env=no_env
     )
+    assert result.returncode == 0, result.stderr
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
+def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(server):
+    # A cron job's stdin: a pipe that stays open and silent.
+    server.serve(stream(DONE))
+    reader, writer = os.pipe()
+    started = time.monotonic()
+    try:
+        result = run_cli(
+            JOB,
+            "--base-url",
+            server.base_url,
+            "--api-key-file",
+            "-",
+            "--timeout",
+            "1",
+            env={"MUNSIT_API_KEY": None},
+            stdin=reader,
+            timeout=20,
+        )
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert result.returncode == 2 and "nothing came from standard input" in result.stderr
+    assert time.monotonic() - started < 8
+    assert server.requests == []
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
+def test_cli_key_on_a_stdin_pipe_left_open_is_read_without_waiting_for_its_end(server):
+    server.serve(stream(DONE))
+    reader, writer = os.pipe()
+    os.write(writer, (KEY + "\n").encode())
+    try:
+        result = run_cli(
+            JOB,
+            "--base-url",
+            server.base_url,
+            "--api-key-file",
+            "-",
+            "--timeout",
+            "5",
+            env={"MUNSIT_API_KEY": None},
+            stdin=reader,
+            timeout=20,
+        )
+    finally:
+        os.close(reader)
+        os.close(writer)
     assert result.returncode == 0, result.stderr
     assert server.requests[0].headers["x-api-key"] == KEY
 
