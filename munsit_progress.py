@@ -421,6 +421,11 @@ class SubmissionUnknownError(MunsitError):
 # log record or a display.  A bounded, process-wide list: a display does not
 # know which call's key to look for.
 _secrets = ()  # type: Tuple[str, ...]
+# Each secret as sent and as JSON writes it (a quote or a backslash escaped,
+# non-ASCII as \uXXXX or not): a server's JSON body, or json.dumps() of one
+# for a message, holds the escaped form.  Longest first, so that no shorter
+# form breaks up a longer one before it is matched.
+_secret_forms = ()  # type: Tuple[str, ...]
 _secrets_lock = threading.Lock()
 _MIN_SECRET = 6  # shorter values ("demo") would mangle ordinary words
 _REDACTED = "***"
@@ -428,16 +433,27 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 
 
 def _remember_secret(value: str) -> None:
-    global _secrets
+    global _secrets, _secret_forms
     if len(value) < _MIN_SECRET or value in _secrets:
         return
     with _secrets_lock:
         _secrets = (value,) + _secrets[:31]
+        forms = {
+            form
+            for secret in _secrets
+            for form in (
+                secret,
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+            )
+        }
+        _secret_forms = tuple(sorted(forms, key=len, reverse=True))
 
 
 def _redact(text: str) -> str:
-    """``text`` without any known secret or URL password."""
-    for secret in _secrets:
+    """``text`` without any known secret (nor its JSON-escaped form) or URL
+    password."""
+    for secret in _secret_forms:
         if secret in text:
             text = text.replace(secret, _REDACTED)
     if "@" in text:
@@ -473,9 +489,14 @@ def _printable(text: str) -> str:
 
 
 def _clean(text: str, limit: int = 200) -> str:
-    """Server text, safe to put in a message: redacted, printable, short."""
-    text = _printable(_redact(text))
-    return text if len(text) <= limit else text[:limit] + "..."
+    """Server text, safe to put in a message: redacted, printable, short.
+
+    Give it the whole text: redacted after a cut, a key that crossed the cut
+    would leave its start, which no longer matches."""
+    text = _redact(text)
+    # Made printable after the cut: that is a loop in Python, and the text
+    # may be a body of megabytes.
+    return _printable(text if len(text) <= limit else text[:limit] + "...")
 
 
 # --------------------------------------------------------------------------
@@ -1289,7 +1310,7 @@ class _Client:
                 % (
                     what,
                     _clean(content_type or "none", 60),
-                    _clean(body[:200].decode("utf-8", "replace")),
+                    _clean(body.decode("utf-8", "replace")),
                 )
             )
         return payload
@@ -2391,7 +2412,7 @@ def _submission(client: _Client, response: requests.Response, source: _Source) -
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
     if canonical is None:
         raise ProtocolError(
-            "the answer to the upload has no denoiseId: %s" % _clean(json.dumps(payload)[:200])
+            "the answer to the upload has no denoiseId: %s" % _clean(json.dumps(payload))
         )
     job_id = payload.get("jobId")
     return Submission(
@@ -2631,9 +2652,7 @@ def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobR
             skew = 0.0
     payload = client.read_json(response, _LIST_LIMIT_BYTES, "the job list")
     if not isinstance(payload, list):
-        raise ProtocolError(
-            "the job list is not a JSON list: %s" % _clean(json.dumps(payload)[:200])
-        )
+        raise ProtocolError("the job list is not a JSON list: %s" % _clean(json.dumps(payload)))
     return [_job_record(item) for item in payload], skew
 
 
@@ -2643,7 +2662,7 @@ def _job_record(item: Any) -> JobRecord:
     status = item.get("status") if isinstance(item, dict) else None
     if canonical is None or not isinstance(status, str):
         raise ProtocolError(
-            "a job record has no valid id and status: %s" % _clean(json.dumps(item)[:200])
+            "a job record has no valid id and status: %s" % _clean(json.dumps(item))
         )
 
     def text(name: str) -> Optional[str]:

@@ -1535,6 +1535,68 @@ def test_a_key_echoed_in_an_event_name_is_redacted_from_debug_logs(server, caplo
     assert "non-JSON" in caplog.text and KEY not in caplog.text
 
 
+# A key JSON escapes (a quote, a backslash), long enough that a 200-character
+# cut of a message can fall inside it.
+ODD_KEY = 'Qz"9\\Kx/' + "-odd-key-0123456789abcdef" * 6
+
+
+def echo_odd_key(where):
+    """A server whose 200 answer holds ODD_KEY (JSON-escaped but in "raw")
+    where a cut of its text at 200 characters falls inside the key."""
+    pad = "x" * 170
+    body = {
+        "upload": json.dumps({"pad": pad, "echo": ODD_KEY}),
+        "raw": "<html>" + pad + ODD_KEY,
+        "list": json.dumps({"pad": pad, "echo": ODD_KEY}),
+        "record": json.dumps([{"pad": pad, "echo": ODD_KEY}]),
+    }[where].encode()
+
+    def script(conn, request, server):
+        read_body(conn, request, keep=False)
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        conn.sendall(head(200, dict(headers, Connection="close")) + body)
+
+    return script
+
+
+@pytest.mark.parametrize("where", ["upload", "raw", "list", "record", "event", "error"])
+def test_a_key_echoed_json_escaped_across_the_cut_leaves_no_part_of_it(
+    server, where, audio_file, caplog
+):
+    if where == "event":
+        server.serve(stream(sse_data(["x" * 170, ODD_KEY])))
+    elif where == "error":
+        text = "x" * 170 + ODD_KEY
+        server.serve(error_response(400, json.dumps({"errorMessage": text}).encode()))
+    else:
+        server.serve(echo_odd_key(where))
+    settings = {"api_key": ODD_KEY, "base_url": server.base_url, "retry": QUICK}
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        with pytest.raises(MunsitError) as info:
+            if where in ("upload", "raw"):
+                mp.submit(audio_file, **settings)
+            elif where in ("list", "record"):
+                mp.list_jobs(**settings)
+            else:
+                wait(JOB, **settings)
+    texts = [caplog.text]
+    error = info.value
+    while error is not None:
+        texts += [str(error), repr(error), str(getattr(error, "message", ""))]
+        error = error.__cause__ or error.__context__
+    for form in (ODD_KEY, json.dumps(ODD_KEY)[1:-1]):
+        assert all(form[:8] not in text for text in texts), (form[:8], texts)
+    assert "***" in str(info.value), str(info.value)
+
+
+def test_a_non_ascii_secret_is_redacted_however_json_escapes_it():
+    secret = "mot-de-passe-\u00e9t\u00e9-\u043a\u043b\u044e\u0447"
+    mp._remember_secret(secret)
+    for ascii_only in (True, False):
+        text = json.dumps({"password": secret}, ensure_ascii=ascii_only)
+        assert mp._redact(text) == '{"password": "***"}'
+
+
 def test_c1_controls_in_a_redirect_reach_no_log(server, caplog):
     # U+009B (CSI) as UTF-8 bytes; http.client reads headers as Latin-1.
     location = b"/api/v1/denoise/" + JOB.encode() + b"/progress?\xc2\x9b2J\xc2\x9b31mFORGED"
