@@ -2106,18 +2106,17 @@ def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
 
 
 def _form_quote(name: str) -> str:
-    """A file name as a multipart ``filename="..."`` value.
+    """A file name as a multipart ``filename="..."`` value, written as
+    browsers write it (the WHATWG HTML multipart/form-data encoding).
 
-    The name is sent as UTF-8, as browsers send it.  A quote and a backslash
-    are escaped with a backslash, which multipart parsers (busboy, the
-    email package, python-multipart) read back as the character; a line end
-    or another control character, which no header may hold, becomes %XX as
-    browsers write it."""
+    The name is sent as UTF-8.  A quote, a CR and an LF become %22, %0D and
+    %0A, and a backslash is sent as it is: a backslash escape, which no
+    browser writes, makes parsers that follow browsers (fetch's formData()
+    in Node) refuse the body.  Another control character, which no header
+    may hold, becomes %XX too."""
     out = []
     for char in name:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char < " " or char == "\x7f":
+        if char == '"' or char < " " or char == "\x7f":
             out.append("%%%02X" % ord(char))
         else:
             out.append(char)
@@ -2445,12 +2444,16 @@ class _Prior:
 
 
 def _name_forms(names: Iterable[str]) -> Set[str]:
-    """The ways a server may have stored a file name it was sent: as sent,
-    as escaped in the form, and as bytes read as Latin-1 (what some
-    multipart parsers, busboy's default among them, make of UTF-8)."""
+    """The ways a server may have stored a file name it was sent: as it is,
+    as written in the form (%22 for a quote, which not every parser undoes),
+    that with each backslash read as an escape (a quoted-pair, as the email
+    package reads it), and each of these as UTF-8 bytes read as Latin-1
+    (what some multipart parsers, busboy's default among them, make of
+    UTF-8) or with replacement characters."""
     forms = set()  # type: Set[str]
     for name in names:
-        for form in (name, _form_quote(name)):
+        written = _form_quote(name)
+        for form in (name, written, re.sub(r"\\(.)", r"\1", written)):
             sent = form.encode("utf-8", "surrogateescape")
             forms.update((form, sent.decode("latin-1"), sent.decode("utf-8", "replace")))
     return forms
