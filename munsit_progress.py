@@ -2007,12 +2007,22 @@ class _Source:
     Raises ConfigurationError, before any byte is sent, for what the API
     would refuse or the upload could not send whole."""
 
-    __slots__ = ("name", "size", "content_type", "content", "_handle", "_start", "_owned")
+    __slots__ = (
+        "name",
+        "size",
+        "content_type",
+        "content",
+        "_handle",
+        "_start",
+        "_owned",
+        "_stamp_read",
+    )
 
     def __init__(self, path: Any, check: bool) -> None:
         self.size = 0  # type: int
         #: Its content, once identify() has read it.
         self.content = None  # type: Optional[_Content]
+        self._stamp_read = None  # type: Optional[Tuple[int, int, int, int]]
         if isinstance(path, (str, os.PathLike)):
             shown = os.fspath(path)
             shown = shown if isinstance(shown, str) else os.fsdecode(shown)
@@ -2100,6 +2110,7 @@ class _Source:
             return self.content
         import hashlib
 
+        stamp = self._stamp()
         digest = hashlib.sha256()
         self.rewind()
         left = self.size
@@ -2113,8 +2124,28 @@ class _Source:
             digest.update(piece)
             left -= len(piece)
         self.rewind()
+        if self._stamp() != stamp:
+            raise ConfigurationError("%s changed while it was being read" % _printable(self.name))
+        self._stamp_read = stamp
         self.content = _Content(digest.hexdigest(), self.size)
         return self.content
+
+    def check_unchanged(self) -> None:
+        """Raise if the file changed since identify() read it: what is sent
+        would not be the content its tag names."""
+        if self._stamp_read is not None and self._stamp() != self._stamp_read:
+            raise ConfigurationError(
+                "%s changed after it was read, while it was being sent; nothing was taken: "
+                "run again when it is complete" % _printable(self.name)
+            )
+
+    def _stamp(self) -> Optional[Tuple[int, int, int, int]]:
+        """What changes when a file is written: size, times, inode, device."""
+        try:
+            info = os.fstat(self._handle.fileno())
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+        return (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
 
     def read(self, amount: int) -> bytes:
         data = self._handle.read(amount)
@@ -2234,6 +2265,12 @@ class _MultipartBody:
             self.sent += len(data)
             if not self._left:
                 self._part = 2
+                try:
+                    # Before the closing boundary: without it, no job.
+                    self._source.check_unchanged()
+                except ConfigurationError as exc:
+                    self.callback_error = exc
+                    raise
             if self._report is not None:
                 try:
                     self._report(self.sent, self._source.size)
@@ -2268,7 +2305,7 @@ _TAG_DIGITS = 20
 # Pages of the history: large for the first read back to the horizon, small
 # for the first page of each later look, which usually finds what it knew.
 _HISTORY_PAGE = 250
-_REFRESH_PAGE = 25
+_REFRESH_PAGE = 10
 # The most records one look reads, whatever the horizon: a server whose
 # records carry no times must not make it read the whole account.
 _HISTORY_MAX_RECORDS = 50000
@@ -2290,11 +2327,11 @@ class _Content:
 
 
 def _tagged_name(name: str, tag: str) -> str:
-    """The name a file is sent under: its stem, the tag, its extension
-    (``interview.munsit-<hex>.wav``), so that the extension, by which the
-    server tells audio from video, still ends it."""
-    stem, extension = os.path.splitext(name)
-    return "%s.%s%s" % (stem, tag, extension)
+    """The name a file is sent under: the tag, a dot, its own name
+    (``munsit-<hex>.interview.wav``).  First, so that a server that cuts
+    long names short keeps it; the extension, by which the server tells
+    audio from video, still ends the name."""
+    return "%s.%s" % (tag, name)
 
 
 # What the matcher says of a record.
@@ -2416,6 +2453,7 @@ class _JobHistory:
         with self._lock:
             known = frozenset(self._jobs) if self.loaded else frozenset()
             offset, limit, edge = 0, _REFRESH_PAGE if self.loaded else _HISTORY_PAGE, None
+            seen = set()  # type: Set[str]
             while offset < _HISTORY_MAX_RECORDS:
                 records, skew = _list_again(client, limit, offset, policy)
                 self.requests += 1
@@ -2424,13 +2462,21 @@ class _JobHistory:
                     break
                 if edge is None:
                     edge = time.time() + skew - self.horizon
-                ended = False
+                ended = news = False
                 for record in records:
                     ended = ended or record.denoise_id in known
+                    news = news or record.denoise_id not in seen
+                    seen.add(record.denoise_id)
                     self._jobs[record.denoise_id] = record
                     created = _epoch(record.created_at)
                     ended = ended or (created is not None and created < edge)
                 if ended:
+                    break
+                if not news:
+                    # A server that ignores the offset repeats its page.
+                    logger.warning(
+                        "the job list repeats itself past offset %d; read no further", offset
+                    )
                     break
                 offset += len(records)
                 limit = _HISTORY_PAGE
@@ -2506,8 +2552,8 @@ def submit(
     a WAV file no longer than 15 minutes by its header.
 
     Every job is known by its content.  The file is sent under its own name
-    with a tag made from its SHA-256 before the extension
-    (``interview.munsit-<20 hex digits>.wav``, see :func:`content_tag`), and
+    after a tag made from its SHA-256
+    (``munsit-<20 hex digits>.interview.wav``, see :func:`content_tag`), and
     before paying, the account's jobs of the last ``horizon`` seconds
     (default 7 days) are looked through for that tag and size: a job found
     is adopted (``Submission.adopted``) and nothing is sent.  So a second
@@ -2667,43 +2713,105 @@ def _submit(
     if options.tag or options.lock is not None or source.content is not None:
         content = source.identify(lambda: client.check_time("while the file was read"))
     name = _tagged_name(source.name, content.tag) if options.tag and content else source.name
-    with _held(options.lock, content):
-        before = frozenset()  # type: FrozenSet[str]
-        if options.tag and options.reuse and content is not None:
-            found = _adoptable(client, policy, options, hooks, content)
+    tagged = options.tag and options.reuse and content is not None
+    failures = 0
+    with _Held(options.lock, content, client) as held:
+        if hooks.sent_at is not None and (
+            not tagged or time.time() - hooks.sent_at > options.history.horizon - _LOOKUP_MARGIN
+        ):
+            # An earlier run may have sent it without seeing the answer, and
+            # the look by tag does not reach back that far (or there is none).
+            found = _look_up(
+                client, source, name, content, hooks.sent_at, policy, options, hooks, window=True
+            )
             if found is not None:
                 return found
-            before = options.history.ids()
-        submission, looked = _post(
-            client, source, name, content, report, policy, options, hooks, before
+            hooks.unsent()
+        while True:
+            before = frozenset()  # type: FrozenSet[str]
+            if tagged:
+                # Before each attempt: another caller may have sent it while
+                # this one waited, with the lock given back.
+                found = _adoptable(client, policy, options, hooks, cast(_Content, content))
+                if found is not None:
+                    return found
+                before = options.history.ids()
+            submission, looked, error = _send_once(
+                client, source, name, content, report, policy, options, hooks, before
+            )
+            if submission is not None:
+                break
+            unsent = cast(MunsitError, error)
+            failures += 1
+            if failures > policy.max_retries or not _is_retryable(unsent):
+                raise unsent
+            with held.given_back():
+                _pause(unsent, failures, policy, client.remaining(), "sending %s again" % name)
+    if tagged and not looked:
+        _warn_if_doubled(
+            client, policy, options, cast(_Content, content), before, submission.denoise_id
         )
-    if options.tag and options.reuse and content is not None and not looked:
-        _warn_if_doubled(client, policy, options, content, before, submission.denoise_id)
     return submission
 
 
-@contextlib.contextmanager
-def _held(lock: Optional[Callable[[str], Any]], content: "Optional[_Content]") -> Iterator[None]:
-    """The caller's lock for this content, held around the block."""
-    if lock is None or content is None:
+class _Held:
+    """The caller's lock for one content (``lock=``): held around the look
+    and the upload, given back during the pauses between attempts, so that
+    a lock with a lifetime (redis-py's) does not run out while a
+    Retry-After is obeyed."""
+
+    def __init__(
+        self, lock: Optional[Callable[[str], Any]], content: "Optional[_Content]", client: "_Client"
+    ) -> None:
+        self._lock = lock if content is not None else None
+        self._key = content.lock_key if content is not None else ""
+        self._client = client
+        self._guard = None  # type: Any
+
+    def __enter__(self) -> "_Held":
+        self._take()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._give()
+
+    @contextlib.contextmanager
+    def given_back(self) -> Iterator[None]:
+        self._give()
         yield
-        return
-    try:
-        guard = lock(content.lock_key)
-        guard.__enter__()
-    except MunsitError:
-        raise
-    except Exception as exc:
-        raise MunsitError(
-            "could not take the lock for %s: %s" % (content.lock_key, _clean(_reason(exc)))
-        ) from exc
-    try:
-        yield
-    except BaseException:
-        if not guard.__exit__(*sys.exc_info()):
+        self._take()
+
+    def _take(self) -> None:
+        if self._lock is None:
+            return
+        try:
+            guard = self._lock(self._key)
+            guard.__enter__()
+        except MunsitError:
             raise
-    else:
-        guard.__exit__(None, None, None)
+        except Exception as exc:
+            raise TransportError(
+                "could not take the lock %s: %s" % (self._key, _clean(_reason(exc)))
+            ) from exc
+        self._guard = guard
+        # How long the lock is waited for is the lock's own setting (redis-py's
+        # blocking_timeout); the deadline is checked once it is held.
+        try:
+            self._client.check_time("while the lock was waited for")
+        except BaseException:
+            self._give()
+            raise
+
+    def _give(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        try:
+            guard.__exit__(None, None, None)
+        except Exception as exc:  # an expired redis lock: the job is not at stake
+            logger.warning(
+                "could not give back the lock %s: %s", self._key, _printable(_reason(exc))
+            )
 
 
 def _adoptable(
@@ -2762,14 +2870,17 @@ def _warn_if_doubled(
     if others:
         logger.warning(
             "%s was sent twice at the same moment and both jobs are billed: %s (this call's) "
-            "and %s; pass lock= where callers may run together",
+            "and %s; %s",
             content.tag,
             ours,
             ", ".join(job.denoise_id for job in others),
+            "pass lock= where callers may run together"
+            if options.lock is None
+            else "the callers' locks did not keep them apart (is the lock shared?)",
         )
 
 
-def _post(
+def _send_once(
     client: "_Client",
     source: _Source,
     name: str,
@@ -2779,71 +2890,59 @@ def _post(
     options: _JobOptions,
     hooks: _Hooks,
     before: FrozenSet[str],
-) -> Tuple[Submission, bool]:
-    """POST the file under ``name`` until the server certainly has it once;
-    its Submission, and whether it was found by a look after the upload."""
-    failures = 0
-    if hooks.sent_at is not None and not options.tag:
-        # An earlier run may have sent it without seeing the answer.  (A
-        # tagged file was looked for by its tag already.)
-        found = _look_up(client, source, name, content, hooks.sent_at, policy, options, hooks)
-        if found is not None:
-            return found, True
-        hooks.unsent()
-    while True:
-        hooks.before_send(client, policy, name)
-        began = time.time()
-        boundary = "munsit-%s" % os.urandom(16).hex()
-        bodies = []  # type: List[_MultipartBody]
-        # A consumed body sent again would be an empty upload that looks like
-        # success: every attempt and every redirect gets a new one.
-        fresh_body = functools.partial(_fresh_body, bodies, source, name, boundary, report)
+) -> Tuple[Optional[Submission], bool, Optional[MunsitError]]:
+    """One POST of the file under ``name``: (its Submission, whether it was
+    found by a look after a lost answer, None), or (None, False, the error)
+    when the server certainly did not take it; raise what must not be sent
+    again."""
+    hooks.before_send(client, policy, name)
+    began = time.time()
+    boundary = "munsit-%s" % os.urandom(16).hex()
+    bodies = []  # type: List[_MultipartBody]
+    # A consumed body sent again would be an empty upload that looks like
+    # success: every attempt and every redirect gets a new one.
+    fresh_body = functools.partial(_fresh_body, bodies, source, name, boundary, report)
 
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "multipart/form-data; boundary=%s" % boundary,
-            "User-Agent": _USER_AGENT,
-        }  # type: Dict[str, Union[str, bytes]]
-        sent = False
-        client.check_time("before the upload")
-        try:
-            response = client.send("POST", client.url("/denoise"), headers, body=fresh_body)
-            sent = bool(bodies) and bodies[-1].finished
-            status = response.status_code
-            if status == 200:
-                return _submission(client, response, name, source.size), False
-            error = client.error(response, for_job=False)  # type: MunsitError
-            hooks.refused(error, policy)
-            if status not in (429, 503) and not 500 <= status <= 599:
-                hooks.unsent()  # refused: certainly not taken
-                raise error
-            # 429 and 503 say the job was not taken; another 5xx may come
-            # from a proxy after the server took it.
-            sent = status not in (429, 503)
-        except TransportError as exc:
-            error = exc
-            sent = bool(bodies) and bodies[-1].finished
-        except WaitTimeoutError as exc:
-            if bodies and bodies[-1].finished:
-                raise SubmissionUnknownError(
-                    "the deadline passed after %s was sent and before the server answered; "
-                    "the job may exist (munsit-progress list)" % _printable(name)
-                ) from exc
-            raise
-        if sent:
-            logger.info(
-                "the answer to the upload of %s was lost: looking the job up", _printable(name)
-            )
-            found = _look_up(
-                client, source, name, content, began, policy, options, hooks, error, before
-            )
-            if found is not None:
-                return found, True
-        hooks.unsent()  # certainly not taken: a rerun need not look
-        failures += 1
-        if failures > policy.max_retries or not _is_retryable(error):
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "multipart/form-data; boundary=%s" % boundary,
+        "User-Agent": _USER_AGENT,
+    }  # type: Dict[str, Union[str, bytes]]
+    sent = False
+    client.check_time("before the upload")
+    try:
+        response = client.send("POST", client.url("/denoise"), headers, body=fresh_body)
+        sent = bool(bodies) and bodies[-1].finished
+        status = response.status_code
+        if status == 200:
+            return _submission(client, response, name, source.size), False, None
+        error = client.error(response, for_job=False)  # type: MunsitError
+        hooks.refused(error, policy)
+        if status not in (429, 503) and not 500 <= status <= 599:
+            hooks.unsent()  # refused: certainly not taken
             raise error
-        _pause(error, failures, policy, client.remaining(), "sending %s again" % name)
+        # 429 and 503 say the job was not taken; another 5xx may come from a
+        # proxy after the server took it.
+        sent = status not in (429, 503)
+    except TransportError as exc:
+        error = exc
+        sent = bool(bodies) and bodies[-1].finished
+    except WaitTimeoutError as exc:
+        if bodies and bodies[-1].finished:
+            raise SubmissionUnknownError(
+                "the deadline passed after %s was sent and before the server answered; "
+                "the job may exist (munsit-progress list)" % _printable(name)
+            ) from exc
+        raise
+    if sent:
+        logger.info("the answer to the upload of %s was lost: looking the job up", _printable(name))
+        found = _look_up(
+            client, source, name, content, began, policy, options, hooks, error, before
+        )
+        if found is not None:
+            return found, True, None
+    hooks.unsent()  # certainly not taken: a rerun need not look
+    return None, False, error
 
 
 class _Gate:
@@ -2933,6 +3032,7 @@ def _look_up(
     hooks: _Hooks,
     lost: Optional[MunsitError] = None,
     before: FrozenSet[str] = frozenset(),
+    window: bool = False,
 ) -> Optional[Submission]:
     """The job an upload begun at ``began`` (time.time()) created, if the
     account's jobs show it; None if they show none, twice a few seconds
@@ -2940,7 +3040,7 @@ def _look_up(
 
     A tagged upload's job is a job with its tag that was not there before
     it (the history read before the upload says which were), or, without
-    that history, one created since it began.  An untagged upload's is one
+    that history (or with ``window``), one created since it began.  An untagged upload's is one
     created since it began with one of the names it was sent under; a job
     of its size whose name differs only outside ASCII letters and digits
     makes the answer unsure, never a reason to send again."""
@@ -2962,7 +3062,7 @@ def _look_up(
                 ) from lost
             policy.sleep(_LOOKUP_PAUSE)
         try:
-            if options.tag and options.history.loaded:
+            if options.tag and options.history.loaded and not window:
                 options.history.refresh(client, policy)
                 found, maybe = options.history.matches(wanted), []  # type: ignore[var-annotated]
             else:
@@ -3038,7 +3138,7 @@ def _jobs_since(
 
 
 _ISO_TIME = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?$", re.ASCII
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d(?::?\d\d)?)?$", re.ASCII
 )
 
 
@@ -3059,7 +3159,7 @@ def _epoch(text: Optional[str]) -> Optional[float]:
     if zone and zone != "Z":
         sign = -1 if zone[0] == "+" else 1
         digits = zone[1:].replace(":", "")
-        seconds += sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        seconds += sign * (int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60)
     return seconds
 
 
@@ -4244,6 +4344,14 @@ def _denoise_one(
             if job is not None:
                 exc.denoise_id = job
             raise
+        except OSError as exc:
+            if job is None:
+                raise
+            # A caller's record of the job (a batch's journal) could not be
+            # written: the job is taken and paid for, and must stay named.
+            saving = SaveError(exc.errno, "cannot write: %s" % _printable(_reason(exc)))
+            saving.denoise_id = job
+            raise saving from exc
     except BaseException as exc:
         if finish is not None:
             finish(exc)
@@ -4424,7 +4532,8 @@ class _Journal(_JournalView):
                 self.outputs[os.path.basename(str(fields["output"])).casefold()] = content.key
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):
+            # A line a full disk refused cannot be written now either.
             self._handle.close()  # closing the file drops the lock
 
 

@@ -1836,7 +1836,7 @@ def form_parts(content_type, body):
 
 
 # The content tag submit() puts before a name's extension (a stable format).
-TAG = re.compile(r"\.munsit-[0-9a-f]{20}(?=\.[^.]*$|$)")
+TAG = re.compile(r"^munsit-[0-9a-f]{20}\.")
 
 
 def untagged(name):
@@ -2337,10 +2337,11 @@ def test_connection_dropped_before_the_job_was_taken_is_sent_again(server, tmp_p
     # A fresh body: the second upload is whole, not a consumed stream.
     assert api.uploaded() == (tmp_path / "a.wav").read_bytes()
     assert job.denoise_id == api.jobs[0]["id"]
-    # A look before the first upload, and after the second (answered) one
-    # (for a second job of this content); none between: the first certainly
-    # made no job.
-    assert [r.method for r in server.requests] == ["GET", "POST", "POST", "GET", "GET"]
+    # A look before each upload (another caller may have sent it meanwhile),
+    # none for a lost answer (the first certainly made no job), and one
+    # after the answered upload, for a second job of this content.
+    methods = [r.method for r in server.requests]
+    assert methods == ["GET", "POST", "GET", "POST", "GET", "GET"]
 
 
 @pytest.mark.parametrize("answer", ["429", "503"])
@@ -2349,7 +2350,16 @@ def test_429_and_503_are_sent_again_without_a_lookup(server, audio_file, answer)
     server.serve(api)
     submit_to(server, audio_file)
     assert posts_and_jobs(api) == (3, 1)
-    assert [r.method for r in server.requests] == ["GET", "POST", "POST", "POST", "GET", "GET"]
+    assert [r.method for r in server.requests] == [
+        "GET",
+        "POST",
+        "GET",
+        "POST",
+        "GET",
+        "POST",
+        "GET",
+        "GET",
+    ]
     assert api.uploaded() == open(audio_file, "rb").read()
 
 
@@ -2359,9 +2369,10 @@ def test_a_lost_answer_with_no_job_behind_it_is_sent_again(server, audio_file):
     submit_to(server, audio_file)
     assert posts_and_jobs(api) == (2, 1)
     methods = [r.method for r in server.requests]
-    # The two looks after the lost answer read an empty account (one page
-    # each); the look after the answered upload finds it, then an empty page.
-    assert methods == ["GET", "POST", "GET", "GET", "POST", "GET", "GET"]
+    # The two looks after the lost answer and the one before the next upload
+    # read an empty account (one page each); the look after the answered
+    # upload finds it, then an empty page.
+    assert methods == ["GET", "POST", "GET", "GET", "GET", "POST", "GET", "GET"]
 
 
 def test_connection_refused_is_sent_again_once_it_can_connect(audio_file):
@@ -2762,7 +2773,7 @@ def a_record(name, size, status="success", age=0.0, **fields):
     return record
 
 
-def test_the_tag_is_the_first_20_hex_digits_of_the_sha256_before_the_extension(tmp_path):
+def test_the_tag_is_the_first_20_hex_digits_of_the_sha256_before_the_name(tmp_path):
     import hashlib
 
     path = tmp_path / "take 1.wav"
@@ -2771,10 +2782,12 @@ def test_the_tag_is_the_first_20_hex_digits_of_the_sha256_before_the_extension(t
     # The stable public format: later versions must recognise it.
     assert mp.content_tag(str(path)) == "munsit-" + digest[:20]
     assert mp._tagged_name("take 1.wav", "munsit-" + digest[:20]) == (
-        "take 1.munsit-%s.wav" % digest[:20]
+        "munsit-%s.take 1.wav" % digest[:20]
     )
-    assert mp._tagged_name("noext", "munsit-x") == "noext.munsit-x"
-    assert mp._tagged_name("clip.final.mp4", "munsit-x") == "clip.final.munsit-x.mp4"
+    # First, so that a server that cuts long names short keeps it; the
+    # extension, by which the server tells audio from video, still ends it.
+    assert mp._tagged_name("noext", "munsit-x") == "munsit-x.noext"
+    assert mp._tagged_name("clip.final.mp4", "munsit-x") == "munsit-x.clip.final.mp4"
 
 
 def test_an_open_file_is_tagged_by_its_bytes_from_its_position(tmp_path):
@@ -3170,6 +3183,183 @@ def test_wait_errors_carry_the_job_it_was_following(server):
         wait_on(server)
     assert info.value.denoise_id == JOB
     assert "paid for" not in str(info.value)  # the caller named the job: no advice
+
+
+def test_a_server_that_cuts_long_names_short_still_keeps_the_tag(server, tmp_path):
+    name = "Interview with the regional director about the spring budget, part 1.wav"
+    (tmp_path / name).write_bytes(b"one recording")
+    api = FakeAPI("drop", "ok", stored_name=lambda sent: sent[:60])
+    server.serve(api)
+    lost = submit_to(server, str(tmp_path / name), check=False)  # answer lost: found
+    again = submit_to(server, str(tmp_path / name), check=False)
+    assert len(api.posts) == 1 and again.adopted
+    assert lost.denoise_id == again.denoise_id == api.jobs[0]["id"]
+
+
+def test_a_file_rewritten_after_it_was_hashed_is_not_sent_under_the_old_tag(server, tmp_path):
+    path = tmp_path / "a.wav"
+    size = 3 * 1024 * 1024
+    path.write_bytes(b"A" * size)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+
+    def rewrite(sent, total):  # a recorder rewriting the file in place, mid-upload
+        if sent == 1024 * 1024:
+            with open(str(path), "r+b") as handle:
+                handle.write(b"B" * size)
+            os.utime(str(path), ns=(time.time_ns(), time.time_ns() + 10**9))
+
+    with pytest.raises(ConfigurationError, match="changed after it was read"):
+        submit_to(server, str(path), check=False, on_upload=rewrite)
+    assert api.jobs == []  # no closing boundary: no job
+    job = submit_to(server, str(path), check=False)
+    assert not job.adopted and api.uploaded() == b"B" * size
+    assert api.posts[-1][1][0].get_filename() == tagged("a.wav", str(path))
+
+
+class RecordingLock:
+    """A lock= callable that notes when it is taken and given back."""
+
+    def __init__(self, on_take=None, on_give=None):
+        self.log = []
+        self._on_take = on_take
+        self._on_give = on_give
+
+    def __call__(self, key):
+        return self._Guard(self, key)
+
+    class _Guard:
+        def __init__(self, owner, key):
+            self.owner, self.key = owner, key
+
+        def __enter__(self):
+            self.owner.log.append("take")
+            if self.owner._on_take is not None:
+                self.owner._on_take()
+
+        def __exit__(self, *exc):
+            self.owner.log.append("give")
+            if self.owner._on_give is not None:
+                self.owner._on_give()
+
+
+def test_the_lock_is_given_back_while_a_retry_after_is_obeyed_and_the_look_made_again(
+    server, tmp_path
+):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("429", "ok")
+    server.serve(api)
+    lock = RecordingLock()
+    paused = []
+    policy = dataclasses.replace(QUICK, sleep=lambda s: paused.append(list(lock.log)))
+    submit_to(server, str(tmp_path / "a.wav"), check=False, lock=lock, retry=policy)
+    assert paused and paused[0] == ["take", "give"]  # not held during the pause
+    assert lock.log == ["take", "give", "take", "give"]
+    methods = [r.method for r in server.requests]
+    assert methods[:4] == ["GET", "POST", "GET", "POST"]  # looked again before sending again
+
+
+def test_a_lock_that_cannot_be_given_back_is_a_warning_not_a_lost_job(server, tmp_path, caplog):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+
+    def expired():
+        raise RuntimeError("LockNotOwnedError: the lock expired")
+
+    with caplog.at_level(logging.WARNING, logger="munsit_progress"):
+        job = submit_to(
+            server, str(tmp_path / "a.wav"), check=False, lock=RecordingLock(on_give=expired)
+        )
+    assert job.denoise_id == api.jobs[0]["id"]
+    assert any("could not give back the lock" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_that_cannot_be_taken_is_a_munsit_error_and_nothing_is_sent(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    server.serve(FakeAPI("ok"))
+
+    def broken(key):
+        raise ConnectionError("redis is down")
+
+    with pytest.raises(mp.TransportError, match="could not take the lock"):
+        submit_to(server, str(tmp_path / "a.wav"), check=False, lock=broken)
+    assert_nothing_sent(server)
+
+
+def test_a_lock_held_past_the_deadline_ends_the_call_before_anything_is_sent(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    server.serve(FakeAPI("ok"))
+    now = [1000.0]
+    policy = dataclasses.replace(QUICK, clock=lambda: now[0])
+
+    def wait_long():  # the lock was held elsewhere for a minute
+        now[0] += 60
+
+    lock = RecordingLock(on_take=wait_long)
+    with pytest.raises(WaitTimeoutError, match="lock"):
+        submit_to(server, str(tmp_path / "a.wav"), check=False, lock=lock, retry=policy, timeout=30)
+    assert lock.log == ["take", "give"]
+    assert_nothing_sent(server)
+
+
+def test_a_journal_that_cannot_be_written_after_the_upload_keeps_the_job_named(
+    server, tmp_path, monkeypatch
+):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    record = mp._Journal.record
+
+    def full_disk(self, event, content, **fields):
+        if event == "submitted":
+            raise OSError(28, "No space left on device")
+        return record(self, event, content, **fields)
+
+    monkeypatch.setattr(mp._Journal, "record", full_disk)
+    (result,) = many_on(server, paths, tmp_path / "out")
+    assert isinstance(result.error, mp.SaveError) and result.error.errno == 28
+    assert result.denoise_id == result.error.denoise_id == api.jobs[0]["id"]
+
+
+def test_a_batch_rerun_finds_an_unanswered_upload_older_than_the_horizon(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    content = mp._Source(paths[0], True).identify(lambda: None)
+    taken = a_record(tagged("in0.wav", paths[0]), content.size, "success", 8 * 86400)
+    api.jobs.append(taken)
+    api.jobs.extend(a_record("other%d.wav" % n, 10, age=86400 - n) for n in range(300))
+    (tmp_path / "out").mkdir()
+    with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "a") as journal:
+        record = {"event": "sending", "sha256": content.sha256, "size": content.size}
+        record.update(at=time.time() - 8 * 86400 - 5, file="in0.wav")
+        journal.write(json.dumps(record) + "\n")
+    (result,) = many_on(server, paths, tmp_path / "out")
+    assert result.error is None and result.denoise_id == taken["id"] and not api.posts
+
+
+def test_a_server_that_ignores_the_offset_is_not_read_forever(server, tmp_path, caplog):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    api.jobs.extend(a_record("other%d.wav" % n, 10) for n in range(10))
+
+    def same_page(conn, request, srv):
+        if request.method == "GET":
+            request.path = re.sub(r"offset=\d+", "offset=0", request.path)
+        api(conn, request, srv)
+
+    server.serve(same_page)
+    with caplog.at_level(logging.WARNING, logger="munsit_progress"):
+        job = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    assert not job.adopted and len(api.posts) == 1
+    assert len([r for r in server.requests if r.method == "GET"]) <= 4
+    assert any("repeats itself" in r.getMessage() for r in caplog.records)
+
+
+def test_record_times_with_an_hour_only_zone_are_read():
+    assert mp._epoch("2026-12-03T17:21:32.5+00") == mp._epoch("2026-12-03T17:21:32.5Z")
+    assert mp._epoch("2026-12-03T18:21:32+01") == mp._epoch("2026-12-03T17:21:32Z")
 
 
 # --------------------------------------------------------------------------
