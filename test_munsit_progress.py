@@ -4958,3 +4958,215 @@ def test_a_batch_killed_again_and_again_still_pays_once(server, tmp_path):
     result = batch_cli(server, paths, out)
     assert result.returncode == 0, result.stderr
     assert_paid_once_and_whole(api, paths, out)
+
+
+# --------------------------------------------------------------------------
+# Task engines: Dask and Celery, workers killed (slow; .ci/run's engines step)
+# --------------------------------------------------------------------------
+# An engine runs a task again when the worker running it dies, and Dask also
+# recomputes finished results that lived on a dead worker: every rerun is a
+# denoise() of a file that may already have a paid job.  These tests run
+# denoise() over 30 inputs on real engines, SIGKILL workers mid-run, and
+# count the jobs paid for each input's bytes on the fake API.
+
+ENGINE_INPUTS = 30
+ENGINE_JOB_SECONDS = 1.2  # long enough for a kill to land while jobs run
+ENGINE_LIMIT = 150.0  # seconds for a whole run: a hang fails, it never waits
+
+
+class EngineServer(Server):
+    """The loopback server, accepting for longer: a run of 30 jobs with
+    workers restarted takes a minute, and a stale lock can hold one task."""
+
+    LIFETIME = 300.0
+
+
+@pytest.fixture
+def engine_server():
+    srv = EngineServer()
+    yield srv
+    srv.close()
+
+
+class TimedAPI(FakeAPI):
+    """The fake API whose jobs run for ``seconds`` after their upload,
+    followed or not, as the real service's do: a progress stream reports
+    the time left and then says done (at once for a finished job), and the
+    list shows a finished job as success.  Results echo the upload.
+    ``following`` counts the progress streams open now."""
+
+    def __init__(self, server, seconds=ENGINE_JOB_SECONDS):
+        super().__init__("ok", echo=True)
+        self.origin = server.origin
+        self.seconds = seconds
+        self.following = 0
+        self.progress = self.follow
+
+    def started(self, job):
+        with self.lock:
+            for record in self.jobs:
+                if record["id"] == job:
+                    return record["visible_at"]
+        return time.monotonic()
+
+    def follow(self, conn, request, server):
+        job = request.path.split("?")[0].split("/")[-2]
+        left = self.started(job) + self.seconds - time.monotonic()
+        steps = max(0, int(left / 0.3) + 1) if left > 0 else 0
+        parts = [
+            processing(min(99, int(100 * (self.seconds - left) / self.seconds)), "cleaning")
+            for _ in range(steps)
+        ]
+        parts.append(
+            sse_data(
+                {"stage": "done", "url": self.origin + "/files/%s.wav" % job, "denoiseId": job}
+            )
+        )
+        with self.lock:
+            self.following += 1
+        try:
+            stream(*parts, delay=max(0.0, left) / max(1, steps))(conn, request, server)
+        finally:
+            with self.lock:
+                self.following -= 1
+
+    def list(self, conn, request):
+        now = time.monotonic()
+        with self.lock:
+            for record in self.jobs:
+                if record["status"] == "pending" and now >= record["visible_at"] + self.seconds:
+                    record["status"] = "success"
+                    record["audio_url"] = self.origin + "/files/%s.wav" % record["id"]
+        super().list(conn, request)
+
+
+def paid_per_input(api, paths):
+    """How many uploads reached the API whole, per input, told apart by
+    their bytes (a name may be changed by a tag; the bytes are not)."""
+    names = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            names[handle.read()] = os.path.basename(path)
+    counts = dict.fromkeys(names.values(), 0)
+    for post in list(api.posts):
+        if post[1] is not None:
+            name = names.get(post[1][0].get_payload(decode=True), "<unknown bytes>")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def assert_each_input_paid_once_and_saved_whole(api, paths, out):
+    counts = paid_per_input(api, paths)
+    not_once = {name: count for name, count in counts.items() if count != 1}
+    assert not_once == {}, "jobs paid per input, where not one: %s (%d uploads for %d inputs)" % (
+        not_once,
+        sum(counts.values()),
+        len(paths),
+    )
+    assert len(api.jobs) == len(paths)
+    for path in paths:
+        with open(path, "rb") as handle:
+            assert (out / os.path.basename(path)).read_bytes() == handle.read(), path
+
+
+def followed_again(api):
+    """How many progress streams were opened beyond one per job: tasks that
+    an engine ran again and that got past their upload."""
+    return sum(1 for event, _ in list(api.events) if event == "progress") - len(api.jobs)
+
+
+def wait_until(condition, limit, step=0.02):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def downloads(server):
+    return sum(1 for request in list(server.requests) if request.path.startswith("/files/"))
+
+
+def run_on_dask(server, tmp_path, kill_after, lock=None):
+    """30 denoise() tasks on a LocalCluster of three worker processes; after
+    each count in ``kill_after`` of results downloaded, once all three
+    workers are following a paid job, one worker is SIGKILLed and its nanny
+    starts it again.  Returns the API, the inputs and the output folder."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    paths = make_inputs(tmp_path / "in", ENGINE_INPUTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    api = TimedAPI(server)
+    server.serve(api)
+    extra = {} if lock is None else {"lock": lock}
+    config = {
+        # A task on a killed worker counts as suspect; three kills must not
+        # turn one into an error.
+        "distributed.scheduler.allowed-failures": 20,
+        # A lock held by a killed worker is released when its lease ends.
+        "distributed.scheduler.locks.lease-timeout": "6s",
+        "distributed.scheduler.locks.lease-validation-interval": "1s",
+    }
+    with dask.config.set(config), distributed.LocalCluster(
+        n_workers=3,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, distributed.Client(cluster) as client:
+        futures = [
+            client.submit(
+                mp.denoise,
+                path,
+                str(out / os.path.basename(path)),
+                api_key=KEY,
+                base_url=server.base_url,
+                timeout=90,
+                key="denoise-%s" % os.path.basename(path),
+                pure=False,
+                **extra,
+            )
+            for path in paths
+        ]
+        for number, after in enumerate(kill_after):
+            assert wait_until(
+                lambda after=after: downloads(server) >= after and api.following == 3, 60
+            ), "kill %d: never saw %d results and three jobs followed" % (number + 1, after)
+            victim = sorted(client.run(os.getpid).values())[number % 3]
+            os.kill(victim, signal.SIGKILL)
+
+            def restarted(victim=victim):
+                pids = client.run(os.getpid, on_error="ignore").values()
+                return len(pids) == 3 and victim not in pids
+
+            assert wait_until(restarted, 60, step=0.1), "the killed worker was not replaced"
+        distributed.wait(futures, timeout=ENGINE_LIMIT)
+        results = client.gather(futures)
+    assert all(isinstance(done, mp.DoneEvent) for done in results)
+    return api, paths, out
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_dask_with_a_worker_killed_pays_once_per_input(engine_server, tmp_path):
+    api, paths, out = run_on_dask(engine_server, tmp_path, kill_after=[6])
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 1  # the kill did make Dask run tasks again
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_dask_with_three_workers_killed_in_turn_under_a_dask_lock_pays_once_per_input(
+    engine_server, tmp_path
+):
+    distributed = pytest.importorskip("distributed")
+    api, paths, out = run_on_dask(
+        engine_server, tmp_path, kill_after=[3, 10, 17], lock=distributed.Lock
+    )
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 3
