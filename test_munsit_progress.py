@@ -5170,3 +5170,163 @@ def test_dask_with_three_workers_killed_in_turn_under_a_dask_lock_pays_once_per_
     )
     assert_each_input_paid_once_and_saved_whole(api, paths, out)
     assert followed_again(api) >= 3
+
+
+# The Celery app, written beside the test's files so that the worker can
+# import it: redis is its broker and its result store; a task is
+# acknowledged only when it ends, and handed out again when the process
+# running it dies.
+CELERY_TASKS = """
+import os
+
+import redis
+from celery import Celery
+
+import munsit_progress
+
+URL = os.environ["ENGINE_REDIS_URL"]
+app = Celery("engine_tasks", broker=URL, backend=URL)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+store = redis.Redis.from_url(URL)
+
+
+def content_lock(key):
+    return store.lock("munsit-lock:" + key, timeout=60)
+
+
+@app.task
+def denoise(path, output, base_url, api_key):
+    done = munsit_progress.denoise(
+        path, output, api_key=api_key, base_url=base_url, timeout=90, lock=content_lock
+    )
+    return done.denoise_id
+"""
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process, grace=10.0):
+    """SIGTERM, then SIGKILL what is left of the process group we started."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    process.wait(5)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A redis-server of our own on a free loopback port, for this test only."""
+    import shutil
+
+    redis = pytest.importorskip("redis")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (Debian: apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = "redis://127.0.0.1:%d/0" % port
+    try:
+
+        def answers():
+            try:
+                return redis.Redis.from_url(url, socket_timeout=1).ping()
+            except redis.RedisError:
+                return False
+
+        assert wait_until(answers, 10, step=0.05), "redis-server did not answer PING"
+        yield url
+    finally:
+        stop(process, grace=5)
+
+
+def children_of(pid):
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pool processes in /proc")
+def test_celery_with_a_pool_process_killed_pays_once_per_input(engine_server, tmp_path, redis_url):
+    celery = pytest.importorskip("celery")
+    paths = make_inputs(tmp_path / "in", ENGINE_INPUTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    api = TimedAPI(engine_server)
+    engine_server.serve(api)
+    (tmp_path / "engine_tasks.py").write_text(CELERY_TASKS)
+    env = dict(
+        os.environ,
+        ENGINE_REDIS_URL=redis_url,
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.dirname(os.path.abspath(mp.__file__))]),
+    )
+    log = open(str(tmp_path / "worker.log"), "wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "engine_tasks", "worker", "--pool=prefork"]
+        + ["--concurrency=3", "-O", "fair", "--prefetch-multiplier=1", "-l", "warning"]
+        + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=str(tmp_path),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    app = celery.Celery("engine_tasks", broker=redis_url, backend=redis_url)
+    try:
+        assert wait_until(lambda: len(children_of(worker.pid)) == 3, 30, step=0.1), (
+            "the worker did not start its pool"
+        )
+        tasks = [
+            app.send_task(
+                "engine_tasks.denoise",
+                args=[path, str(out / os.path.basename(path)), engine_server.base_url, KEY],
+            )
+            for path in paths
+        ]
+        assert wait_until(lambda: downloads(engine_server) >= 6 and api.following == 3, 60), (
+            "never saw six results and three jobs followed"
+        )
+        victim = sorted(children_of(worker.pid))[0]
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + ENGINE_LIMIT
+        ids = [task.get(timeout=max(1.0, end - time.monotonic())) for task in tasks]
+    finally:
+        app.close()
+        stop(worker)
+        log.close()
+        # Shown by pytest when the test fails.
+        print((tmp_path / "worker.log").read_text(errors="replace")[-4000:])
+    assert len(set(ids)) == ENGINE_INPUTS
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 1  # the killed task was run again
