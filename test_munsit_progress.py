@@ -5961,3 +5961,379 @@ def test_a_batch_killed_again_and_again_still_pays_once(server, tmp_path):
     result = batch_cli(server, paths, out)
     assert result.returncode == 0, result.stderr
     assert_paid_once_and_whole(api, paths, out)
+
+
+# --------------------------------------------------------------------------
+# Task engines: Dask and Celery, workers killed (slow; .ci/run's engines step)
+# --------------------------------------------------------------------------
+# An engine runs a task again when the worker running it dies, and Dask also
+# recomputes finished results that lived on a dead worker: every rerun is a
+# denoise() of a file that may already have a paid job.  These tests run
+# denoise() over 30 inputs on real engines, SIGKILL workers mid-run, and
+# count the jobs paid for each input's bytes on the fake API.
+
+ENGINE_INPUTS = 30
+ENGINE_JOB_SECONDS = 1.2  # long enough for a kill to land while jobs run
+ENGINE_LIMIT = 150.0  # seconds for a whole run: a hang fails, it never waits
+
+
+class EngineServer(Server):
+    """The loopback server, accepting for longer: a run of 30 jobs with
+    workers restarted takes a minute, and a stale lock can hold one task."""
+
+    LIFETIME = 300.0
+
+
+@pytest.fixture
+def engine_server():
+    srv = EngineServer()
+    yield srv
+    srv.close()
+
+
+class TimedAPI(FakeAPI):
+    """The fake API whose jobs run for ``seconds`` after their upload,
+    followed or not, as the real service's do: a progress stream reports
+    the time left and then says done (at once for a finished job), and the
+    list shows a finished job as success.  Results echo the upload.
+    ``following`` counts the progress streams open now."""
+
+    def __init__(self, server, seconds=ENGINE_JOB_SECONDS):
+        super().__init__("ok", echo=True)
+        self.origin = server.origin
+        self.seconds = seconds
+        self.following = 0
+        self.progress = self.follow
+
+    def started(self, job):
+        with self.lock:
+            for record in self.jobs:
+                if record["id"] == job:
+                    return record["visible_at"]
+        return time.monotonic()
+
+    def follow(self, conn, request, server):
+        job = request.path.split("?")[0].split("/")[-2]
+        left = self.started(job) + self.seconds - time.monotonic()
+        steps = max(0, int(left / 0.3) + 1) if left > 0 else 0
+        parts = [
+            processing(min(99, int(100 * (self.seconds - left) / self.seconds)), "cleaning")
+            for _ in range(steps)
+        ]
+        parts.append(
+            sse_data(
+                {"stage": "done", "url": self.origin + "/files/%s.wav" % job, "denoiseId": job}
+            )
+        )
+        with self.lock:
+            self.following += 1
+        try:
+            stream(*parts, delay=max(0.0, left) / max(1, steps))(conn, request, server)
+        finally:
+            with self.lock:
+                self.following -= 1
+
+    def list(self, conn, request):
+        now = time.monotonic()
+        with self.lock:
+            for record in self.jobs:
+                if record["status"] == "pending" and now >= record["visible_at"] + self.seconds:
+                    record["status"] = "success"
+                    record["audio_url"] = self.origin + "/files/%s.wav" % record["id"]
+        super().list(conn, request)
+
+
+def paid_per_input(api, paths):
+    """How many uploads reached the API whole, per input, told apart by
+    their bytes (a name may be changed by a tag; the bytes are not)."""
+    names = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            names[handle.read()] = os.path.basename(path)
+    counts = dict.fromkeys(names.values(), 0)
+    for post in list(api.posts):
+        if post[1] is not None:
+            name = names.get(post[1][0].get_payload(decode=True), "<unknown bytes>")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def assert_each_input_paid_once_and_saved_whole(api, paths, out):
+    counts = paid_per_input(api, paths)
+    not_once = {name: count for name, count in counts.items() if count != 1}
+    assert not_once == {}, "jobs paid per input, where not one: %s (%d uploads for %d inputs)" % (
+        not_once,
+        sum(counts.values()),
+        len(paths),
+    )
+    assert len(api.jobs) == len(paths)
+    for path in paths:
+        with open(path, "rb") as handle:
+            assert (out / os.path.basename(path)).read_bytes() == handle.read(), path
+
+
+def followed_again(api):
+    """How many progress streams were opened beyond one per job: tasks that
+    an engine ran again and that got past their upload."""
+    return sum(1 for event, _ in list(api.events) if event == "progress") - len(api.jobs)
+
+
+def wait_until(condition, limit, step=0.02):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def downloads(server):
+    return sum(1 for request in list(server.requests) if request.path.startswith("/files/"))
+
+
+def run_on_dask(server, tmp_path, kill_after, lock=None):
+    """30 denoise() tasks on a LocalCluster of three worker processes; after
+    each count in ``kill_after`` of results downloaded, once all three
+    workers are following a paid job, one worker is SIGKILLed and its nanny
+    starts it again.  Returns the API, the inputs and the output folder."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    paths = make_inputs(tmp_path / "in", ENGINE_INPUTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    api = TimedAPI(server)
+    server.serve(api)
+    extra = {} if lock is None else {"lock": lock}
+    config = {
+        # A task on a killed worker counts as suspect; three kills must not
+        # turn one into an error.
+        "distributed.scheduler.allowed-failures": 20,
+        # A lock held by a killed worker is released when its lease ends.
+        "distributed.scheduler.locks.lease-timeout": "6s",
+        "distributed.scheduler.locks.lease-validation-interval": "1s",
+    }
+    with dask.config.set(config), distributed.LocalCluster(
+        n_workers=3,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, distributed.Client(cluster) as client:
+        futures = [
+            client.submit(
+                mp.denoise,
+                path,
+                str(out / os.path.basename(path)),
+                api_key=KEY,
+                base_url=server.base_url,
+                timeout=90,
+                key="denoise-%s" % os.path.basename(path),
+                pure=False,
+                **extra,
+            )
+            for path in paths
+        ]
+        for number, after in enumerate(kill_after):
+            assert wait_until(
+                lambda after=after: downloads(server) >= after and api.following == 3, 60
+            ), "kill %d: never saw %d results and three jobs followed" % (number + 1, after)
+            victim = sorted(client.run(os.getpid).values())[number % 3]
+            os.kill(victim, signal.SIGKILL)
+
+            def restarted(victim=victim):
+                pids = client.run(os.getpid, on_error="ignore").values()
+                return len(pids) == 3 and victim not in pids
+
+            assert wait_until(restarted, 60, step=0.1), "the killed worker was not replaced"
+        distributed.wait(futures, timeout=ENGINE_LIMIT)
+        results = client.gather(futures)
+    assert all(isinstance(done, mp.DoneEvent) for done in results)
+    return api, paths, out
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_dask_with_a_worker_killed_pays_once_per_input(engine_server, tmp_path):
+    api, paths, out = run_on_dask(engine_server, tmp_path, kill_after=[6])
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 1  # the kill did make Dask run tasks again
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_dask_with_three_workers_killed_in_turn_under_a_dask_lock_pays_once_per_input(
+    engine_server, tmp_path
+):
+    distributed = pytest.importorskip("distributed")
+    api, paths, out = run_on_dask(
+        engine_server, tmp_path, kill_after=[3, 10, 17], lock=distributed.Lock
+    )
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 3
+
+
+# The Celery app, written beside the test's files so that the worker can
+# import it: redis is its broker and its result store; a task is
+# acknowledged only when it ends, and handed out again when the process
+# running it dies.
+CELERY_TASKS = """
+import os
+
+import redis
+from celery import Celery
+
+import munsit_progress
+
+URL = os.environ["ENGINE_REDIS_URL"]
+app = Celery("engine_tasks", broker=URL, backend=URL)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+)
+store = redis.Redis.from_url(URL)
+
+
+def content_lock(key):
+    return store.lock("munsit-lock:" + key, timeout=60)
+
+
+@app.task
+def denoise(path, output, base_url, api_key):
+    done = munsit_progress.denoise(
+        path, output, api_key=api_key, base_url=base_url, timeout=90, lock=content_lock
+    )
+    return done.denoise_id
+"""
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process, grace=10.0):
+    """SIGTERM, then SIGKILL what is left of the process group we started."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    process.wait(5)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A redis-server of our own on a free loopback port, for this test only."""
+    import shutil
+
+    redis = pytest.importorskip("redis")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH (Debian: apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = "redis://127.0.0.1:%d/0" % port
+    try:
+
+        def answers():
+            try:
+                return redis.Redis.from_url(url, socket_timeout=1).ping()
+            except redis.RedisError:
+                return False
+
+        assert wait_until(answers, 10, step=0.05), "redis-server did not answer PING"
+        yield url
+    finally:
+        stop(process, grace=5)
+
+
+def children_of(pid):
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds pool processes in /proc")
+def test_celery_with_a_pool_process_killed_pays_once_per_input(engine_server, tmp_path, redis_url):
+    celery = pytest.importorskip("celery")
+    paths = make_inputs(tmp_path / "in", ENGINE_INPUTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    api = TimedAPI(engine_server)
+    engine_server.serve(api)
+    (tmp_path / "engine_tasks.py").write_text(CELERY_TASKS)
+    env = dict(
+        os.environ,
+        ENGINE_REDIS_URL=redis_url,
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.dirname(os.path.abspath(mp.__file__))]),
+    )
+    log = open(str(tmp_path / "worker.log"), "wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "engine_tasks", "worker", "--pool=prefork"]
+        + ["--concurrency=3", "-O", "fair", "--prefetch-multiplier=1", "-l", "warning"]
+        + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=str(tmp_path),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    app = celery.Celery("engine_tasks", broker=redis_url, backend=redis_url)
+    tasks = []
+    try:
+        assert wait_until(lambda: len(children_of(worker.pid)) == 3, 30, step=0.1), (
+            "the worker did not start its pool"
+        )
+        tasks += [
+            app.send_task(
+                "engine_tasks.denoise",
+                args=[path, str(out / os.path.basename(path)), engine_server.base_url, KEY],
+            )
+            for path in paths
+        ]
+        assert wait_until(lambda: downloads(engine_server) >= 6 and api.following == 3, 60), (
+            "never saw six results and three jobs followed"
+        )
+        victim = sorted(children_of(worker.pid))[0]
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + ENGINE_LIMIT
+        ids = [task.get(timeout=max(1.0, end - time.monotonic())) for task in tasks]
+    finally:
+        # A result dropped later, once redis is gone, retries at exit.
+        tasks.clear()
+        gc.collect()
+        app.close()
+        stop(worker)
+        log.close()
+        # Shown by pytest when the test fails.
+        print((tmp_path / "worker.log").read_text(errors="replace")[-4000:])
+    assert len(set(ids)) == ENGINE_INPUTS
+    assert_each_input_paid_once_and_saved_whole(api, paths, out)
+    assert followed_again(api) >= 1  # the killed task was run again
