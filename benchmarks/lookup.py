@@ -93,7 +93,7 @@ import json, sys, time
 import munsit_progress
 spec = json.loads(sys.argv[1])
 common = dict(api_key=spec["api_key"], base_url=spec["base_url"])
-out = {}
+out = {"module": munsit_progress.__file__}
 started = time.perf_counter()
 try:
     if spec["case"] == "submit":
@@ -462,7 +462,7 @@ class Inputs:
         return path
 
 
-def run_client(spec, settings):
+def run_client(spec, settings, workdir):
     """One call in a subprocess; what it printed, or why it printed nothing."""
     try:
         done = subprocess.run(
@@ -470,6 +470,9 @@ def run_client(spec, settings):
             capture_output=True,
             stdin=subprocess.DEVNULL,
             env=run.child_env(),
+            # Not the checkout: "python -c" puts the working folder first on
+            # sys.path, and the snapshot must be what is imported.
+            cwd=workdir,
             timeout=settings.client_limit,
         )
     except subprocess.TimeoutExpired:
@@ -494,10 +497,13 @@ def measure_once(server, case, paths, settings, inputs, expect):
     spec = {"case": case, "api_key": API_KEY, "base_url": server.base_url, "paths": paths}
     if case == "batch":
         spec.update(outdir=inputs.outdir(), concurrency=settings.concurrency)
-    answer = run_client(spec, settings)
+    answer = run_client(spec, settings, inputs.folder)
     counts = server.counts.take()
     server.account.reset()
     problems = []
+    module = answer.get("module")
+    if module is not None and os.path.dirname(os.path.abspath(module)) != run.SUBJECT_DIR:
+        problems.append("imported %s, not the snapshot" % module)
     if answer.get("exception"):
         problems.append(answer["exception"])
     problems += answer.get("errors", [])
