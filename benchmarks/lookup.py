@@ -18,9 +18,12 @@ GET /denoise requests, the uploads and the wall time of the call, for
   (b) one file found: submit() of a file whose tagged job (success) is in
       the account, FOUND_AGE_DAYS old: no upload;
   (c) a batch of new files: denoise_many(paths, outdir, concurrency=8) of
-      100 files (and of 40, for the target), every job done at once;
+      100 files (and of 40, for the target), every job done at once; and the
+      100 again with reuse=False, which does not look: its time is the floor
+      (a version without that parameter says so and skips it);
 
 and, for contrast, reading the whole account: list_jobs() without a limit.
+The JSON keeps every request's offset, limit and record count.
 The cases (a)-(c) run again on the 20,000-job account with "short pages"
 (the server caps every page at 50 records whatever limit asks), to show
 that the look reads on past a page shorter than it asked for.
@@ -89,23 +92,30 @@ RESULT_BYTES = b"RIFF-denoised"
 
 # The client, in a subprocess: one call, timed around the call itself.
 CLIENT_SCRIPT = """\
-import json, sys, time
+import inspect, json, sys, time
 import munsit_progress
 spec = json.loads(sys.argv[1])
-common = dict(api_key=spec["api_key"], base_url=spec["base_url"])
+call = {"submit": munsit_progress.submit, "batch": munsit_progress.denoise_many,
+        "list": munsit_progress.list_jobs}[spec["call"]]
+common = dict(spec["options"], api_key=spec["api_key"], base_url=spec["base_url"])
 out = {"module": munsit_progress.__file__}
+unknown = set(spec["options"]) - set(inspect.signature(call).parameters)
+if unknown:  # an older version
+    out["unsupported"] = sorted(unknown)
+    print(json.dumps(out))
+    sys.exit()
 started = time.perf_counter()
 try:
-    if spec["case"] == "submit":
-        out["denoise_ids"] = [munsit_progress.submit(spec["paths"][0], **common).denoise_id]
-    elif spec["case"] == "batch":
-        results = list(munsit_progress.denoise_many(
-            spec["paths"], spec["outdir"], concurrency=spec["concurrency"], **common))
+    if spec["call"] == "submit":
+        out["denoise_ids"] = [call(spec["paths"][0], **common).denoise_id]
+    elif spec["call"] == "batch":
+        results = list(call(spec["paths"], spec["outdir"], concurrency=spec["concurrency"],
+                            **common))
         out["denoise_ids"] = [r.denoise_id for r in results]
         out["errors"] = ["%s: %r" % (r.path, r.error) for r in results if r.error is not None]
         out["outputs"] = [r.output for r in results if r.output]
     else:
-        out["records"] = len(munsit_progress.list_jobs(**common))
+        out["records"] = len(call(**common))
 except Exception as exc:
     out["exception"] = "%s: %s" % (type(exc).__name__, exc)
 out["seconds"] = time.perf_counter() - started
@@ -484,22 +494,84 @@ def run_client(spec, settings, workdir):
         return {"exception": "exit %d: %s" % (done.returncode, " | ".join(tail)), "seconds": None}
 
 
-def measure_once(server, case, paths, settings, inputs, expect):
+class Case:
+    """One kind of call measured: which, on how many new files or on one
+    whose job is in the account, with what options, how many times."""
+
+    def __init__(self, key, label, call, files, runs, found=False, options=None, paged=True):
+        self.key = key
+        self.label = label
+        self.call = call  # "submit", "batch" or "list"
+        self.files = files
+        self.runs = runs
+        self.found = found
+        self.options = options or {}
+        #: Whether it runs again on the short-pages server.
+        self.paged = paged
+
+
+def cases_for(settings):
+    batch, target = settings.batch_files, settings.target_batch_files
+    return [
+        Case("one_new", "(a) one new file: submit()", "submit", 1, settings.one_file_runs),
+        Case(
+            "one_found",
+            "(b) one file found: submit()",
+            "submit",
+            1,
+            settings.one_file_runs,
+            found=True,
+        ),
+        Case(
+            "batch", "(c) %d new files: denoise_many()" % batch, "batch", batch, settings.batch_runs
+        ),
+        # What the batch costs without the look: its time is the floor.
+        Case(
+            "batch_no_look",
+            "(c) %d new files, reuse=False (no look)" % batch,
+            "batch",
+            batch,
+            settings.batch_runs,
+            options={"reuse": False},
+            paged=False,
+        ),
+        Case(
+            "target_batch",
+            "(c) %d new files: denoise_many()" % target,
+            "batch",
+            target,
+            settings.batch_runs,
+        ),
+        Case("whole", "whole account: list_jobs()", "list", 0, settings.whole_runs, paged=False),
+    ]
+
+
+def measure_once(server, case, made, settings, inputs):
     """Reset the account, run one call, and put together what the client
-    did and what the server counted.  ``expect``: the uploads the case
-    should make and, for (b), the id it should adopt."""
+    did and what the server counted."""
     server.account.reset()
     server.counts.take()
     planted = None
-    if expect.get("plant") is not None:
-        data, name = expect["plant"]
+    if case.found:
+        path, data = made[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = "%s.munsit-%s.wav" % (stem, content_tag(data))
         planted = server.account.plant(data, name, settings.found_age_days, server.origin)
-    spec = {"case": case, "api_key": API_KEY, "base_url": server.base_url, "paths": paths}
-    if case == "batch":
+    paths = [path for path, _ in made]
+    spec = {
+        "call": case.call,
+        "options": case.options,
+        "api_key": API_KEY,
+        "base_url": server.base_url,
+        "paths": paths,
+    }
+    if case.call == "batch":
         spec.update(outdir=inputs.outdir(), concurrency=settings.concurrency)
     answer = run_client(spec, settings, inputs.folder)
     counts = server.counts.take()
     server.account.reset()
+    if answer.get("unsupported"):
+        return {"unsupported": answer["unsupported"]}
     problems = []
     module = answer.get("module")
     if module is not None and os.path.dirname(os.path.abspath(module)) != run.SUBJECT_DIR:
@@ -507,7 +579,7 @@ def measure_once(server, case, paths, settings, inputs, expect):
     if answer.get("exception"):
         problems.append(answer["exception"])
     problems += answer.get("errors", [])
-    if case == "batch" and not answer.get("exception"):
+    if case.call == "batch" and not answer.get("exception"):
         outputs = answer.get("outputs", [])
         if len(outputs) != len(paths):
             problems.append("%d outputs of %d" % (len(outputs), len(paths)))
@@ -518,8 +590,9 @@ def measure_once(server, case, paths, settings, inputs, expect):
                     break
     # What the case should do; a version that does not look yet uploads in (b).
     notes = []
-    if "uploads" in expect and counts["uploads"] != expect["uploads"]:
-        notes.append("%d uploads, expected %d" % (counts["uploads"], expect["uploads"]))
+    expected = 0 if case.found else case.files
+    if counts["uploads"] != expected:
+        notes.append("%d uploads, expected %d" % (counts["uploads"], expected))
     if planted is not None and answer.get("denoise_ids") not in (None, [planted]):
         notes.append("did not adopt the job in the account")
     pages = counts.pop("pages")
@@ -529,48 +602,51 @@ def measure_once(server, case, paths, settings, inputs, expect):
         problems=problems,
         notes=notes,
         pages_asked=sorted({limit for _, limit, _ in pages}, key=lambda x: (x is None, x)),
-        last_offset=max((offset for offset, _, _ in pages), default=None),
+        # [offset, limit asked, records answered] of each GET /denoise, in order.
+        pages=[list(page) for page in pages],
     )
 
 
-def measure_case(server, label, case, settings, inputs, runs, files, log, found=False):
-    """``runs`` runs of one case; their counts and the median time."""
+def measure_case(server, case, settings, inputs, log):
+    """The runs of one case; their counts and the median time."""
     results = []
-    for number in range(runs):
-        made = inputs.new(files, "found" if found else "new")
-        paths = [path for path, _ in made]
-        expect = {"uploads": 0 if found else files}
-        if found:
-            path, data = made[0]
-            stem = os.path.splitext(os.path.basename(path))[0]
-            expect["plant"] = (data, "%s.munsit-%s.wav" % (stem, content_tag(data)))
-        results.append(measure_once(server, case, paths, settings, inputs, expect))
+    for number in range(case.runs):
+        made = inputs.new(case.files, "found" if case.found else "new")
+        one = measure_once(server, case, made, settings, inputs)
+        where = "%7s jobs%s" % (
+            f"{server.account.size:,}",
+            " (short pages)" if server.account.page_cap else "",
+        )
+        if "unsupported" in one:
+            log("%-40s %s: not in this version (%s)" % (case.label, where, one["unsupported"]))
+            return {"label": case.label, "unsupported": one["unsupported"]}
+        results.append(one)
         log(
-            "%-34s %7s jobs%s run %d: %s records, %s GET /denoise, %s uploads, %s s%s"
+            "%-40s %s run %d: %s records, %s GET /denoise, %s uploads, %s s%s"
             % (
-                label,
-                f"{server.account.size:,}",
-                " (short pages)" if server.account.page_cap else "",
+                case.label,
+                where,
                 number + 1,
-                results[-1]["records"],
-                results[-1]["list_requests"],
-                results[-1]["uploads"],
-                fmt(results[-1]["seconds"], "%.3f"),
-                "".join("; " + text for text in results[-1]["problems"] + results[-1]["notes"]),
+                one["records"],
+                one["list_requests"],
+                one["uploads"],
+                fmt(one["seconds"], "%.3f"),
+                "".join("; " + text for text in one["problems"] + one["notes"]),
             )
         )
-    return summarize(results, files)
+    return summarize(case, results)
 
 
-def summarize(results, files):
+def summarize(case, results):
     seconds = [r["seconds"] for r in results if r["seconds"] is not None]
-    summary = {"files": files, "runs": results}
+    summary = {"label": case.label, "files": case.files, "options": case.options}
     for name in Counts.FIELDS:
         values = [r[name] for r in results]
         summary[name] = {"min": min(values), "max": max(values)}
     summary["median_s"] = statistics.median(seconds) if seconds else None
     asked = {limit for one in results for limit in one["pages_asked"]}
     summary["limits"] = sorted(asked, key=lambda x: (x is None, x))
+    summary["runs"] = results
     return summary
 
 
@@ -581,72 +657,23 @@ def summarize(results, files):
 
 def measure_size(server, size, settings, inputs, log):
     """The cases on an account of ``size`` jobs (and, at SHORT_PAGES_SIZE,
-    again with short pages)."""
+    those that page again with short pages)."""
     started = time.monotonic()
     server.account = Account(size, settings.history_days, time.time())
     log(f"an account of {size:,} jobs made in {time.monotonic() - started:.1f} s")
-    found = {}
-    for page_cap in [None] + ([settings.short_page] if size == settings.short_pages_size else []):
-        server.account.page_cap = page_cap
-        cases = {
-            "one_new": measure_case(
-                server,
-                "(a) one new file",
-                "submit",
-                settings,
-                inputs,
-                settings.one_file_runs,
-                1,
-                log,
-            ),
-            "one_found": measure_case(
-                server,
-                "(b) one file found",
-                "submit",
-                settings,
-                inputs,
-                settings.one_file_runs,
-                1,
-                log,
-                found=True,
-            ),
-            "batch": measure_case(
-                server,
-                "(c) batch of %d new files" % settings.batch_files,
-                "batch",
-                settings,
-                inputs,
-                settings.batch_runs,
-                settings.batch_files,
-                log,
-            ),
-            "target_batch": measure_case(
-                server,
-                "(c) batch of %d new files" % settings.target_batch_files,
-                "batch",
-                settings,
-                inputs,
-                settings.batch_runs,
-                settings.target_batch_files,
-                log,
-            ),
-        }
-        if page_cap is None:
-            cases["whole"] = measure_case(
-                server,
-                "whole account: list_jobs()",
-                "list",
-                settings,
-                inputs,
-                settings.whole_runs,
-                0,
-                log,
-            )
-            found["normal"] = cases
-        else:
-            found["short_pages"] = cases
-    server.account.page_cap = None
-    return found
+    measured = {"normal": {}}
+    for case in cases_for(settings):
+        measured["normal"][case.key] = measure_case(server, case, settings, inputs, log)
+    if size == settings.short_pages_size:
+        server.account.page_cap = settings.short_page
+        measured["short_pages"] = {}
+        for case in cases_for(settings):
+            if case.paged:
+                measured["short_pages"][case.key] = measure_case(
+                    server, case, settings, inputs, log
+                )
+        server.account.page_cap = None
+    return measured
 
 
 def measure(settings, workdir, log):
@@ -691,7 +718,7 @@ def run_findings(results, key):
     for size, by_pages in results.items():
         for pages, cases in by_pages.items():
             for case, summary in cases.items():
-                texts = [text for one in summary["runs"] for text in one[key]]
+                texts = [text for one in summary.get("runs", []) for text in one[key]]
                 for text in sorted(set(texts), key=texts.index):
                     yield "%s jobs%s, %s: %s (%d of %d runs)" % (
                         f"{int(size):,}",
@@ -716,15 +743,6 @@ def span(counted, pattern="{:,}"):
     """A count, or its range when the runs differed."""
     low, high = counted["min"], counted["max"]
     return pattern.format(low) if low == high else (pattern + "-" + pattern).format(low, high)
-
-
-CASE_LABELS = [
-    ("one_new", "(a) one new file: submit()"),
-    ("one_found", "(b) one file found: submit()"),
-    ("batch", "(c) {batch} new files: denoise_many()"),
-    ("target_batch", "(c) {target} new files: denoise_many()"),
-    ("whole", "whole account: list_jobs()"),
-]
 
 
 def render(report):
@@ -767,22 +785,25 @@ def render(report):
         "time (N)",
     ]
     rows = []
+    keys = [case.key for case in cases_for(Settings(report["mode"] == "quick", None))]
     # By case, then size; a case's short-pages row after its others.
-    for key, label in CASE_LABELS:
-        label = label.format(batch=s["batch_files"], target=s["target_batch_files"])
+    for key in keys:
         for pages, suffix in (("normal", ""), ("short_pages", ", short pages")):
             for size, by_pages in r.items():
                 case = by_pages.get(pages, {}).get(key)
                 if case is None:
                     continue
+                row = [case["label"] + suffix, f"{int(size):,}"]
+                if "unsupported" in case:
+                    rows.append(row + ["not in this version"] + [""] * 5)
+                    continue
+                limits = ",".join("all" if n is None else str(n) for n in case["limits"])
                 rows.append(
-                    [
-                        label + suffix,
-                        f"{int(size):,}",
+                    row
+                    + [
                         span(case["records"]),
                         span(case["list_requests"]),
-                        ",".join("all" if limit is None else str(limit) for limit in case["limits"])
-                        or "-",
+                        limits or "-",
                         span(case["uploads"]),
                         span({k: v / 1e6 for k, v in case["list_bytes"].items()}, "{:.2f}"),
                         "%s (%d)" % (fmt(case["median_s"], "%.3f s"), len(case["runs"])),
