@@ -1,7 +1,7 @@
 """Benchmark the look before paying: what reading the job history costs.
 
-    python benchmarks/lookup.py                  # full run: 1,000, 20,000, 100,000 jobs, ~2 min
-    python benchmarks/lookup.py --quick          # does the harness work: 1,000 and 20,000, ~40 s
+    python benchmarks/lookup.py                  # full run: 1,000, 20,000, 100,000 jobs, ~2.5 min
+    python benchmarks/lookup.py --quick          # does the harness work: 1,000 and 20,000, ~30 s
     python benchmarks/lookup.py --json out.json  # where the JSON goes
     python benchmarks/lookup.py --sizes 20000    # other account sizes (comma-separated)
     python benchmarks/lookup.py --subject old/munsit_progress.py   # measure another version
@@ -130,7 +130,7 @@ class Settings:
         self.quick = quick
         self.sizes = sizes or ([1000, 20000] if quick else [1000, 20000, 100000])
         self.one_file_runs = 2 if quick else 5
-        self.batch_runs = 1 if quick else 2
+        self.batch_runs = 1 if quick else 3
         self.whole_runs = 1 if quick else 2
         self.batch_files = BATCH_FILES
         self.target_batch_files = TARGET_BATCH_FILES
@@ -741,8 +741,8 @@ def fmt(value, pattern):
 
 def span(counted, pattern="{:,}"):
     """A count, or its range when the runs differed."""
-    low, high = counted["min"], counted["max"]
-    return pattern.format(low) if low == high else (pattern + "-" + pattern).format(low, high)
+    low, high = (pattern.format(counted[end]) for end in ("min", "max"))
+    return low if low == high else "%s-%s" % (low, high)
 
 
 def render(report):
