@@ -79,7 +79,7 @@ import urllib3
 if TYPE_CHECKING:  # the CLI imports argparse only when it runs
     import argparse
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "APIError",
@@ -88,6 +88,7 @@ __all__ = [
     "ConfigurationError",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HORIZON",
     "DEFAULT_MAX_DOWNLOAD",
     "DEFAULT_READ_TIMEOUT",
     "DenoiseFailedError",
@@ -118,6 +119,7 @@ __all__ = [
     "ProgressBar",
     "ProtocolError",
     "RetryPolicy",
+    "SaveError",
     "Submission",
     "SubmissionUnknownError",
     "TransportError",
@@ -128,6 +130,7 @@ __all__ = [
     "download",
     "iter_events",
     "list_jobs",
+    "content_tag",
     "main",
     "submit",
     "wait",
@@ -221,15 +224,18 @@ Event = Union[ProcessingEvent, DoneEvent, ErrorEvent]
 
 @dataclass(frozen=True)
 class Submission:
-    """A file queued by :func:`submit`: the job's ``denoise_id`` (a
+    """A file's job, from :func:`submit`: the job's ``denoise_id`` (a
     canonical UUID, to follow with :func:`wait`), the ``job_id`` the server
-    also sent (it mirrors the denoise id), and the ``file_name`` and
-    ``size`` in bytes that were uploaded."""
+    also sent (it mirrors the denoise id), the ``file_name`` the job was
+    sent under (with the content tag) and the file's ``size`` in bytes.
+    ``adopted`` is true when the account had this content's job already,
+    so that nothing was sent (or paid for) by this call."""
 
     denoise_id: str
     job_id: str
     file_name: str
     size: int
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,21 +290,27 @@ _RECORD_FIELDS = (
 class MunsitError(Exception):
     """Base of every error this module raises.
 
-    ``denoise_id`` is the job the error concerns when a file had already
-    been submitted (by :func:`denoise`): the job exists, and is paid for;
-    follow it with ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``
-    rather than submitting the file again.  ``None`` otherwise.
+    ``denoise_id`` is the job the error concerns once the server has taken
+    the file (or a job was found for it, or :func:`wait` was following
+    it): the job exists, and is paid for; follow it with
+    ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``, or run the same
+    call again (it finds the job by the file's content), rather than
+    sending the file as new.  ``None`` otherwise.
     """
 
     denoise_id = None  # type: Optional[str]
+    # False when the caller named the job itself (wait()): the note would
+    # only repeat what it knows.
+    _job_noted = True
 
     def __str__(self) -> str:
         text = super().__str__()
-        if self.denoise_id:
-            text += " [job %s was submitted: follow it, do not send the file again]" % (
-                self.denoise_id
-            )
+        if self.denoise_id and self._job_noted:
+            text += " [%s]" % self._job_note(self.denoise_id)
         return text
+
+    def _job_note(self, job: str) -> str:
+        return "job %s exists and is paid for: follow it, do not send the file as new" % job
 
 
 class ConfigurationError(MunsitError, ValueError):
@@ -363,6 +375,9 @@ class DenoiseFailedError(MunsitError):
     def __reduce__(self) -> Tuple[Any, ...]:
         return (type(self), (self.message,), self.__dict__)
 
+    def _job_note(self, job: str) -> str:
+        return "job %s failed; retry_failed=True (--retry-failed) sends the file again" % job
+
 
 class ProtocolError(MunsitError):
     """The server sent something this client cannot accept: a Content-Type
@@ -379,6 +394,20 @@ class TransportError(MunsitError):
 class _Aborted(TransportError):
     """A batch's worker was stopped (Ctrl-C, SIGTERM): never retried, and
     never shown to a caller, who gets the KeyboardInterrupt."""
+
+
+class SaveError(MunsitError, OSError):
+    """The result could not be written: a full disk, a folder removed, a
+    permission refused.  The job succeeded and is paid for: ``denoise_id``
+    names it, and a rerun (or :func:`download` of its done event) fetches
+    the result again without sending the file.  ``errno`` is the operating
+    system's error number, as on any ``OSError``."""
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), self.args, self.__dict__)
+
+    def _job_note(self, job: str) -> str:
+        return "job %s is done and paid for: run again to fetch its result" % job
 
 
 class WaitTimeoutError(MunsitError, TimeoutError):
@@ -421,6 +450,11 @@ class SubmissionUnknownError(MunsitError):
 # log record or a display.  A bounded, process-wide list: a display does not
 # know which call's key to look for.
 _secrets = ()  # type: Tuple[str, ...]
+# Each secret as sent and as JSON writes it (a quote or a backslash escaped,
+# non-ASCII as \uXXXX or not): a server's JSON body, or json.dumps() of one
+# for a message, holds the escaped form.  Longest first, so that no shorter
+# form breaks up a longer one before it is matched.
+_secret_forms = ()  # type: Tuple[str, ...]
 _secrets_lock = threading.Lock()
 _MIN_SECRET = 6  # shorter values ("demo") would mangle ordinary words
 _REDACTED = "***"
@@ -428,16 +462,27 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 
 
 def _remember_secret(value: str) -> None:
-    global _secrets
+    global _secrets, _secret_forms
     if len(value) < _MIN_SECRET or value in _secrets:
         return
     with _secrets_lock:
         _secrets = (value,) + _secrets[:31]
+        forms = {
+            form
+            for secret in _secrets
+            for form in (
+                secret,
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+            )
+        }
+        _secret_forms = tuple(sorted(forms, key=len, reverse=True))
 
 
 def _redact(text: str) -> str:
-    """``text`` without any known secret or URL password."""
-    for secret in _secrets:
+    """``text`` without any known secret (nor its JSON-escaped form) or URL
+    password."""
+    for secret in _secret_forms:
         if secret in text:
             text = text.replace(secret, _REDACTED)
     if "@" in text:
@@ -473,9 +518,14 @@ def _printable(text: str) -> str:
 
 
 def _clean(text: str, limit: int = 200) -> str:
-    """Server text, safe to put in a message: redacted, printable, short."""
-    text = _printable(_redact(text))
-    return text if len(text) <= limit else text[:limit] + "..."
+    """Server text, safe to put in a message: redacted, printable, short.
+
+    Give it the whole text: redacted after a cut, a key that crossed the cut
+    would leave its start, which no longer matches."""
+    text = _redact(text)
+    # Made printable after the cut: that is a loop in Python, and the text
+    # may be a body of megabytes.
+    return _printable(text if len(text) <= limit else text[:limit] + "...")
 
 
 # --------------------------------------------------------------------------
@@ -1289,7 +1339,7 @@ class _Client:
                 % (
                     what,
                     _clean(content_type or "none", 60),
-                    _clean(body[:200].decode("utf-8", "replace")),
+                    _clean(body.decode("utf-8", "replace")),
                 )
             )
         return payload
@@ -1793,6 +1843,9 @@ def wait(
     try:
         done = _follow(client, job, on_progress, policy)
     except BaseException as exc:
+        if isinstance(exc, MunsitError) and exc.denoise_id is None:
+            exc.denoise_id = job
+            exc._job_noted = False
         if finish is not None:
             finish(exc)
         raise
@@ -1954,10 +2007,12 @@ class _Source:
     Raises ConfigurationError, before any byte is sent, for what the API
     would refuse or the upload could not send whole."""
 
-    __slots__ = ("name", "size", "content_type", "_handle", "_start", "_owned")
+    __slots__ = ("name", "size", "content_type", "content", "_handle", "_start", "_owned")
 
     def __init__(self, path: Any, check: bool) -> None:
         self.size = 0  # type: int
+        #: Its content, once identify() has read it.
+        self.content = None  # type: Optional[_Content]
         if isinstance(path, (str, os.PathLike)):
             shown = os.fspath(path)
             shown = shown if isinstance(shown, str) else os.fsdecode(shown)
@@ -2038,6 +2093,29 @@ class _Source:
     def rewind(self) -> None:
         self._handle.seek(self._start)
 
+    def identify(self, check: Callable[[], None]) -> "_Content":
+        """The content's SHA-256 and size, read once; ``check`` may raise
+        to stop the reading (a deadline, a stopped run)."""
+        if self.content is not None:
+            return self.content
+        import hashlib
+
+        digest = hashlib.sha256()
+        self.rewind()
+        left = self.size
+        while left > 0:
+            check()
+            piece = self.read(min(_UPLOAD_BLOCK, left))
+            if not piece:
+                raise ConfigurationError(
+                    "%s got shorter while it was being read" % _printable(self.name)
+                )
+            digest.update(piece)
+            left -= len(piece)
+        self.rewind()
+        self.content = _Content(digest.hexdigest(), self.size)
+        return self.content
+
     def read(self, amount: int) -> bytes:
         data = self._handle.read(amount)
         return data if isinstance(data, bytes) else b""
@@ -2085,18 +2163,17 @@ def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
 
 
 def _form_quote(name: str) -> str:
-    """A file name as a multipart ``filename="..."`` value.
+    """A file name as a multipart ``filename="..."`` value, written as
+    browsers write it (the WHATWG HTML multipart/form-data encoding).
 
-    The name is sent as UTF-8, as browsers send it.  A quote and a backslash
-    are escaped with a backslash, which multipart parsers (busboy, the
-    email package, python-multipart) read back as the character; a line end
-    or another control character, which no header may hold, becomes %XX as
-    browsers write it."""
+    The name is sent as UTF-8.  A quote, a CR and an LF become %22, %0D and
+    %0A, and a backslash is sent as it is: a backslash escape, which no
+    browser writes, makes parsers that follow browsers (fetch's formData()
+    in Node) refuse the body.  Another control character, which no header
+    may hold, becomes %XX too."""
     out = []
     for char in name:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char < " " or char == "\x7f":
+        if char == '"' or char < " " or char == "\x7f":
             out.append("%%%02X" % ord(char))
         else:
             out.append(char)
@@ -2116,6 +2193,7 @@ class _MultipartBody:
     def __init__(
         self,
         source: _Source,
+        name: str,
         boundary: str,
         report: Optional[Callable[[int, Optional[int]], Any]],
     ) -> None:
@@ -2123,7 +2201,7 @@ class _MultipartBody:
         self._report = report
         self._head = (
             '--%s\r\nContent-Disposition: form-data; name="audio"; filename="%s"\r\n'
-            "Content-Type: %s\r\n\r\n" % (boundary, _form_quote(source.name), source.content_type)
+            "Content-Type: %s\r\n\r\n" % (boundary, _form_quote(name), source.content_type)
         ).encode("utf-8", "surrogateescape")
         self._tail = ("\r\n--%s--\r\n" % boundary).encode("ascii")
         self._left = source.size
@@ -2173,6 +2251,229 @@ class _MultipartBody:
         return b""
 
 
+# --------------------------------------------------------------------------
+# Finding a job: content tags, the matcher, the account's recent jobs
+# --------------------------------------------------------------------------
+
+#: How far back, in seconds, the look before an upload reads the account's
+#: jobs (7 days): a rerun after a weekend, or a task engine's late retry,
+#: still finds its job, and a busy account's older history is never read.
+DEFAULT_HORIZON = 7 * 86400.0
+
+# The tag in an uploaded name: this prefix and the first 20 hex digits (80
+# bits) of the content's SHA-256.  A stable format: later versions must
+# recognise the jobs this one sent.
+_TAG_PREFIX = "munsit-"
+_TAG_DIGITS = 20
+# Pages of the history: large for the first read back to the horizon, small
+# for the first page of each later look, which usually finds what it knew.
+_HISTORY_PAGE = 250
+_REFRESH_PAGE = 25
+# The most records one look reads, whatever the horizon: a server whose
+# records carry no times must not make it read the whole account.
+_HISTORY_MAX_RECORDS = 50000
+
+
+class _Content:
+    """A file's content: its SHA-256 and size.  ``key`` names it in the
+    batch journal, ``lock_key`` is what a caller's ``lock`` gets, ``tag``
+    goes into the uploaded name."""
+
+    __slots__ = ("sha256", "size", "key", "lock_key", "tag")
+
+    def __init__(self, sha256: str, size: int) -> None:
+        self.sha256 = sha256
+        self.size = size
+        self.key = "%s:%d" % (sha256, size)
+        self.lock_key = "munsit-progress:" + self.key
+        self.tag = _TAG_PREFIX + sha256[:_TAG_DIGITS]
+
+
+def _tagged_name(name: str, tag: str) -> str:
+    """The name a file is sent under: its stem, the tag, its extension
+    (``interview.munsit-<hex>.wav``), so that the extension, by which the
+    server tells audio from video, still ends it."""
+    stem, extension = os.path.splitext(name)
+    return "%s.%s%s" % (stem, tag, extension)
+
+
+# What the matcher says of a record.
+_NO, _MAYBE, _YES = "no", "maybe", "yes"
+
+
+class _Wanted:
+    """What a lookup knows of the file whose job it looks for: its content
+    (when tagged), the names it was sent under (when not), its size, the
+    jobs that are never its, and since when its job can exist."""
+
+    __slots__ = ("digits", "size", "names", "skeletons", "excluded", "since")
+
+    def __init__(
+        self,
+        content: Optional[_Content],
+        *,
+        names: Iterable[str] = (),
+        excluded: FrozenSet[str] = frozenset(),
+        size: Optional[int] = None,
+        since: Optional[float] = None,
+    ) -> None:
+        self.digits = content.tag[len(_TAG_PREFIX) :] if content is not None else None
+        self.size = content.size if content is not None else size
+        names = list(names)
+        self.names = _name_forms(names)
+        self.skeletons = {_skeleton(name) for name in names}
+        self.excluded = excluded
+        #: Seconds since the epoch, on the server's clock.
+        self.since = since
+
+
+def _match(record: JobRecord, wanted: _Wanted) -> str:
+    """Whether ``record`` is the wanted file's job: _YES, _MAYBE or _NO.
+
+    With a tag: its digits in the stored name, compared without case (a
+    server may lower-case a name, replace its dots, add a prefix), and the
+    same size; never by name and size alone.  Without: one of the names it
+    was sent under, as a server may have stored it, and the same size; a
+    name that differs only outside ASCII letters and digits is _MAYBE."""
+    if record.denoise_id in wanted.excluded:
+        return _NO
+    if record.audio_size is not None and record.audio_size != wanted.size:
+        return _NO
+    if wanted.since is not None:
+        created = _epoch(record.created_at)
+        if created is not None and created < wanted.since:
+            return _NO
+    name = record.file_name or ""
+    if wanted.digits is not None:
+        return _YES if wanted.digits in name.lower() else _NO
+    if name in wanted.names:
+        return _YES
+    if record.audio_size == wanted.size and _skeleton(name) in wanted.skeletons:
+        return _MAYBE
+    return _NO
+
+
+def _chosen_job(jobs: List[JobRecord]) -> Optional[JobRecord]:
+    """Of one content's jobs (newest first), the one to adopt: the newest
+    that succeeded, else the newest still going, else the newest failed."""
+    for wanted in ("success", None):
+        for job in jobs:
+            if job.status == wanted or (wanted is None and job.status != "failed"):
+                return job
+    return jobs[0] if jobs else None
+
+
+def _name_forms(names: Iterable[str]) -> Set[str]:
+    """The ways a server may have stored a file name it was sent: as it is,
+    as written in the form (%22 for a quote, which not every parser undoes),
+    that with each backslash read as an escape (a quoted-pair, as the email
+    package reads it), and each of these as UTF-8 bytes read as Latin-1
+    (what some multipart parsers, busboy's default among them, make of
+    UTF-8) or with replacement characters."""
+    forms = set()  # type: Set[str]
+    for name in names:
+        written = _form_quote(name)
+        for form in (name, written, re.sub(r"\\(.)", r"\1", written)):
+            sent = form.encode("utf-8", "surrogateescape")
+            forms.update((form, sent.decode("latin-1"), sent.decode("utf-8", "replace")))
+    return forms
+
+
+def _skeleton(name: str) -> str:
+    """A name's ASCII letters, digits and dots, lower-cased: what survives
+    any mangling of the rest."""
+    return re.sub(r"[^a-z0-9.]", "", name.lower())
+
+
+def _created(job: JobRecord) -> float:
+    created = _epoch(job.created_at)
+    return created if created is not None else math.inf
+
+
+class _JobHistory:
+    """The account's jobs back to a horizon, read newest first in pages the
+    first time, and each later time only as far as the first job already
+    known: a batch reads its history once and shares it between threads.
+
+    A page shorter than asked does not end the read (a server may cap its
+    pages); only an empty page, a job older than the horizon (on the
+    server's clock) or a known job does.  A job that new arrivals pushed
+    onto the next page counts once."""
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon = horizon
+        self._jobs = {}  # type: Dict[str, JobRecord]
+        self._lock = threading.Lock()
+        #: Whether the history was read back to the horizon once.
+        self.loaded = False
+        #: Records and requests read so far (for the lookup's cost).
+        self.records_read = 0
+        self.requests = 0
+
+    def refresh(self, client: "_Client", policy: RetryPolicy) -> None:
+        """Read what is new since the last read (the first time: back to
+        the horizon)."""
+        with self._lock:
+            known = frozenset(self._jobs) if self.loaded else frozenset()
+            offset, limit, edge = 0, _REFRESH_PAGE if self.loaded else _HISTORY_PAGE, None
+            while offset < _HISTORY_MAX_RECORDS:
+                records, skew = _list_again(client, limit, offset, policy)
+                self.requests += 1
+                self.records_read += len(records)
+                if not records:
+                    break
+                if edge is None:
+                    edge = time.time() + skew - self.horizon
+                ended = False
+                for record in records:
+                    ended = ended or record.denoise_id in known
+                    self._jobs[record.denoise_id] = record
+                    created = _epoch(record.created_at)
+                    ended = ended or (created is not None and created < edge)
+                if ended:
+                    break
+                offset += len(records)
+                limit = _HISTORY_PAGE
+            else:
+                logger.warning(
+                    "read %d jobs without reaching the horizon; older ones are not looked at",
+                    offset,
+                )
+            self.loaded = True
+
+    def matches(self, wanted: _Wanted) -> List[JobRecord]:
+        """The known jobs that are the wanted file's, newest first."""
+        with self._lock:
+            found = [job for job in self._jobs.values() if _match(job, wanted) is _YES]
+        found.sort(key=_created, reverse=True)
+        return found
+
+    def ids(self) -> FrozenSet[str]:
+        with self._lock:
+            return frozenset(self._jobs)
+
+
+def _list_again(
+    client: "_Client", limit: Optional[int], offset: int, policy: RetryPolicy
+) -> Tuple[List[JobRecord], float]:
+    """One page of GET /denoise, tried again after a dropped connection, a
+    429 or a 5xx, as the policy allows."""
+    failures = 0
+    while True:
+        try:
+            return _list(client, limit, offset)
+        except (TransportError, APIError) as exc:
+            failures += 1
+            if failures > policy.max_retries or not _is_retryable(exc):
+                raise
+            _pause(exc, failures, policy, client.remaining(), "trying again")
+
+
+# --------------------------------------------------------------------------
+# Upload: submit()
+# --------------------------------------------------------------------------
+
+
 def submit(
     path: Any,
     *,
@@ -2182,11 +2483,17 @@ def submit(
     on_upload: Optional[Callable[[int, Optional[int]], Any]] = None,
     timeout: Optional[float] = None,
     check: bool = True,
+    tag: bool = True,
+    reuse: bool = True,
+    retry_failed: bool = False,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retry: Optional[RetryPolicy] = None,
 ) -> Submission:
-    """Upload a file (``POST /denoise``) and return its :class:`Submission`.
+    """Upload a file (``POST /denoise``) and return its :class:`Submission`,
+    or adopt the job the account already has for the same content.
 
     ``path`` is a file name, or an open binary file with a ``name`` (sent
     from its current position).  The file is streamed, never read whole,
@@ -2198,22 +2505,42 @@ def submit(
     :data:`MAX_UPLOAD_BYTES`, an audio or video extension the API lists, and
     a WAV file no longer than 15 minutes by its header.
 
+    Every job is known by its content.  The file is sent under its own name
+    with a tag made from its SHA-256 before the extension
+    (``interview.munsit-<20 hex digits>.wav``, see :func:`content_tag`), and
+    before paying, the account's jobs of the last ``horizon`` seconds
+    (default 7 days) are looked through for that tag and size: a job found
+    is adopted (``Submission.adopted``) and nothing is sent.  So a second
+    call, a rerun after a crash, a renamed copy, another process or another
+    host with the same content pays once.  A job found that failed raises
+    :class:`DenoiseFailedError` with its ``denoise_id``, unless
+    ``retry_failed=True``, which sends the file again.  ``reuse=False``
+    always sends a new job (still tagged).  ``tag=False`` sends the plain
+    name and looks nothing up first.  Looking, then sending, is not atomic:
+    where two processes may start the same content at the same moment (a
+    task engine running one task twice), pass ``lock``: a callable that
+    takes the content's key (a str) and returns a context manager held from
+    before the look until the new job's id is known, such as
+    ``lambda key: distributed.Lock(key)`` or
+    ``lambda key: redis.lock(key, timeout=600)``.
+
     The job is billed and the call is not idempotent, so it is sent again
     only when the server certainly did not take it: the connection could
     not be made or broke before the whole file was sent, or the server
     answered 429 or 503 (``Retry-After`` is obeyed), as ``retry`` allows.
     When the file was sent and the answer lost (a reset, a read timeout,
-    502, 504), the job is looked up with ``GET /denoise`` (a record with
-    this file name and size created since the upload began, looked for
-    twice a few seconds apart) and returned if found; the file is sent
-    again only if it is not there.  If several jobs could be it, or the
-    deadline leaves no time to look, :class:`SubmissionUnknownError` names
-    them instead of risking a second charge.
+    502, 504), the job is looked up (by its tag; untagged, by its name and
+    size since the upload began), twice a few seconds apart, and returned if
+    found; the file is sent again only if it is not there.  If an untagged
+    lookup finds several candidates, or the deadline leaves no time to look,
+    :class:`SubmissionUnknownError` names them instead of risking a second
+    charge.
 
     Raises :class:`APIError` (400: the API refused the file, with its
     ``error_code`` and ``error_message``), :class:`PaymentRequiredError`
-    (402), :class:`AuthenticationError`, :class:`TransportError`,
-    :class:`WaitTimeoutError` or :class:`SubmissionUnknownError`.
+    (402), :class:`AuthenticationError`, :class:`DenoiseFailedError`,
+    :class:`TransportError`, :class:`WaitTimeoutError` or
+    :class:`SubmissionUnknownError`.
 
     Example::
 
@@ -2221,14 +2548,36 @@ def submit(
         done = wait(job.denoise_id)
     """
     policy = retry if retry is not None else RetryPolicy()
+    options = _JobOptions(tag, reuse, retry_failed, horizon, lock)
     with _client_for(
         api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
     ) as client:
         source = _Source(path, check)
         try:
-            return _submit(client, source, _upload_callback(on_upload), policy)
+            return _submit(client, source, _upload_callback(on_upload), policy, options, _Hooks())
         finally:
             source.close()
+
+
+def content_tag(path: Any) -> str:
+    """The tag that :func:`submit` puts in the name a file is sent under:
+    ``munsit-`` and the first 20 lower-case hex digits of the SHA-256 of
+    the file's bytes (from its current position, for an open file).
+
+    A stable format: jobs sent by this version are recognised by later
+    ones.  Search for it in :func:`list_jobs`' ``file_name``\\ s (without
+    case) to find the jobs of a file.
+
+    Example::
+
+        tag = content_tag("a.wav")
+        mine = [job for job in list_jobs(limit=100) if tag in (job.file_name or "").lower()]
+    """
+    source = _Source(path, False)
+    try:
+        return source.identify(lambda: None).tag
+    finally:
+        source.close()
 
 
 def _upload_callback(on_upload: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
@@ -2240,36 +2589,213 @@ def _upload_callback(on_upload: Any) -> Optional[Callable[[int, Optional[int]], 
     return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
 
 
+class _JobOptions:
+    """How one call (or one batch) finds and keeps its jobs: set once, read
+    by each file's pipeline.  ``history`` is shared by a batch's files."""
+
+    __slots__ = ("tag", "reuse", "retry_failed", "lock", "history", "max_size")
+
+    def __init__(
+        self,
+        tag: bool = True,
+        reuse: bool = True,
+        retry_failed: bool = False,
+        horizon: float = DEFAULT_HORIZON,
+        lock: Optional[Callable[[str], Any]] = None,
+        max_size: Optional[int] = None,
+    ) -> None:
+        if max_size is None:
+            max_size = DEFAULT_MAX_DOWNLOAD
+        if not isinstance(horizon, (int, float)) or not 0 < horizon < math.inf:
+            raise ConfigurationError("horizon must be a positive number of seconds")
+        if lock is not None and not callable(lock):
+            raise ConfigurationError("lock must be a callable that takes a key")
+        if not isinstance(max_size, int) or max_size < 0:
+            raise ConfigurationError("max_size must be a number of bytes >= 0")
+        self.tag = bool(tag)
+        self.reuse = bool(reuse)
+        self.retry_failed = bool(retry_failed)
+        self.lock = lock
+        self.history = _JobHistory(float(horizon))
+        self.max_size = max_size
+
+
+class _Hooks:
+    """What a caller adds to one file's pipeline (upload, follow, save).
+    Each does nothing here; a batch and the command line override them, so
+    that the pipeline never learns what a journal or a display is."""
+
+    #: A job this file was submitted as already: follow it, send nothing.
+    known_id = None  # type: Optional[str]
+    #: When an upload whose answer was never seen began (time.time()), if
+    #: one may have: an untagged upload looks it up before sending again.
+    sent_at = None  # type: Optional[float]
+    #: Jobs that are never this file's: earlier attempts, other inputs' jobs.
+    excluded = frozenset()  # type: FrozenSet[str]
+    #: Other names the file was sent under (it may have been renamed).
+    names = frozenset()  # type: FrozenSet[str]
+
+    def before_send(self, client: "_Client", policy: RetryPolicy, name: str) -> None:
+        """Right before each POST; may wait, or raise to send nothing."""
+
+    def refused(self, error: MunsitError, policy: RetryPolicy) -> None:
+        """The server refused an upload (429, 402, ...)."""
+
+    def unsent(self) -> None:
+        """The last upload certainly did not create a job."""
+
+    def submitted(self, submission: Submission) -> None:
+        """The file's job is known: sent now, or found (``adopted``)."""
+
+    def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+        """Where to save the result, once its URL is known: (the path to
+        show, the file to write), or None for the pipeline's own target."""
+        return None
+
+
 def _submit(
-    client: _Client,
+    client: "_Client",
     source: _Source,
     report: Optional[Callable[[int, Optional[int]], Any]],
     policy: RetryPolicy,
-    prior: "Optional[_Prior]" = None,
-    gate: "Optional[_Gate]" = None,
+    options: _JobOptions,
+    hooks: _Hooks,
 ) -> Submission:
-    """POST the file until the server certainly has it once.
+    """The file's job: the one the account has for this content, or a new
+    one, POSTed until the server certainly has it once."""
+    content = source.identify(lambda: client.check_time("while the file was read"))
+    name = _tagged_name(source.name, content.tag) if options.tag else source.name
+    with _held(options.lock, content):
+        before = frozenset()  # type: FrozenSet[str]
+        if options.tag and options.reuse:
+            found = _adoptable(client, policy, options, hooks, content)
+            if found is not None:
+                return found
+            before = options.history.ids()
+        submission, looked = _post(
+            client, source, name, content, report, policy, options, hooks, before
+        )
+    if options.tag and options.reuse and not looked:
+        _warn_if_doubled(client, policy, options, content, before, submission.denoise_id)
+    return submission
 
-    ``prior`` is what an earlier run knows (if it may have sent the file
-    without seeing the answer, look first) and whom to tell before each
-    POST and after one certainly not taken.  ``gate`` is what a batch's
-    uploads share: a pause after a 429, a stop after a 402."""
+
+@contextlib.contextmanager
+def _held(lock: Optional[Callable[[str], Any]], content: "_Content") -> Iterator[None]:
+    """The caller's lock for this content, held around the block."""
+    if lock is None:
+        yield
+        return
+    try:
+        guard = lock(content.lock_key)
+        guard.__enter__()
+    except MunsitError:
+        raise
+    except Exception as exc:
+        raise MunsitError(
+            "could not take the lock for %s: %s" % (content.lock_key, _clean(_reason(exc)))
+        ) from exc
+    try:
+        yield
+    except BaseException:
+        if not guard.__exit__(*sys.exc_info()):
+            raise
+    else:
+        guard.__exit__(None, None, None)
+
+
+def _adoptable(
+    client: "_Client",
+    policy: RetryPolicy,
+    options: _JobOptions,
+    hooks: _Hooks,
+    content: "_Content",
+) -> Optional[Submission]:
+    """This content's job, if the account has one to adopt; raise
+    DenoiseFailedError for a failed one the caller does not send again."""
+    options.history.refresh(client, policy)
+    jobs = options.history.matches(_Wanted(content, excluded=hooks.excluded))
+    chosen = _chosen_job(jobs)
+    if chosen is None:
+        return None
+    if chosen.status == "failed":
+        if options.retry_failed:
+            logger.info(
+                "job %s of this content failed; sending it again (retry_failed)",
+                chosen.denoise_id,
+            )
+            return None
+        error = DenoiseFailedError(chosen.error or "no reason given")
+        error.denoise_id = chosen.denoise_id
+        raise error
+    logger.info(
+        "found job %s (%s) of this content: not sent again", chosen.denoise_id, chosen.status
+    )
+    return Submission(
+        chosen.denoise_id,
+        chosen.denoise_id,
+        chosen.file_name or content.tag,
+        content.size,
+        adopted=True,
+    )
+
+
+def _warn_if_doubled(
+    client: "_Client",
+    policy: RetryPolicy,
+    options: _JobOptions,
+    content: "_Content",
+    before: FrozenSet[str],
+    ours: str,
+) -> None:
+    """Look once more after an upload: another job of this content that
+    appeared meanwhile is a second charge (two callers looked at the same
+    moment, without a lock), never to be hidden."""
+    try:
+        options.history.refresh(client, policy)
+    except (TransportError, APIError, ProtocolError, WaitTimeoutError) as exc:
+        logger.info("could not look for a second job of this content: %s", _printable(str(exc)))
+        return
+    others = options.history.matches(_Wanted(content, excluded=before | {ours}))
+    if others:
+        logger.warning(
+            "%s was sent twice at the same moment and both jobs are billed: %s (this call's) "
+            "and %s; pass lock= where callers may run together",
+            content.tag,
+            ours,
+            ", ".join(job.denoise_id for job in others),
+        )
+
+
+def _post(
+    client: "_Client",
+    source: _Source,
+    name: str,
+    content: "_Content",
+    report: Optional[Callable[[int, Optional[int]], Any]],
+    policy: RetryPolicy,
+    options: _JobOptions,
+    hooks: _Hooks,
+    before: FrozenSet[str],
+) -> Tuple[Submission, bool]:
+    """POST the file under ``name`` until the server certainly has it once;
+    its Submission, and whether it was found by a look after the upload."""
     failures = 0
-    if prior is not None and prior.sent_at is not None:
-        found = _look_up(client, source, prior.sent_at, policy, prior=prior)
+    if hooks.sent_at is not None and not options.tag:
+        # An earlier run may have sent it without seeing the answer.  (A
+        # tagged file was looked for by its tag already.)
+        found = _look_up(client, source, name, content, hooks.sent_at, policy, options, hooks)
         if found is not None:
-            return found
-        if prior.on_unsent is not None:
-            prior.on_unsent()
+            return found, True
+        hooks.unsent()
     while True:
-        if gate is not None:
-            gate.wait_turn(client, policy)
+        hooks.before_send(client, policy, name)
         began = time.time()
         boundary = "munsit-%s" % os.urandom(16).hex()
         bodies = []  # type: List[_MultipartBody]
         # A consumed body sent again would be an empty upload that looks like
         # success: every attempt and every redirect gets a new one.
-        fresh_body = functools.partial(_fresh_body, bodies, source, boundary, report)
+        fresh_body = functools.partial(_fresh_body, bodies, source, name, boundary, report)
 
         headers = {
             "Accept": "application/json",
@@ -2278,20 +2804,16 @@ def _submit(
         }  # type: Dict[str, Union[str, bytes]]
         sent = False
         client.check_time("before the upload")
-        if prior is not None and prior.on_sending is not None:
-            prior.on_sending()
         try:
             response = client.send("POST", client.url("/denoise"), headers, body=fresh_body)
             sent = bool(bodies) and bodies[-1].finished
             status = response.status_code
             if status == 200:
-                return _submission(client, response, source)
+                return _submission(client, response, name, source.size), False
             error = client.error(response, for_job=False)  # type: MunsitError
-            if gate is not None:
-                gate.learn(error, policy)
+            hooks.refused(error, policy)
             if status not in (429, 503) and not 500 <= status <= 599:
-                if prior is not None and prior.on_unsent is not None:
-                    prior.on_unsent()  # refused: certainly not taken
+                hooks.unsent()  # refused: certainly not taken
                 raise error
             # 429 and 503 say the job was not taken; another 5xx may come
             # from a proxy after the server took it.
@@ -2303,23 +2825,23 @@ def _submit(
             if bodies and bodies[-1].finished:
                 raise SubmissionUnknownError(
                     "the deadline passed after %s was sent and before the server answered; "
-                    "the job may exist (munsit-progress list)" % source.name
+                    "the job may exist (munsit-progress list)" % _printable(name)
                 ) from exc
             raise
         if sent:
             logger.info(
-                "the answer to the upload of %s was lost: looking the job up",
-                _printable(source.name),
+                "the answer to the upload of %s was lost: looking the job up", _printable(name)
             )
-            found = _look_up(client, source, began, policy, error, prior)
+            found = _look_up(
+                client, source, name, content, began, policy, options, hooks, error, before
+            )
             if found is not None:
-                return found
-        if prior is not None and prior.on_unsent is not None:
-            prior.on_unsent()  # certainly not taken: a rerun need not look
+                return found, True
+        hooks.unsent()  # certainly not taken: a rerun need not look
         failures += 1
         if failures > policy.max_retries or not _is_retryable(error):
             raise error
-        _pause(error, failures, policy, client.remaining(), "sending %s again" % source.name)
+        _pause(error, failures, policy, client.remaining(), "sending %s again" % name)
 
 
 class _Gate:
@@ -2344,9 +2866,9 @@ class _Gate:
                 self.throttled = error
                 return
             with self._lock:
-                self._until = max(self._until, time.monotonic() + pause)
+                self._until = max(self._until, policy.clock() + pause)
 
-    def wait_turn(self, client: _Client, policy: RetryPolicy) -> None:
+    def wait_turn(self, client: "_Client", policy: RetryPolicy) -> None:
         """Return when an upload may start; raise if none may."""
         while True:
             if self.refused is not None:
@@ -2366,7 +2888,7 @@ class _Gate:
                 )
             client.check_time("before the upload")
             with self._lock:
-                wait = self._until - time.monotonic()
+                wait = self._until - policy.clock()
             if wait <= 0:
                 return
             remaining = client.remaining()
@@ -2378,115 +2900,91 @@ class _Gate:
 def _fresh_body(
     made: List[_MultipartBody],
     source: _Source,
+    name: str,
     boundary: str,
     report: Optional[Callable[[int, Optional[int]], Any]],
 ) -> _MultipartBody:
-    made.append(_MultipartBody(source, boundary, report))
+    made.append(_MultipartBody(source, name, boundary, report))
     return made[-1]
 
 
-def _submission(client: _Client, response: requests.Response, source: _Source) -> Submission:
+def _submission(client: "_Client", response: requests.Response, name: str, size: int) -> Submission:
     payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
     denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
     if canonical is None:
         raise ProtocolError(
-            "the answer to the upload has no denoiseId: %s" % _clean(json.dumps(payload)[:200])
+            "the answer to the upload has no denoiseId: %s" % _clean(json.dumps(payload))
         )
     job_id = payload.get("jobId")
-    return Submission(
-        canonical, job_id if isinstance(job_id, str) else canonical, source.name, source.size
-    )
-
-
-class _Prior:
-    """What an earlier run (a batch's journal) knows of this file's uploads,
-    and whom to tell before and after each new one: when an upload may have
-    been sent without its answer (``sent_at``, a time.time() reading), the
-    jobs of earlier attempts (never this one), and the names it was sent
-    under (the file may have been renamed since)."""
-
-    __slots__ = ("sent_at", "earlier", "names", "on_sending", "on_unsent")
-
-    def __init__(
-        self,
-        sent_at: Optional[float] = None,
-        earlier: FrozenSet[str] = frozenset(),
-        names: FrozenSet[str] = frozenset(),
-        on_sending: Optional[Callable[[], Any]] = None,
-        on_unsent: Optional[Callable[[], Any]] = None,
-    ) -> None:
-        self.sent_at = sent_at
-        self.earlier = earlier
-        self.names = names
-        self.on_sending = on_sending
-        self.on_unsent = on_unsent
-
-
-def _name_forms(names: Iterable[str]) -> Set[str]:
-    """The ways a server may have stored a file name it was sent: as sent,
-    as escaped in the form, and as bytes read as Latin-1 (what some
-    multipart parsers, busboy's default among them, make of UTF-8)."""
-    forms = set()  # type: Set[str]
-    for name in names:
-        for form in (name, _form_quote(name)):
-            sent = form.encode("utf-8", "surrogateescape")
-            forms.update((form, sent.decode("latin-1"), sent.decode("utf-8", "replace")))
-    return forms
-
-
-def _skeleton(name: str) -> str:
-    """A name's ASCII letters, digits and dots, lower-cased: what survives
-    any mangling of the rest."""
-    return re.sub(r"[^a-z0-9.]", "", name.lower())
+    return Submission(canonical, job_id if isinstance(job_id, str) else canonical, name, size)
 
 
 def _look_up(
-    client: _Client,
+    client: "_Client",
     source: _Source,
+    name: str,
+    content: "_Content",
     began: float,
     policy: RetryPolicy,
+    options: _JobOptions,
+    hooks: _Hooks,
     lost: Optional[MunsitError] = None,
-    prior: Optional[_Prior] = None,
+    before: FrozenSet[str] = frozenset(),
 ) -> Optional[Submission]:
     """The job an upload begun at ``began`` (time.time()) created, if the
-    account's jobs since then show exactly one; None if they show none,
-    twice; SubmissionUnknownError if they cannot say.
+    account's jobs show it; None if they show none, twice a few seconds
+    apart; SubmissionUnknownError if they cannot say.
 
-    A job is this upload's if it was created since it began (on the
-    server's clock, with a margin), has its size (or none), and one of the
-    names it was sent under (as the server may have stored it).  A job of
-    this size in that time whose name differs from it only outside ASCII
-    letters and digits may be it too: it makes the answer unsure, never a
-    reason to send again."""
-    names = [source.name] + sorted(prior.names if prior is not None else ())
-    earlier = prior.earlier if prior is not None else frozenset()
-    wanted = _name_forms(names)
-    skeletons = {_skeleton(name) for name in names}
+    A tagged upload's job is a job with its tag that was not there before
+    it (the history read before the upload says which were), or, without
+    that history, one created since it began.  An untagged upload's is one
+    created since it began with one of the names it was sent under; a job
+    of its size whose name differs only outside ASCII letters and digits
+    makes the answer unsure, never a reason to send again."""
+    names = [name] + sorted(hooks.names)
+    known = before | hooks.excluded
+    wanted = _Wanted(
+        content if options.tag else None,
+        names=names,
+        excluded=known,
+        size=source.size,
+    )
     for look in range(2):
         if look:
             remaining = client.remaining()
             if remaining is not None and remaining <= _LOOKUP_PAUSE:
                 raise SubmissionUnknownError(
                     "%s was sent but its answer was lost, and the deadline leaves no time "
-                    "to look the job up" % _printable(source.name)
+                    "to look the job up" % _printable(name)
                 ) from lost
             policy.sleep(_LOOKUP_PAUSE)
         try:
-            found, maybe = _jobs_since(client, source, began, wanted, skeletons, earlier)
+            if options.tag and options.history.loaded:
+                options.history.refresh(client, policy)
+                found, maybe = options.history.matches(wanted), []  # type: ignore[var-annotated]
+            else:
+                found, maybe = _jobs_since(client, began, wanted)
         except (TransportError, APIError, ProtocolError, WaitTimeoutError) as exc:
             raise SubmissionUnknownError(
                 "%s was sent but its answer was lost, and the job could not be looked up: %s"
-                % (_printable(source.name), exc)
+                % (_printable(name), exc)
             ) from exc
-        if len(found) == 1:
-            logger.info("found the job of %s: %s", _printable(source.name), found[0].denoise_id)
-            return Submission(found[0].denoise_id, found[0].denoise_id, source.name, source.size)
+        if found and (options.tag or len(found) == 1):
+            job = found[-1]  # the oldest: the first of the uploads that got through
+            if len(found) > 1:
+                logger.warning(
+                    "%s was sent more than once and each job is billed: %s",
+                    _printable(name),
+                    ", ".join(record.denoise_id for record in found),
+                )
+            logger.info("found the job of %s: %s", _printable(name), job.denoise_id)
+            return Submission(job.denoise_id, job.denoise_id, name, source.size)
         if found or maybe:
             raise SubmissionUnknownError(
                 "%s was sent but its answer was lost, and %s"
                 % (
-                    _printable(source.name),
+                    _printable(name),
                     "several jobs could be it"
                     if found
                     else "jobs of its size but another name were created meanwhile",
@@ -2497,40 +2995,40 @@ def _look_up(
 
 
 def _jobs_since(
-    client: _Client,
-    source: _Source,
-    began: float,
-    wanted: Set[str],
-    skeletons: Set[str],
-    earlier: FrozenSet[str],
+    client: "_Client", began: float, wanted: "_Wanted"
 ) -> Tuple[List[JobRecord], List[JobRecord]]:
-    """The jobs created since ``began`` that are this upload by name and
-    size, and those that may be it; paged back until the list reaches
-    older jobs (other hosts may have added many since)."""
+    """The jobs created since ``began`` that are this upload, and those that
+    may be it, newest first; read in pages back to the first older job.
+    A page shorter than asked does not end the list (a server may cap
+    pages), and a job that new arrivals pushed onto the next page counts
+    once."""
     found = []  # type: List[JobRecord]
     maybe = []  # type: List[JobRecord]
-    since = None  # type: Optional[float]
-    for page in range(_LOOKUP_PAGES):
-        records, skew = _list(client, _LOOKUP_RECORDS, page * _LOOKUP_RECORDS)
-        if since is None:
+    seen = set()  # type: Set[str]
+    offset = 0
+    for _ in range(_LOOKUP_PAGES):
+        records, skew = _list(client, _LOOKUP_RECORDS, offset)
+        if not records:
+            return found, maybe
+        if wanted.since is None:
             # Record times are the server's: compare them on its clock.
-            since = began + skew - _LOOKUP_MARGIN
+            wanted.since = began + skew - _LOOKUP_MARGIN
         reached_older = False
         for record in records:
+            if record.denoise_id in seen:
+                continue
+            seen.add(record.denoise_id)
             created = _epoch(record.created_at)
-            if created is not None and created < since:
+            if created is not None and created < wanted.since:
                 reached_older = True
-                continue
-            if record.denoise_id in earlier or record.audio_size not in (None, source.size):
-                continue
-            if record.file_name in wanted:
+            verdict = _match(record, wanted)
+            if verdict is _YES:
                 found.append(record)
-            elif (
-                record.audio_size == source.size and _skeleton(record.file_name or "") in skeletons
-            ):
+            elif verdict is _MAYBE:
                 maybe.append(record)
-        if reached_older or len(records) < _LOOKUP_RECORDS:
+        if reached_older:
             return found, maybe
+        offset += len(records)
     raise ProtocolError(
         "more than %d jobs were created since the upload began: too many to look through"
         % (_LOOKUP_PAGES * _LOOKUP_RECORDS)
@@ -2599,15 +3097,7 @@ def list_jobs(
     with _client_for(
         api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
     ) as client:
-        failures = 0
-        while True:
-            try:
-                return _list(client, limit, offset)[0]
-            except (TransportError, APIError) as exc:
-                failures += 1
-                if failures > policy.max_retries or not _is_retryable(exc):
-                    raise
-                _pause(exc, failures, policy, client.remaining(), "trying again")
+        return _list_again(client, limit, offset, policy)[0]
 
 
 def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobRecord], float]:
@@ -2631,9 +3121,7 @@ def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobR
             skew = 0.0
     payload = client.read_json(response, _LIST_LIMIT_BYTES, "the job list")
     if not isinstance(payload, list):
-        raise ProtocolError(
-            "the job list is not a JSON list: %s" % _clean(json.dumps(payload)[:200])
-        )
+        raise ProtocolError("the job list is not a JSON list: %s" % _clean(json.dumps(payload)))
     return [_job_record(item) for item in payload], skew
 
 
@@ -2643,7 +3131,7 @@ def _job_record(item: Any) -> JobRecord:
     status = item.get("status") if isinstance(item, dict) else None
     if canonical is None or not isinstance(status, str):
         raise ProtocolError(
-            "a job record has no valid id and status: %s" % _clean(json.dumps(item)[:200])
+            "a job record has no valid id and status: %s" % _clean(json.dumps(item))
         )
 
     def text(name: str) -> Optional[str]:
@@ -3321,19 +3809,59 @@ def _output_path(path: "Union[str, os.PathLike[str]]") -> str:
     return real
 
 
+# A download's temporary file: .NAME.XXXXXXXX.part beside its target.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.part", re.DOTALL)
+_TEMPORARY_END = re.compile(r"\.[0-9a-f]{8}\.part")
+
+
+def _sweep_temporaries(folder: str, prefix: str = ".") -> None:
+    """Remove what killed runs left: the temporary files of unfinished
+    downloads (.NAME.XXXXXXXX.part), those starting with ``prefix``.  One
+    that is locked belongs to a live download (another process saving into
+    this folder) and stays."""
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix) or not _TEMPORARY.fullmatch(name):
+            continue
+        if prefix != "." and not _TEMPORARY_END.fullmatch(name[len(prefix) :]):
+            continue  # another target's
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            flags = os.O_RDWR | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+            try:
+                if _lock_descriptor(fd):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+
+
 def _temporary_beside(target: str) -> Tuple[str, int]:
     """Create an empty file next to ``target`` for its new content, with
     the permission bits of the file it will replace; (its path, its fd)."""
     folder, name = os.path.split(target)
     # A short stem, so that the name stays legal whatever the target's length.
     stem = name.encode("utf-8", "surrogateescape")[:96].decode("utf-8", "ignore")
-    temporary = os.path.join(folder, ".%s.%s.part" % (stem, os.urandom(4).hex()))
-    try:
-        fd = os.open(
-            temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, "cannot write %s: %s" % (target, exc.strerror)) from exc
+    _sweep_temporaries(folder, "." + stem)  # what killed saves of this target left
+    for _ in range(8):
+        temporary = os.path.join(folder, ".%s.%s.part" % (stem, os.urandom(4).hex()))
+        try:
+            fd = os.open(
+                temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, "cannot write %s: %s" % (target, exc.strerror)) from exc
+        # Locked while it is written, so that a batch sweeping the folder
+        # removes only the temporaries of dead runs; a sweep may have taken
+        # it in the moment before the lock, so it must still be there.
+        if _lock_descriptor(fd) and os.fstat(fd).st_nlink > 0:
+            break
+        os.close(fd)
+    else:
+        raise OSError(errno.EAGAIN, "cannot write %s: no temporary file could be made" % target)
     try:
         old = os.stat(target)
     except OSError:
@@ -3366,16 +3894,31 @@ def _save(
     max_size: int,
     policy: RetryPolicy,
 ) -> None:
-    temporary, fd = _temporary_beside(target)
+    """Fetch ``url`` into ``target``, whole or not at all.  SaveError for
+    what the file system refused."""
     try:
-        with os.fdopen(fd, "r+b") as out:
-            _fetch(client, url, out, report, max_size, policy)
-            out.flush()
-            os.fsync(out.fileno())
-        _replace(temporary, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        temporary, fd = _temporary_beside(target)
+        try:
+            with os.fdopen(fd, "r+b") as out:
+                _fetch(client, url, out, report, max_size, policy)
+                out.flush()
+                os.fsync(out.fileno())
+                if os.name == "posix":
+                    # Renamed while still open, so still locked: a sweep
+                    # never sees it unlocked.  (Windows renames only closed files.)
+                    _replace(temporary, target)
+            if os.name != "posix":
+                _replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    except OSError as exc:
+        if isinstance(exc, MunsitError):
+            raise
+        raise SaveError(
+            exc.errno,
+            "cannot save %s: %s" % (_printable(target), exc.strerror or _reason(exc)),
+        ) from exc
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)", re.ASCII)
@@ -3560,6 +4103,11 @@ def denoise(
     base_url: Optional[str] = None,
     session: Optional[requests.Session] = None,
     check: bool = True,
+    tag: bool = True,
+    reuse: bool = True,
+    retry_failed: bool = False,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retry: Optional[RetryPolicy] = None,
@@ -3578,18 +4126,25 @@ def denoise(
     processing and the download as one display.  The other arguments are
     as for those functions.
 
-    An error raised after the upload was accepted carries the job's
-    ``denoise_id`` (attribute and message): the job exists and is paid
-    for, so follow it (``wait(err.denoise_id)``, ``munsit-progress ID``)
-    instead of sending the file again.
+    The job is known by its content (see :func:`submit`): when the account
+    has this content's job already, it is followed and its result saved,
+    and nothing is sent.  So calling ``denoise()`` again, in another
+    process or on another host (a cron rerun, a task engine's retry) pays
+    once; pass ``lock`` where two calls may start the same content at the
+    same moment.  When an adopted job's result can no longer be downloaded
+    (403, 404, 410), the error names the job; ``reuse=False`` sends the
+    file again.
+
+    Every error raised after the server took the job carries its
+    ``denoise_id`` (attribute and message), the errors of saving the result
+    included (:class:`SaveError`: a full disk, a folder gone).
 
     Example::
 
         done = denoise("interview.wav", "clean.wav", on_progress=ProgressBar(), timeout=3600)
     """
     policy = retry if retry is not None else RetryPolicy()
-    if not isinstance(max_size, int) or max_size < 0:
-        raise ConfigurationError("max_size must be a number of bytes >= 0")
+    options = _JobOptions(tag, reuse, retry_failed, horizon, lock, max_size)
     with _client_for(
         api_key,
         base_url,
@@ -3600,57 +4155,69 @@ def denoise(
         policy,
         allow_http=allow_http,
     ) as client:
-        target = _output_path(output) if output is not None else None
+        target = None  # type: Optional[Tuple[str, str]]
+        if output is not None:
+            target = (_shown_path(output), _output_path(output))
         source = _Source(path, check)
         try:
-            return _denoise_one(
-                client, source, target, output, on_progress, policy, max_size=max_size
-            )
+            return _denoise_one(client, source, target, on_progress, policy, options, _Hooks())
         finally:
             source.close()
+
+
+def _shown_path(path: Any) -> str:
+    name = os.fspath(path)
+    return name if isinstance(name, str) else os.fsdecode(name)
 
 
 def _denoise_one(
     client: _Client,
     source: _Source,
-    target: Optional[str],
-    output: Optional[str],
+    target: Optional[Tuple[str, str]],
     on_progress: Any,
     policy: RetryPolicy,
-    *,
-    max_size: int = DEFAULT_MAX_DOWNLOAD,
-    known_id: Optional[str] = None,
-    prior: Optional[_Prior] = None,
-    on_submitted: Optional[Callable[[Submission], Any]] = None,
-    output_for: Optional[Callable[[DoneEvent], Tuple[str, str]]] = None,
-    gate: Optional[_Gate] = None,
+    options: _JobOptions,
+    hooks: _Hooks,
 ) -> DoneEvent:
-    """denoise() for one file on a client: the one way a file is uploaded,
-    followed and saved, which the batch uses too.
-
-    ``known_id``: the job was submitted already (follow it, do not upload);
-    ``prior``: what an earlier run knows of its uploads (see _Prior);
-    ``on_submitted`` is called with the
-    :class:`Submission` the moment the server accepts the upload;
-    ``output_for(done)`` names the output (its path to show, the file to
-    write) once the result's extension is known; ``gate`` is shared by a
-    batch's uploads."""
+    """One file's pipeline: submit (or adopt), follow, save.  The one way a
+    file is uploaded, followed and saved; the batch and the command line
+    add to it through ``hooks``.  ``target`` is where to save the result
+    (the path to show, the file to write), if anywhere."""
     finish = _finisher(on_progress)
     upload = getattr(on_progress, "upload", None)
     transfer = getattr(on_progress, "transfer", None)
-    job = known_id
+    job = hooks.known_id
+    adopted = job is not None
     try:
-        if job is None:
-            submission = _submit(
-                client, source, upload if callable(upload) else None, policy, prior, gate
-            )
-            job = submission.denoise_id
-            if on_submitted is not None:
-                on_submitted(submission)
         try:
-            done = _follow(client, job, on_progress if callable(on_progress) else None, policy)
-            if output_for is not None:
-                output, target = output_for(done)
+            for attempt in range(2):
+                if job is None:
+                    submission = _submit(
+                        client,
+                        source,
+                        upload if callable(upload) else None,
+                        policy,
+                        options,
+                        hooks,
+                    )
+                    job, adopted = submission.denoise_id, submission.adopted
+                    hooks.submitted(submission)
+                try:
+                    done = _follow(
+                        client, job, on_progress if callable(on_progress) else None, policy
+                    )
+                    break
+                except DenoiseFailedError:
+                    if attempt or not adopted or not options.retry_failed:
+                        raise
+                    # A job found still running has failed since: send the
+                    # file again, as asked, and never adopt that job again.
+                    logger.info("job %s failed; sending the file again (retry_failed)", job)
+                    hooks.excluded = hooks.excluded | {job}
+                    job = None
+            chosen = hooks.output_for(done)
+            if chosen is not None:
+                target = chosen
             if target is None:
                 if finish is not None:
                     finish(done)
@@ -3658,24 +4225,43 @@ def _denoise_one(
             reached = getattr(on_progress, "_reached", None)
             if callable(reached):
                 reached(done)
-            _save(
-                client,
-                done.url,
-                target,
-                transfer if callable(transfer) else None,
-                max_size,
-                policy,
-            )
+            try:
+                _save(
+                    client,
+                    done.url,
+                    target[1],
+                    transfer if callable(transfer) else None,
+                    options.max_size,
+                    policy,
+                )
+            except APIError as exc:
+                if adopted and job is not None and exc.status_code in (403, 404, 410):
+                    raise _result_gone(exc, job) from exc
+                raise
         except MunsitError as exc:
-            exc.denoise_id = job
+            if job is not None:
+                exc.denoise_id = job
             raise
     except BaseException as exc:
         if finish is not None:
             finish(exc)
         raise
     if finish is not None:
-        finish("saved %s" % output)
+        finish("saved %s" % target[0])
     return done
+
+
+def _result_gone(error: APIError, job: str) -> APIError:
+    """An adopted job's result that cannot be fetched any more, said so."""
+    gone = type(error)(
+        error.status_code,
+        error.error_code,
+        "the result of job %s, found for this content, can no longer be downloaded (%s); "
+        "reuse=False (--no-reuse) sends the file again as a new job"
+        % (job, error.error_message or "HTTP %d" % error.status_code),
+    )
+    gone.denoise_id = job
+    return gone
 
 
 # --------------------------------------------------------------------------
@@ -3716,7 +4302,63 @@ class NotSubmittedError(MunsitError):
     sends it."""
 
 
-class _Journal:
+class _JournalView:
+    """What a batch journal says, by content: each input's state, and which
+    content each saved output holds."""
+
+    def __init__(self, folder: str, states: "Dict[str, _Progress]") -> None:
+        self.folder = folder
+        self.states = states
+        self._lock = threading.Lock()
+        #: Each saved output's name (case-folded) -> the content whose
+        #: result it holds, as the newest "saved" line says.
+        self.outputs = {}  # type: Dict[str, str]
+        for key, state in states.items():
+            for name, at in state.saved.items():
+                owner = self.outputs.get(name.casefold())
+                if owner is None or states[owner].saved.get(name, 0.0) <= at:
+                    self.outputs[name.casefold()] = key
+
+    def saved_output(self, key: str, stem: str) -> Optional[str]:
+        """The output saved from this content for an input of this stem,
+        if it is still there and no other content's result replaced it."""
+        state = self.states.get(key)
+        for name in sorted(state.saved if state is not None else ()):
+            path = os.path.join(self.folder, name)
+            if (
+                os.path.splitext(name)[0] == stem
+                and self.outputs.get(name.casefold(), key) == key
+                and os.path.isfile(path)
+            ):
+                return path
+        return None
+
+    def taken_output(self, key: str, stem: str) -> Optional[str]:
+        """An output of this stem, any extension, that holds another
+        content's result and is still there."""
+        with self._lock:
+            owners = [(name, owner) for name, owner in self.outputs.items() if owner != key]
+        for name, owner in owners:
+            if os.path.splitext(name)[0] == stem.casefold():
+                real = next((n for n in self.states[owner].saved if n.casefold() == name), name)
+                path = os.path.join(self.folder, real)
+                if os.path.isfile(path):
+                    return path
+        return None
+
+    def jobs_of_others(self, key: str) -> FrozenSet[str]:
+        """Every job the journal gives to another content."""
+        with self._lock:
+            jobs = set()  # type: Set[str]
+            for other, state in self.states.items():
+                if other != key:
+                    jobs.update(state.earlier)
+                    if state.denoise_id is not None:
+                        jobs.add(state.denoise_id)
+        return frozenset(jobs)
+
+
+class _Journal(_JournalView):
     """The output folder's record of what a batch did, so that a run killed
     at any point can be run again without paying twice.
 
@@ -3730,7 +4372,6 @@ class _Journal:
 
     def __init__(self, folder: str) -> None:
         self.path = os.path.join(folder, JOURNAL_NAME)
-        self._lock = threading.Lock()
         self._handle = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
         try:
             if not _lock_file(self._handle):
@@ -3738,7 +4379,7 @@ class _Journal:
                     "another run is using %s (its journal %s is locked); nothing was done"
                     % (_printable(folder), JOURNAL_NAME)
                 )
-            self.states = self._read()
+            super().__init__(folder, self._read())
         except BaseException:
             self._handle.close()
             raise
@@ -3765,18 +4406,20 @@ class _Journal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
-    def record(self, event: str, identity: "_Identity", **fields: Any) -> None:
+    def record(self, event: str, content: _Content, **fields: Any) -> None:
         """Write one step, durably, before going on."""
         record = {
             "event": event,
-            "sha256": identity.sha256,
-            "size": identity.size,
+            "sha256": content.sha256,
+            "size": content.size,
             "at": time.time(),
         }
         record.update(fields)
         with self._lock:
             self._append(self._line(record))
-            self.states.setdefault(identity.key, _Progress()).learn(record)
+            self.states.setdefault(content.key, _Progress()).learn(record)
+            if event == "saved":
+                self.outputs[os.path.basename(str(fields["output"])).casefold()] = content.key
 
     def close(self) -> None:
         with self._lock:
@@ -3802,19 +4445,24 @@ def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
 def _lock_file(handle: Any) -> bool:
     """Take the OS's exclusive lock on an open file without waiting;
     whether it was free.  The OS drops it when the holder dies."""
+    handle.seek(0)
+    return _lock_descriptor(handle.fileno())
+
+
+def _lock_descriptor(fd: int) -> bool:
+    """_lock_file() for a file descriptor (at its start, on Windows)."""
     try:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
 
-        handle.seek(0)
         try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         except OSError:
             return False
         return True
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return False
     return True
@@ -3829,8 +4477,8 @@ class _Progress:
         #: When an upload whose answer was not recorded began, if one did.
         self.sent_at = None  # type: Optional[float]
         self.denoise_id = None  # type: Optional[str]
-        #: The names of the outputs saved from this content.
-        self.saved = set()  # type: Set[str]
+        #: The names of the outputs saved from this content, and when.
+        self.saved = {}  # type: Dict[str, float]
         self.failed = None  # type: Optional[str]
         #: Jobs of earlier attempts (failed ones sent again): never this one.
         self.earlier = set()  # type: Set[str]
@@ -3851,7 +4499,7 @@ class _Progress:
                 if self.denoise_id is not None:
                     self.earlier.add(self.denoise_id)
                 self.denoise_id = self.failed = None
-                self.saved = set()
+                self.saved = {}
             if self.denoise_id is None and self.sent_at is None:
                 # The earliest upload whose answer is unknown: a lookup
                 # must reach back to it.
@@ -3864,51 +4512,13 @@ class _Progress:
         elif event == "saved" and job is not None and isinstance(record.get("output"), str):
             self.denoise_id = job
             self.sent_at = None
-            self.saved.add(os.path.basename(record["output"]))
+            self.saved[os.path.basename(record["output"])] = (
+                float(at) if isinstance(at, (int, float)) else 0.0
+            )
         elif event == "failed" and job is not None:
             self.denoise_id = job
             self.sent_at = None
             self.failed = str(record.get("error") or "the job failed")
-
-    def saved_for(self, stem: str, folder: str) -> Optional[str]:
-        """The output saved for an input of this stem, if it is still there."""
-        for name in sorted(self.saved):
-            path = os.path.join(folder, name)
-            if os.path.splitext(name)[0] == stem and os.path.isfile(path):
-                return path
-        return None
-
-
-class _Identity:
-    """An input's content: its size and SHA-256, so that a renamed or
-    touched file is still recognised."""
-
-    __slots__ = ("sha256", "size", "key")
-
-    def __init__(self, sha256: str, size: int) -> None:
-        self.sha256 = sha256
-        self.size = size
-        self.key = "%s:%d" % (sha256, size)
-
-
-def _identify(source: _Source, check: Callable[[], None]) -> _Identity:
-    """The content's identity; ``check`` may raise to stop the hashing."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    source.rewind()
-    left = source.size
-    while left > 0:
-        check()
-        piece = source.read(min(1024 * 1024, left))
-        if not piece:
-            raise ConfigurationError(
-                "%s got shorter while it was being read" % _printable(source.name)
-            )
-        digest.update(piece)
-        left -= len(piece)
-    source.rewind()
-    return _Identity(digest.hexdigest(), source.size)
 
 
 def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
@@ -3986,6 +4596,10 @@ def denoise_many(
     max_files: Optional[int] = None,
     max_bytes: Optional[int] = None,
     retry_failed: bool = False,
+    tag: bool = True,
+    reuse: bool = True,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
     allow_http: bool = False,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
@@ -4013,6 +4627,14 @@ def denoise_many(
     does not stop the others.  ``max_files`` and ``max_bytes`` cap what this
     run sends (:class:`NotSubmittedError` for the rest).  A job that failed
     on the server is not sent again unless ``retry_failed``.
+
+    Each file's job is known by its content, as :func:`submit` knows it
+    (``tag``, ``reuse``, ``horizon``, ``lock``): the account's recent jobs
+    are read once for the whole run, and a file whose content has a job
+    already is followed and saved, not sent.  An output that the journal
+    says holds another content's result (an earlier input of the same base
+    name) is never replaced: that input is refused
+    (:class:`ConfigurationError`) before anything is sent.
 
     ``on_progress`` may be a :class:`ProgressBar` (its stream and mode draw
     the batch: lines in place on a terminal, prefixed lines in a log, one
@@ -4047,7 +4669,7 @@ def denoise_many(
         check=check,
         max_files=max_files,
         max_bytes=max_bytes,
-        retry_failed=retry_failed,
+        options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
         policy=policy,
     )
     return batch.results()
@@ -4068,7 +4690,7 @@ class _Batch:
         check: bool,
         max_files: Optional[int],
         max_bytes: Optional[int],
-        retry_failed: bool,
+        options: _JobOptions,
         policy: RetryPolicy,
         on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
     ) -> None:
@@ -4080,7 +4702,7 @@ class _Batch:
         self.deadline = deadline
         self.settings = settings
         self.check = check
-        self.retry_failed = retry_failed
+        self.options = options
         self.stop = threading.Event()
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
@@ -4186,9 +4808,9 @@ class _Batch:
             self._check_time()
             source = _Source(path, self.check)
             try:
-                identity = _identify(source, self._check_time)
-                with self._identity_lock(identity.key):
-                    return self._follow_through(path, stem, source, identity, session, entry)
+                content = source.identify(self._check_time)
+                with self._identity_lock(content.key):
+                    return self._follow_through(path, stem, source, content, session, entry)
             finally:
                 source.close()
         except DenoiseFailedError as exc:
@@ -4221,17 +4843,26 @@ class _Batch:
         path: str,
         stem: str,
         source: _Source,
-        identity: _Identity,
+        content: _Content,
         session: requests.Session,
         entry: "_BatchEntry",
     ) -> FileResult:
-        state = self.journal.states.get(identity.key)
-        saved = state.saved_for(stem, self.folder) if state is not None else None
+        state = self.journal.states.get(content.key)
+        saved = self.journal.saved_output(content.key, stem)
         if state is not None and saved is not None:
             entry.finish("already saved as %s" % _short_path(saved))
             return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
+        other = self.journal.taken_output(content.key, stem)
+        if other is not None:
+            # Last night's input of this name had other content: its result
+            # is paid for and must not be replaced.
+            raise ConfigurationError(
+                "not sent: %s already holds the result of another file of this name, with "
+                "other content; move that result away (or rename this input) and run again"
+                % _short_path(other)
+            )
         known = state.denoise_id if state is not None else None
-        if state is not None and state.failed is not None and not self.retry_failed:
+        if state is not None and state.failed is not None and not self.options.retry_failed:
             error = DenoiseFailedError(state.failed)
             error.denoise_id = known
             entry.finish(error)
@@ -4239,56 +4870,18 @@ class _Batch:
         if state is not None and state.failed is not None:
             known = None  # send it again, as asked
         entry._job = known
-        prior = None  # type: Optional[_Prior]
-        if known is None:
-            self._reserve(source)
-            # Journaled right before each POST, and undone when the server
-            # certainly did not take it: a rerun looks up only what may
-            # exist, and from the right moment.
-            prior = _Prior(
-                sent_at=state.sent_at if state is not None else None,
-                earlier=frozenset(state.earlier) if state is not None else frozenset(),
-                names=frozenset(state.names) if state is not None else frozenset(),
-                on_sending=lambda: self.journal.record(
-                    "sending", identity, file=os.path.basename(path)
-                ),
-                on_unsent=lambda: self.journal.record("unsent", identity),
-            )
-
-        name = os.path.basename(path)
-
-        def submitted(job: Submission) -> None:
-            self.journal.record("submitted", identity, denoiseId=job.denoise_id)
-            entry._job = job.denoise_id
-            if self.on_record is not None:
-                self.on_record({"stage": "submitted", "file": name, "denoiseId": job.denoise_id})
-
-        def output_for(done: DoneEvent) -> Tuple[str, str]:
-            output = os.path.join(self.folder, stem + _result_extension(done.url))
-            return _short_path(output), _output_path(output)
-
+        hooks = _BatchHooks(self, path, stem, content, state, entry)
+        hooks.known_id = known
         client = _Client(session=session, deadline=self.deadline, **self.settings)
         with self._clients_lock:
             self._clients.add(client)
         try:
             if self.stop.is_set():
                 client.abort()
-            done = _denoise_one(
-                client,
-                source,
-                None,
-                None,
-                entry,
-                self.policy,
-                known_id=known,
-                prior=prior,
-                on_submitted=submitted,
-                output_for=output_for,
-                gate=self.gate,
-            )
+            done = _denoise_one(client, source, None, entry, self.policy, self.options, hooks)
         except DenoiseFailedError as exc:
             self.journal.record(
-                "failed", identity, denoiseId=exc.denoise_id, error=exc.message[:2000]
+                "failed", content, denoiseId=exc.denoise_id, error=exc.message[:2000]
             )
             raise
         finally:
@@ -4296,22 +4889,86 @@ class _Batch:
                 self._clients.discard(client)
         output = os.path.join(self.folder, stem + _result_extension(done.url))
         self.journal.record(
-            "saved", identity, denoiseId=done.denoise_id, output=os.path.basename(output)
+            "saved", content, denoiseId=done.denoise_id, output=os.path.basename(output)
         )
         return FileResult(path, output=output, denoise_id=done.denoise_id)
 
-    def _reserve(self, source: _Source) -> None:
+    def _reserve(self, size: int) -> None:
         """Count a new upload against the run's caps, or raise."""
         with self._caps:
             if self._files_left is not None:
                 if self._files_left <= 0:
                     raise NotSubmittedError("not sent: this run's --max-files is reached")
             if self._bytes_left is not None:
-                if source.size > self._bytes_left:
+                if size > self._bytes_left:
                     raise NotSubmittedError("not sent: this run's --max-bytes is reached")
-                self._bytes_left -= source.size
+                self._bytes_left -= size
             if self._files_left is not None:
                 self._files_left -= 1
+
+
+class _BatchHooks(_Hooks):
+    """One input's part in a batch: the journal written around its upload,
+    the run's caps and 429/402 gate, its output in the run's folder."""
+
+    def __init__(
+        self,
+        batch: _Batch,
+        path: str,
+        stem: str,
+        content: _Content,
+        state: "Optional[_Progress]",
+        entry: "_BatchEntry",
+    ) -> None:
+        self._batch = batch
+        self._name = os.path.basename(path)
+        self._stem = stem
+        self._content = content
+        self._entry = entry
+        self._reserved = False
+        if state is not None:
+            self.sent_at = state.sent_at
+            self.names = frozenset(state.names)
+            self.excluded = frozenset(state.earlier)
+            if state.failed is not None and state.denoise_id is not None:
+                self.excluded = self.excluded | {state.denoise_id}  # sent again, as asked
+        if not batch.options.tag:
+            # Matched by name and size: never a job another input has.
+            self.excluded = self.excluded | batch.journal.jobs_of_others(content.key)
+
+    def before_send(self, client: _Client, policy: RetryPolicy, name: str) -> None:
+        if not self._reserved:
+            self._batch._reserve(self._content.size)
+            self._reserved = True
+        self._batch.gate.wait_turn(client, policy)
+        client.check_time("before the upload")
+        # Journaled right before each POST, and undone when the server
+        # certainly did not take it: a rerun looks up only what may exist,
+        # and from the right moment.
+        self._batch.journal.record("sending", self._content, file=self._name)
+
+    def refused(self, error: MunsitError, policy: RetryPolicy) -> None:
+        self._batch.gate.learn(error, policy)
+
+    def unsent(self) -> None:
+        self._batch.journal.record("unsent", self._content)
+
+    def submitted(self, submission: Submission) -> None:
+        self._batch.journal.record("submitted", self._content, denoiseId=submission.denoise_id)
+        self._entry._job = submission.denoise_id
+        if self._batch.on_record is not None:
+            fields = {
+                "stage": "submitted",
+                "file": self._name,
+                "denoiseId": submission.denoise_id,
+            }  # type: Dict[str, Any]
+            if submission.adopted:
+                fields["adopted"] = True
+            self._batch.on_record(fields)
+
+    def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+        output = os.path.join(self._batch.folder, self._stem + _result_extension(done.url))
+        return _short_path(output), _output_path(output)
 
 
 def _short_path(path: str) -> str:
@@ -4322,20 +4979,6 @@ def _short_path(path: str) -> str:
     except ValueError:  # another drive
         return path
     return path if relative.startswith(os.pardir) else relative
-
-
-def _sweep_temporaries(folder: str) -> None:
-    """Remove what killed runs left: the temporary files of unfinished
-    downloads (.NAME.XXXXXXXX.part).  Safe under the journal's lock."""
-    pattern = re.compile(r"\..+\.[0-9a-f]{8}\.part")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        if pattern.fullmatch(name):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
 
 
 class _BatchDisplay:
@@ -5459,10 +6102,31 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             metavar="SIZE",
             help="send at most SIZE bytes in this run (500M, 2G, 300MiB...)",
         )
-        batch.add_argument(
+        jobs = parser.add_argument_group(
+            "finding jobs (a file's job is found by its content before it is sent)"
+        )
+        jobs.add_argument(
             "--retry-failed",
             action="store_true",
-            help="send again the files whose job failed on the server in an earlier run",
+            help="send the file again when its job failed on the server",
+        )
+        jobs.add_argument(
+            "--no-reuse",
+            action="store_true",
+            help="always send the file as a new job, even when the account has its job",
+        )
+        jobs.add_argument(
+            "--no-tag",
+            action="store_true",
+            help="send the file under its plain name, without the content tag; it is "
+            "then not looked for before it is sent",
+        )
+        jobs.add_argument(
+            "--horizon",
+            type=float,
+            default=DEFAULT_HORIZON / 86400,
+            metavar="DAYS",
+            help="how many days back to look for the file's job (default %(default)g)",
         )
         parser.add_argument(
             "--no-check",
@@ -5597,14 +6261,25 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
 
     reporter = Reporter()
 
-    def submitted(job: Submission) -> None:
-        reporter.job = job.denoise_id
-        console.note("%s: submitted as job %s" % (name, job.denoise_id))
-        if args.json:
-            console.record({"stage": "submitted", "file": name, "denoiseId": job.denoise_id})
+    class Hooks(_Hooks):
+        def submitted(self, submission: Submission) -> None:
+            reporter.job = submission.denoise_id
+            if submission.adopted:
+                console.note(
+                    "%s: found its job %s (sent earlier): not sent again"
+                    % (name, submission.denoise_id)
+                )
+            else:
+                console.note("%s: submitted as job %s" % (name, submission.denoise_id))
+            if args.json:
+                fields = {"stage": "submitted", "file": name, "denoiseId": submission.denoise_id}
+                if submission.adopted:
+                    fields["adopted"] = True
+                console.record(fields)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
         policy = RetryPolicy()
+        options = _cli_options(args)
         with _Client(
             api_key,
             base_url,
@@ -5612,12 +6287,12 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
             deadline=_deadline(args.timeout, policy.clock),
             allow_http=args.allow_http,
         ) as client:
-            target = _output_path(args.output) if args.output is not None else None
+            target = None  # type: Optional[Tuple[str, str]]
+            if args.output is not None:
+                target = (args.output, _output_path(args.output))
             source = _Source(path, not args.no_check)
             try:
-                done = _denoise_one(
-                    client, source, target, args.output, reporter, policy, on_submitted=submitted
-                )
+                done = _denoise_one(client, source, target, reporter, policy, options, Hooks())
             except DenoiseFailedError as exc:
                 if args.json:
                     console.record(
@@ -5625,7 +6300,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
                             "stage": "error",
                             "message": exc.message,
                             "file": name,
-                            "denoiseId": reporter.job,
+                            "denoiseId": reporter.job or exc.denoise_id,
                         }
                     )
                 raise
@@ -5649,6 +6324,19 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
         return EXIT_OK
 
     return _with_api(args, console, run)
+
+
+def _cli_options(args: Any) -> _JobOptions:
+    """How the command line's options find and keep jobs."""
+    horizon = args.horizon * 86400.0
+    if not 0 < horizon < math.inf:
+        raise ConfigurationError("--horizon must be a positive number of days")
+    return _JobOptions(
+        tag=not args.no_tag,
+        reuse=not args.no_reuse,
+        retry_failed=args.retry_failed,
+        horizon=horizon,
+    )
 
 
 _OUTCOMES = (
@@ -5702,7 +6390,7 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             check=not args.no_check,
             max_files=args.max_files,
             max_bytes=args.max_bytes,
-            retry_failed=args.retry_failed,
+            options=_cli_options(args),
             policy=RetryPolicy(),
             on_record=record,
         )
@@ -5762,6 +6450,7 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
             states = _journal_states(handle.read().split(b"\n"))
     except FileNotFoundError:
         states = {}
+    journal = _JournalView(folder, states)
     files_left = args.max_files
     bytes_left = args.max_bytes
     rows = [("ACTION", "SIZE", "FILE", "")]
@@ -5776,15 +6465,21 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
             counts["refuse"] = counts.get("refuse", 0) + 1
             continue
         try:
-            identity = _identify(source, lambda: None)
+            identity = source.identify(lambda: None)
         finally:
             source.close()
         state = states.get(identity.key)
         detail = ""
-        saved = state.saved_for(stem, folder) if state is not None else None
+        saved = journal.saved_output(identity.key, stem) if state is not None else None
+        taken = journal.taken_output(identity.key, stem)
         first = planned.setdefault(identity.key, path)
         if saved is not None:
             action, detail = "skip", "already saved as %s" % os.path.basename(saved)
+        elif taken is not None:
+            action, detail = (
+                "refuse",
+                "%s holds another content's result: move it away first" % os.path.basename(taken),
+            )
         elif first != path:
             action, detail = "follow", "same content as %s: one job for both" % first
         elif state is not None and state.failed is not None and not args.retry_failed:
@@ -5805,6 +6500,8 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
                 action = "look up" if looked else "send"
                 if looked:
                     detail = "sent by an earlier run without an answer: looked up first"
+                elif not args.no_tag and not args.no_reuse:
+                    detail = "unless the account has its job (looked for first)"
                 to_send += identity.size
                 if files_left is not None:
                     files_left -= 1
@@ -6000,17 +6697,14 @@ def _read_key(path: Optional[str], wait_at_most: float = 10.0) -> Optional[str]:
         return None
     try:
         if path == "-":
-            stdin = getattr(sys.stdin, "buffer", None)
-            if stdin is None:
-                raise ConfigurationError("--api-key-file -: there is no standard input")
-            line = stdin.readline(_KEY_FILE_LIMIT + 1)
+            line = _read_stdin_line(wait_at_most)
         else:
             line = _read_first_line(path, wait_at_most)
         if len(line) > _KEY_FILE_LIMIT:
             raise ConfigurationError(
                 "the API key file's first line is longer than %d bytes" % _KEY_FILE_LIMIT
             )
-        return cast(bytes, line).decode("utf-8-sig")
+        return line.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError("cannot read the API key file: %s" % exc) from exc
 
@@ -6025,23 +6719,54 @@ def _read_first_line(path: str, wait_at_most: float) -> bytes:
     if _stat.S_ISREG(mode) or not hasattr(os, "O_NONBLOCK"):
         with open(path, "rb") as handle:
             return handle.readline(_KEY_FILE_LIMIT + 1)
-    import select
-
     # Opened without blocking: a FIFO nobody writes to would block open().
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not select.select([fd], [], [], wait_at_most)[0]:
-            raise ConfigurationError(
-                "nothing came from the API key file %s within %g seconds"
-                % (_printable(path), wait_at_most)
-            )
         os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            return handle.readline(_KEY_FILE_LIMIT + 1)
+        return _read_line_within(fd, wait_at_most, "the API key file %s" % _printable(path))
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+
+
+def _read_stdin_line(wait_at_most: float) -> bytes:
+    """The first line of standard input, waited for as a FIFO is when it is
+    a pipe, a socket or a terminal: a cron job's stdin may be a pipe that
+    nobody writes to and nobody closes."""
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:
+        raise ConfigurationError("--api-key-file -: there is no standard input")
+    try:
+        fd = stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):  # a replaced sys.stdin may have no descriptor
+        return cast(bytes, stdin.readline(_KEY_FILE_LIMIT + 1))
+    waits = _stat.S_ISFIFO(mode) or _stat.S_ISSOCK(mode) or os.isatty(fd)
+    # Windows (no O_NONBLOCK) selects only sockets; a file or /dev/null reads at once.
+    if waits and hasattr(os, "O_NONBLOCK"):
+        return _read_line_within(fd, wait_at_most, "standard input")
+    return cast(bytes, stdin.readline(_KEY_FILE_LIMIT + 1))
+
+
+def _read_line_within(fd: int, wait_at_most: float, shown: str) -> bytes:
+    """The first line from a pipe, a FIFO, a socket or a terminal, given up
+    on after ``wait_at_most`` seconds.  Read a byte at a time: a writer may
+    send the line and keep the pipe open, and what follows stays unread."""
+    import select
+
+    deadline = time.monotonic() + wait_at_most
+    line = bytearray()
+    while len(line) <= _KEY_FILE_LIMIT and not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise ConfigurationError(
+                "%s from %s within %g seconds"
+                % ("no end of line came" if line else "nothing came", shown, wait_at_most)
+            )
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 def _exit_status(exc: MunsitError) -> int:
@@ -6055,7 +6780,7 @@ def _exit_status(exc: MunsitError) -> int:
         return EXIT_GAVE_UP
     if isinstance(exc, ConfigurationError):
         return EXIT_USAGE
-    if isinstance(exc, (WaitTimeoutError, TransportError)):
+    if isinstance(exc, (WaitTimeoutError, TransportError, SaveError)):
         return EXIT_GAVE_UP
     if isinstance(exc, APIError):
         return EXIT_GAVE_UP if _is_retryable(exc) else EXIT_REJECTED

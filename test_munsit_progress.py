@@ -1535,6 +1535,68 @@ def test_a_key_echoed_in_an_event_name_is_redacted_from_debug_logs(server, caplo
     assert "non-JSON" in caplog.text and KEY not in caplog.text
 
 
+# A key JSON escapes (a quote, a backslash), long enough that a 200-character
+# cut of a message can fall inside it.
+ODD_KEY = 'Qz"9\\Kx/' + "-odd-key-0123456789abcdef" * 6
+
+
+def echo_odd_key(where):
+    """A server whose 200 answer holds ODD_KEY (JSON-escaped but in "raw")
+    where a cut of its text at 200 characters falls inside the key."""
+    pad = "x" * 170
+    body = {
+        "upload": json.dumps({"pad": pad, "echo": ODD_KEY}),
+        "raw": "<html>" + pad + ODD_KEY,
+        "list": json.dumps({"pad": pad, "echo": ODD_KEY}),
+        "record": json.dumps([{"pad": pad, "echo": ODD_KEY}]),
+    }[where].encode()
+
+    def script(conn, request, server):
+        read_body(conn, request, keep=False)
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        conn.sendall(head(200, dict(headers, Connection="close")) + body)
+
+    return script
+
+
+@pytest.mark.parametrize("where", ["upload", "raw", "list", "record", "event", "error"])
+def test_a_key_echoed_json_escaped_across_the_cut_leaves_no_part_of_it(
+    server, where, audio_file, caplog
+):
+    if where == "event":
+        server.serve(stream(sse_data(["x" * 170, ODD_KEY])))
+    elif where == "error":
+        text = "x" * 170 + ODD_KEY
+        server.serve(error_response(400, json.dumps({"errorMessage": text}).encode()))
+    else:
+        server.serve(echo_odd_key(where))
+    settings = {"api_key": ODD_KEY, "base_url": server.base_url, "retry": QUICK}
+    with caplog.at_level(logging.DEBUG, logger="munsit_progress"):
+        with pytest.raises(MunsitError) as info:
+            if where in ("upload", "raw"):
+                mp.submit(audio_file, **settings)
+            elif where in ("list", "record"):
+                mp.list_jobs(**settings)
+            else:
+                wait(JOB, **settings)
+    texts = [caplog.text]
+    error = info.value
+    while error is not None:
+        texts += [str(error), repr(error), str(getattr(error, "message", ""))]
+        error = error.__cause__ or error.__context__
+    for form in (ODD_KEY, json.dumps(ODD_KEY)[1:-1]):
+        assert all(form[:8] not in text for text in texts), (form[:8], texts)
+    assert "***" in str(info.value), str(info.value)
+
+
+def test_a_non_ascii_secret_is_redacted_however_json_escapes_it():
+    secret = "mot-de-passe-\u00e9t\u00e9-\u043a\u043b\u044e\u0447"
+    mp._remember_secret(secret)
+    for ascii_only in (True, False):
+        text = json.dumps({"password": secret}, ensure_ascii=ascii_only)
+        assert mp._redact(text) == '{"password": "***"}'
+
+
 def test_c1_controls_in_a_redirect_reach_no_log(server, caplog):
     # U+009B (CSI) as UTF-8 bytes; http.client reads headers as Latin-1.
     location = b"/api/v1/denoise/" + JOB.encode() + b"/progress?\xc2\x9b2J\xc2\x9b31mFORGED"
@@ -1773,11 +1835,42 @@ def form_parts(content_type, body):
     return message.get_payload()
 
 
+# The content tag submit() puts before a name's extension (a stable format).
+TAG = re.compile(r"\.munsit-[0-9a-f]{20}(?=\.[^.]*$|$)")
+
+
+def untagged(name):
+    """A name as sent, without its content tag."""
+    return TAG.sub("", name) if name else name
+
+
+def tagged(name, path):
+    """The name a file at ``path`` is sent under."""
+    return mp._tagged_name(name, mp.content_tag(path))
+
+
 def iso_now(offset=0.0):
     now = time.time() + offset
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (
         int(now * 1000) % 1000
     )
+
+
+class _StatusSniffer:
+    """A connection that tells the fake API how a job's stream ended, so that
+    its list shows the job as success or failed, as the real API does."""
+
+    def __init__(self, conn, api, job):
+        self._conn, self._api, self._job = conn, api, job
+
+    def sendall(self, data):
+        for stage, status in ((b'"stage": "done"', "success"), (b'"stage": "error"', "failed")):
+            if stage in data:
+                self._api.set_status(self._job, status)
+        return self._conn.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
 
 
 class FakeAPI:
@@ -1829,18 +1922,24 @@ class FakeAPI:
             self.hit.set()
             self.release.wait(15)
 
+    def set_status(self, job, status):
+        with self.lock:
+            for record in self.jobs:
+                if record["id"] == job:
+                    record["status"] = status
+
     def name_of(self, job):
         with self.lock:
             for record in self.jobs:
                 if record["id"] == job:
-                    return record["file_name"]
+                    return untagged(record["file_name"])
         return None
 
     def posts_by_name(self):
         counts = {}
         for post in self.posts:
             if post[1] is not None:
-                name = post[1][0].get_filename()
+                name = untagged(post[1][0].get_filename())
                 counts[name] = counts.get(name, 0) + 1
         return counts
 
@@ -1860,7 +1959,7 @@ class FakeAPI:
             script = (
                 self.by_name.get(name) or self.progress or stream(processing(50, "working"), done)
             )
-            script(conn, request, server)
+            script(_StatusSniffer(conn, self, job), request, server)
         elif path.startswith("/files/"):
             job = path.split("/")[-1].split(".")[0]
             body = self.content.get(job, self.result) if self.echo else self.result
@@ -1906,7 +2005,7 @@ class FakeAPI:
             error_response(int(answer), json.dumps(payload).encode())(conn, request, server)
             return
         job = self.take(parts, delay=0.3 if answer == "late" else 0.0)
-        self.event("post-taken", parts[0].get_filename())
+        self.event("post-taken", untagged(parts[0].get_filename()))
         if answer == "ok":
             body = json.dumps({"jobId": job, "denoiseId": job}).encode()
             conn.sendall(
@@ -1920,7 +2019,7 @@ class FakeAPI:
                 )
                 + body
             )
-            self.event("post-answered", parts[0].get_filename())
+            self.event("post-answered", untagged(parts[0].get_filename()))
         elif answer in ("drop", "late"):
             reset(conn)
         elif answer in ("500", "502", "504"):
@@ -2002,8 +2101,6 @@ def submit_to(server, path, **kwargs):
     "name",
     [
         "plain.wav",
-        'a "quoted" name.wav',
-        "back\\slash.mp3",
         "ملف صوتي.wav",
         "日本語 🎧.flac",
         "semi;colon=x.ogg",
@@ -2019,11 +2116,11 @@ def test_upload_is_one_audio_part_that_a_multipart_parser_reads_back_intact(serv
     assert len(parts) == 1
     part = parts[0]
     assert part.get_param("name", header="content-disposition") == "audio"
-    assert part.get_filename() == name
+    assert part.get_filename() == tagged(name, str(tmp_path / name))
     assert part.get_payload(decode=True) == content
     assert request.headers["content-length"] == str(length)
     assert "transfer-encoding" not in request.headers
-    assert job.file_name == name and job.size == len(content)
+    assert job.file_name == part.get_filename() and job.size == len(content)
     assert job.denoise_id == api.jobs[0]["id"] == job.job_id
 
 
@@ -2031,8 +2128,35 @@ def test_a_line_end_in_a_file_name_is_sent_as_browsers_send_it(server, tmp_path)
     (tmp_path / "two\nlines.wav").write_bytes(b"RIFF....")
     api = FakeAPI("ok")
     server.serve(api)
-    submit_to(server, str(tmp_path / "two\nlines.wav"), check=False)
+    submit_to(server, str(tmp_path / "two\nlines.wav"), check=False, tag=False)
     assert api.posts[0][1][0].get_filename() == "two%0Alines.wav"
+
+
+@pytest.mark.parametrize(
+    "name, written",
+    [
+        ('my "best" take.wav', "my %22best%22 take.wav"),
+        ("two\r\nlines.wav", "two%0D%0Alines.wav"),
+        ("back\\slash.mp3", "back\\slash.mp3"),
+        ("tab\tand\x7f.wav", "tab%09and%7F.wav"),
+        ("ملف.wav", "ملف.wav"),
+    ],
+)
+def test_the_file_name_is_written_in_the_form_as_browsers_write_it(server, tmp_path, name, written):
+    # The WHATWG multipart/form-data encoding: no backslash escapes, which
+    # fetch's formData() (undici) refuses.
+    (tmp_path / name).write_bytes(b"RIFF....")
+    bodies = []
+
+    def take(conn, request, srv):
+        bodies.append(read_body(conn, request))
+        body = json.dumps({"jobId": JOB, "denoiseId": JOB}).encode()
+        conn.sendall(head(200, {"Content-Length": str(len(body)), "Connection": "close"}) + body)
+
+    server.serve(take)
+    submit_to(server, str(tmp_path / name), check=False, tag=False)
+    expected = b'; filename="%s"\r\n' % written.encode("utf-8")
+    assert expected in bodies[0], bodies[0][:300]
 
 
 def test_the_part_has_the_content_type_of_its_extension(server, tmp_path):
@@ -2043,7 +2167,7 @@ def test_the_part_has_the_content_type_of_its_extension(server, tmp_path):
         ("b.mkv", "video/x-matroska"),
         ("c.xyz", "application/octet-stream"),
     ]:
-        (tmp_path / name).write_bytes(b"data")
+        (tmp_path / name).write_bytes(name.encode())
         submit_to(server, str(tmp_path / name), check=False)
         assert api.posts[-1][1][0].get_content_type() == expected
 
@@ -2053,7 +2177,7 @@ def test_submit_takes_an_open_binary_file(server, audio_file):
     server.serve(api)
     with open(audio_file, "rb") as handle:
         job = submit_to(server, handle)
-    assert job.file_name == "interview.wav"
+    assert untagged(job.file_name) == "interview.wav"
     assert api.uploaded() == open(audio_file, "rb").read()
 
 
@@ -2075,6 +2199,7 @@ def test_upload_progress_goes_to_on_upload_and_to_a_progress_bar(server, tmp_pat
         str(tmp_path / "big.wav"),
         on_upload=mp.ProgressBar(out, mode="log").transfer,
         check=False,
+        reuse=False,
     )
     assert "uploading 3.0 MB of 3.0 MB" in out.getvalue()
 
@@ -2181,7 +2306,9 @@ def test_answer_lost_after_the_job_was_taken_is_found_not_paid_again(server, aud
     job = submit_to(server, audio_file)
     assert posts_and_jobs(api) == (1, 1)
     assert job.denoise_id == api.jobs[0]["id"]
-    assert [r.method for r in server.requests] == ["POST", "GET"]
+    # One look before paying (an empty account: one empty page), the upload,
+    # one look after its answer was lost (the job, then an empty page).
+    assert [r.method for r in server.requests] == ["GET", "POST", "GET", "GET"]
 
 
 def test_a_record_that_appears_late_is_found_by_the_second_look(server, audio_file):
@@ -2190,7 +2317,7 @@ def test_a_record_that_appears_late_is_found_by_the_second_look(server, audio_fi
     job = submit_to(server, audio_file)
     assert posts_and_jobs(api) == (1, 1)
     assert job.denoise_id == api.jobs[0]["id"]
-    assert [r.method for r in server.requests] == ["POST", "GET", "GET"]
+    assert [r.method for r in server.requests] == ["GET", "POST", "GET", "GET", "GET"]
 
 
 @pytest.mark.parametrize("answer", ["502", "504", "500"])
@@ -2210,7 +2337,10 @@ def test_connection_dropped_before_the_job_was_taken_is_sent_again(server, tmp_p
     # A fresh body: the second upload is whole, not a consumed stream.
     assert api.uploaded() == (tmp_path / "a.wav").read_bytes()
     assert job.denoise_id == api.jobs[0]["id"]
-    assert "GET" not in [r.method for r in server.requests]
+    # A look before the first upload, and after the second (answered) one
+    # (for a second job of this content); none between: the first certainly
+    # made no job.
+    assert [r.method for r in server.requests] == ["GET", "POST", "POST", "GET", "GET"]
 
 
 @pytest.mark.parametrize("answer", ["429", "503"])
@@ -2219,7 +2349,7 @@ def test_429_and_503_are_sent_again_without_a_lookup(server, audio_file, answer)
     server.serve(api)
     submit_to(server, audio_file)
     assert posts_and_jobs(api) == (3, 1)
-    assert [r.method for r in server.requests] == ["POST", "POST", "POST"]
+    assert [r.method for r in server.requests] == ["GET", "POST", "POST", "POST", "GET", "GET"]
     assert api.uploaded() == open(audio_file, "rb").read()
 
 
@@ -2228,7 +2358,10 @@ def test_a_lost_answer_with_no_job_behind_it_is_sent_again(server, audio_file):
     server.serve(api)
     submit_to(server, audio_file)
     assert posts_and_jobs(api) == (2, 1)
-    assert [r.method for r in server.requests] == ["POST", "GET", "GET", "POST"]
+    methods = [r.method for r in server.requests]
+    # The two looks after the lost answer read an empty account (one page
+    # each); the look after the answered upload finds it, then an empty page.
+    assert methods == ["GET", "POST", "GET", "GET", "POST", "GET", "GET"]
 
 
 def test_connection_refused_is_sent_again_once_it_can_connect(audio_file):
@@ -2261,7 +2394,7 @@ def test_several_candidate_jobs_raise_and_name_them_without_sending_again(server
             }
         )
     with pytest.raises(mp.SubmissionUnknownError) as info:
-        submit_to(server, audio_file)
+        submit_to(server, audio_file, tag=False)
     assert len(info.value.candidates) == 3
     assert all(job["id"] in str(info.value) for job in api.jobs)
     assert len(api.posts) == 1
@@ -2279,7 +2412,7 @@ def test_a_lookup_that_fails_is_unknown_not_a_second_upload(server, audio_file):
 
     server.serve(no_list)
     with pytest.raises(mp.SubmissionUnknownError, match="could not be looked up"):
-        submit_to(server, audio_file)
+        submit_to(server, audio_file, reuse=False)
     assert posts_and_jobs(api) == (1, 1)
 
 
@@ -2306,6 +2439,18 @@ def test_a_name_the_server_mangled_is_still_found(server, tmp_path, name, stored
     assert len(api.jobs) == 1 and job.denoise_id == api.jobs[0]["id"]
 
 
+def test_a_name_a_parser_read_with_backslash_escapes_is_still_found(server, tmp_path):
+    # The email package reads a backslash in a quoted filename as an escape
+    # (a quoted-pair): 'take\2' comes back as 'take2', and a quote as %22.
+    name = 'my "best" take\\2.wav'
+    (tmp_path / name).write_bytes(mp._demo_wav())
+    api = FakeAPI("drop")
+    server.serve(api)
+    job = submit_to(server, str(tmp_path / name), tag=False)
+    assert api.jobs[0]["file_name"] == "my %22best%22 take2.wav"
+    assert len(api.jobs) == 1 and job.denoise_id == api.jobs[0]["id"]
+
+
 def test_a_job_of_this_size_under_another_non_ascii_name_is_unsure_not_resent(server, tmp_path):
     (tmp_path / "مقابلة.wav").write_bytes(mp._demo_wav())
     api = FakeAPI("untaken-502")
@@ -2321,7 +2466,7 @@ def test_a_job_of_this_size_under_another_non_ascii_name_is_unsure_not_resent(se
         }
     )
     with pytest.raises(mp.SubmissionUnknownError, match="another name"):
-        submit_to(server, str(tmp_path / "مقابلة.wav"))
+        submit_to(server, str(tmp_path / "مقابلة.wav"), tag=False)
     assert len(api.posts) == 1
 
 
@@ -2359,7 +2504,17 @@ def test_the_lookup_pages_back_past_many_newer_jobs(server, audio_file):
     client = mp._Client(KEY, server.base_url, None)
     source = mp._Source(audio_file, True)
     try:
-        found = mp._look_up(client, source, began - 1, QUICK)
+        content = source.identify(lambda: None)
+        found = mp._look_up(
+            client,
+            source,
+            "interview.wav",
+            content,
+            began - 1,
+            QUICK,
+            mp._JobOptions(tag=False),
+            mp._Hooks(),
+        )
     finally:
         source.close()
         client.close()
@@ -2378,7 +2533,7 @@ def test_a_deadline_during_the_lookup_is_unsure_not_a_timeout(server, audio_file
 
     server.serve(slow_list)
     with pytest.raises(mp.SubmissionUnknownError, match="could not be looked up"):
-        submit_to(server, audio_file, timeout=2)
+        submit_to(server, audio_file, timeout=2, reuse=False)
 
 
 def test_huge_integers_in_a_record_are_left_out(server):
@@ -2462,7 +2617,7 @@ def test_a_307_within_the_origin_is_followed_with_a_fresh_body(server, audio_fil
         error_response(307, headers={"Location": "/api/v2/denoise"})(conn, request, srv)
 
     server.serve(moved, api)
-    job = submit_to(server, audio_file)
+    job = submit_to(server, audio_file, reuse=False)
     assert [r.path for r in server.requests] == ["/api/v1/denoise", "/api/v2/denoise"]
     assert api.uploaded() == open(audio_file, "rb").read()
     assert job.denoise_id == api.jobs[0]["id"]
@@ -2477,7 +2632,7 @@ def test_a_302_of_the_upload_is_not_turned_into_a_get(server, audio_file):
 
     server.serve(moved)
     with pytest.raises(APIError, match="not followed"):
-        submit_to(server, audio_file)
+        submit_to(server, audio_file, reuse=False)
     assert [r.method for r in server.requests] == ["POST"]
 
 
@@ -2497,7 +2652,7 @@ def test_uploading_a_large_file_keeps_memory_flat(server, tmp_path):
     server.serve(discard)
     tracemalloc.start()
     try:
-        mp.submit(str(path), api_key=KEY, base_url=server.base_url, check=False)
+        mp.submit(str(path), api_key=KEY, base_url=server.base_url, check=False, reuse=False)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -2586,6 +2741,435 @@ def test_list_jobs_retries_a_503(server):
         raw_bytes(head(200, {"Content-Length": "2"}) + body),
     )
     assert mp.list_jobs(api_key=KEY, base_url=server.base_url, retry=FAST) == []
+
+
+# --------------------------------------------------------------------------
+# Finding a job: content tags, looking before paying (issue 13)
+# --------------------------------------------------------------------------
+
+
+def a_record(name, size, status="success", age=0.0, **fields):
+    """A job of the account, as the fake API keeps it, ``age`` seconds old."""
+    record = {
+        "id": str(uuid_module.uuid4()),
+        "status": status,
+        "file_name": name,
+        "audio_size": size,
+        "created_at": iso_now(-age),
+        "visible_at": 0,
+    }
+    record.update(fields)
+    return record
+
+
+def test_the_tag_is_the_first_20_hex_digits_of_the_sha256_before_the_extension(tmp_path):
+    import hashlib
+
+    path = tmp_path / "take 1.wav"
+    path.write_bytes(b"a recording")
+    digest = hashlib.sha256(b"a recording").hexdigest()
+    # The stable public format: later versions must recognise it.
+    assert mp.content_tag(str(path)) == "munsit-" + digest[:20]
+    assert mp._tagged_name("take 1.wav", "munsit-" + digest[:20]) == (
+        "take 1.munsit-%s.wav" % digest[:20]
+    )
+    assert mp._tagged_name("noext", "munsit-x") == "noext.munsit-x"
+    assert mp._tagged_name("clip.final.mp4", "munsit-x") == "clip.final.munsit-x.mp4"
+
+
+def test_an_open_file_is_tagged_by_its_bytes_from_its_position(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"headerBODY")
+    (tmp_path / "b.wav").write_bytes(b"BODY")
+    with open(str(path), "rb") as handle:
+        handle.seek(6)
+        assert mp.content_tag(handle) == mp.content_tag(str(tmp_path / "b.wav"))
+
+
+MATCHER_TABLE = [
+    # (stored name, stored size, verdict): the tag's digits anywhere, any case
+    ("interview.munsit-0123456789abcdef0123.wav", 100, "yes"),
+    ("INTERVIEW.MUNSIT-0123456789ABCDEF0123.WAV", 100, "yes"),
+    ("interview_munsit-0123456789abcdef0123_wav", 100, "yes"),
+    ("u42/interview.munsit-0123456789abcdef0123.wav", 100, "yes"),
+    ("interview.munsit-0123456789abcdef0123.wav", None, "yes"),
+    ("interview.munsit-0123456789abcdef0123.wav", 101, "no"),
+    ("interview.munsit-0123456789abcdef0124.wav", 100, "no"),
+    ("interview.wav", 100, "no"),  # never by name and size alone
+    (None, 100, "no"),
+]
+
+
+@pytest.mark.parametrize("stored, size, verdict", MATCHER_TABLE)
+def test_the_matcher_knows_a_job_by_its_tag_and_size(stored, size, verdict):
+    content = mp._Content("0123456789abcdef0123" + "0" * 44, 100)
+    record = mp.JobRecord(JOB, "success", file_name=stored, audio_size=size)
+    assert mp._match(record, mp._Wanted(content)) == verdict
+
+
+def test_the_matcher_never_takes_an_excluded_job_or_one_older_than_the_window():
+    content = mp._Content("0123456789abcdef0123" + "0" * 44, 100)
+    name = "a.munsit-0123456789abcdef0123.wav"
+    old = mp.JobRecord(JOB, "success", file_name=name, created_at="2020-01-01T00:00:00Z")
+    assert mp._match(old, mp._Wanted(content, excluded=frozenset([JOB]))) == "no"
+    assert mp._match(old, mp._Wanted(content, since=time.time())) == "no"
+    assert mp._match(old, mp._Wanted(content)) == "yes"
+
+
+@pytest.mark.parametrize(
+    "stored, verdict",
+    [("a.wav", "yes"), ("A.WAV", "maybe"), ("b.wav", "no")],
+)
+def test_the_untagged_matcher_takes_the_sent_name_and_is_unsure_of_a_mangled_one(stored, verdict):
+    record = mp.JobRecord(JOB, "pending", file_name=stored, audio_size=100)
+    assert mp._match(record, mp._Wanted(None, names=["a.wav"], size=100)) == verdict
+
+
+def test_of_one_content_s_jobs_a_success_is_adopted_before_a_pending_or_a_failed_one():
+    failed = mp.JobRecord("1" * 32, "failed")
+    pending = mp.JobRecord("2" * 32, "pending")
+    done = mp.JobRecord("3" * 32, "success")
+    assert mp._chosen_job([failed, pending, done]) is done
+    assert mp._chosen_job([failed, pending]) is pending
+    assert mp._chosen_job([failed]) is failed
+    assert mp._chosen_job([]) is None
+
+
+def test_a_second_submit_of_the_same_content_adopts_its_job_and_pays_nothing(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    (tmp_path / "copy.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    first = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    again = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    renamed = submit_to(server, str(tmp_path / "copy.wav"), check=False)
+    assert len(api.posts) == 1
+    assert not first.adopted and again.adopted and renamed.adopted
+    assert first.denoise_id == again.denoise_id == renamed.denoise_id
+
+
+def test_no_reuse_always_sends_and_the_newest_job_is_found_later(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    first = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    api.set_status(first.denoise_id, "pending")
+    requests_before = len(server.requests)
+    second = submit_to(server, str(tmp_path / "a.wav"), check=False, reuse=False)
+    assert len(api.posts) == 2 and second.denoise_id != first.denoise_id
+    assert [r.method for r in server.requests[requests_before:]] == ["POST"]
+    assert api.posts[1][1][0].get_filename() == api.posts[0][1][0].get_filename()
+    found = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    assert found.adopted and found.denoise_id == second.denoise_id
+
+
+def test_no_tag_sends_the_plain_name_and_looks_nothing_up_first(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    job = submit_to(server, str(tmp_path / "a.wav"), check=False, tag=False)
+    assert api.posts[0][1][0].get_filename() == "a.wav" == job.file_name
+    assert [r.method for r in server.requests] == ["POST"]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        lambda name: name.lower(),
+        lambda name: name.replace(".", "_"),
+        lambda name: "user-17/" + name,
+        lambda name: name.upper(),
+    ],
+    ids=["lower-cased", "dots-replaced", "prefixed", "upper-cased"],
+)
+def test_a_job_whose_name_the_server_changed_is_still_found_by_its_tag(server, tmp_path, stored):
+    (tmp_path / "Take One.WAV").write_bytes(b"one recording")
+    api = FakeAPI("drop", "ok", stored_name=stored)
+    server.serve(api)
+    lost = submit_to(server, str(tmp_path / "Take One.WAV"), check=False)  # answer lost: found
+    again = submit_to(server, str(tmp_path / "Take One.WAV"), check=False)
+    assert len(api.posts) == 1 and lost.denoise_id == again.denoise_id == api.jobs[0]["id"]
+    assert again.adopted
+
+
+def test_a_lost_answer_never_adopts_another_recording_of_the_same_name_and_size(server, tmp_path):
+    # Fixed-length clips, all called audio.wav: another host's clip was
+    # taken a moment ago, then this clip's answer is lost.
+    (tmp_path / "audio.wav").write_bytes(b"clip B" * 100)
+    api = FakeAPI("drop")
+    server.serve(api)
+    twin = a_record("audio.munsit-%s.wav" % ("f" * 20), 600, "pending")
+    api.jobs.append(twin)
+    job = submit_to(server, str(tmp_path / "audio.wav"), check=False)
+    assert len(api.posts) == 1
+    assert job.denoise_id == api.jobs[-1]["id"] != twin["id"]
+
+
+def test_a_failed_job_of_this_content_raises_with_its_id_unless_retry_failed(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    failed = a_record(tagged("a.wav", str(tmp_path / "a.wav")), 13, "failed", 60)
+    failed["error"] = "audio file is corrupt"
+    api.jobs.append(failed)
+    with pytest.raises(DenoiseFailedError) as info:
+        submit_to(server, str(tmp_path / "a.wav"), check=False)
+    assert info.value.denoise_id == failed["id"] and "corrupt" in str(info.value)
+    assert "--retry-failed" in str(info.value) and not api.posts
+    job = submit_to(server, str(tmp_path / "a.wav"), check=False, retry_failed=True)
+    assert len(api.posts) == 1 and job.denoise_id != failed["id"] and not job.adopted
+
+
+def test_denoise_of_a_job_found_still_running_that_then_fails_is_sent_again_if_asked(
+    server, tmp_path
+):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    name = tagged("a.wav", str(tmp_path / "a.wav"))
+    api = FakeAPI("ok", echo=True, by_name={"a.wav": stream(FAILED)})
+    server.serve(api)
+    api.jobs.append(a_record(name, 13, "pending", 30))
+    with pytest.raises(DenoiseFailedError) as info:
+        denoise_on(server, str(tmp_path / "a.wav"), str(tmp_path / "out.wav"), check=False)
+    assert info.value.denoise_id == api.jobs[0]["id"] and not api.posts
+    api.by_name = {}
+    done = denoise_on(
+        server, str(tmp_path / "a.wav"), str(tmp_path / "out.wav"), check=False, retry_failed=True
+    )
+    assert len(api.posts) == 1 and done.denoise_id == api.jobs[-1]["id"]
+    assert (tmp_path / "out.wav").read_bytes() == b"one recording"
+
+
+def test_denoise_again_follows_and_saves_the_job_it_finds(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    first = denoise_on(server, str(tmp_path / "a.wav"), str(tmp_path / "1.wav"), check=False)
+    second = denoise_on(server, str(tmp_path / "a.wav"), str(tmp_path / "2.wav"), check=False)
+    assert len(api.posts) == 1 and first.denoise_id == second.denoise_id
+    assert (tmp_path / "2.wav").read_bytes() == b"one recording"
+
+
+def test_a_found_job_whose_result_is_gone_names_it_and_says_how_to_send_again(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    found = a_record(tagged("a.wav", str(tmp_path / "a.wav")), 13, "success", 86400)
+    api.jobs.append(found)
+
+    def expired(conn, request, srv):
+        if request.path.startswith("/files/"):
+            error_response(410)(conn, request, srv)
+        else:
+            api(conn, request, srv)
+
+    server.serve(expired)
+    with pytest.raises(APIError) as info:
+        denoise_on(server, str(tmp_path / "a.wav"), str(tmp_path / "out.wav"), check=False)
+    assert info.value.status_code == 410 and info.value.denoise_id == found["id"]
+    assert found["id"] in str(info.value) and "reuse=False" in str(info.value)
+    assert not api.posts
+
+
+def test_the_look_before_paying_pages_past_short_pages_to_the_horizon(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    mine = a_record(tagged("a.wav", str(tmp_path / "a.wav")), 13, "success", 3 * 86400)
+    api.jobs.append(mine)
+    for n in range(400):  # newer jobs of other files
+        api.jobs.append(a_record("other%d.wav" % n, 10, age=86400 - n))
+
+    def capped(conn, request, srv):  # pages of at most 30, whatever limit asks
+        if request.method == "GET" and "limit=" in request.path:
+            request.path = re.sub(r"limit=\d+", "limit=30", request.path)
+        api(conn, request, srv)
+
+    server.serve(capped)
+    job = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    assert job.adopted and job.denoise_id == mine["id"] and not api.posts
+
+
+def test_the_look_stops_at_the_horizon_and_reads_a_bounded_history(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    # An account of 20,000 jobs over 200 days: 100 a day, 700 in a week.
+    api.jobs.extend(a_record("rec%05d.wav" % n, 10, age=(20000 - n) * 864.0) for n in range(20000))
+    server.serve(api)
+    reads = []
+    original = mp._list
+
+    def counted(client, limit, offset):
+        records, skew = original(client, limit, offset)
+        reads.append(len(records))
+        return records, skew
+
+    mp._list = counted
+    try:
+        job = submit_to(server, str(tmp_path / "a.wav"), check=False)
+    finally:
+        mp._list = original
+    assert not job.adopted and len(api.posts) == 1
+    assert 700 <= sum(reads) <= 1500, reads
+
+
+def test_a_job_pushed_onto_the_next_page_by_new_arrivals_counts_once(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"clip" * 50)
+    api = FakeAPI("drop")
+    api.jobs.extend(a_record("old%d.wav" % n, 10, age=600) for n in range(100))
+    arrivals = iter([70, 30, 30, 30])
+
+    def shifting(conn, request, srv):
+        # Jobs of other hosts arrive at the front before each page is read:
+        # this upload's job ends the first page and starts the second.
+        if request.method == "GET":
+            with api.lock:
+                api.jobs.extend(a_record("new.wav", 10) for _ in range(next(arrivals, 0)))
+        elif request.method == "POST":
+            with api.lock:
+                api.jobs.extend(a_record("recent.wav", 10) for _ in range(29))
+        api(conn, request, srv)
+
+    server.serve(shifting)
+    job = submit_to(server, str(tmp_path / "a.wav"), check=False, tag=False)
+    (mine,) = [record for record in api.jobs if record["file_name"] == "a.wav"]
+    assert len(api.posts) == 1 and job.denoise_id == mine["id"]  # not "unsure"
+    assert any("offset=100" in r.path for r in server.requests)
+
+
+def test_two_calls_at_once_with_a_lock_pay_once(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    held = threading.Lock()
+    keys = []
+    waiting = threading.Semaphore(0)
+
+    class Lock:
+        def __init__(self, key):
+            keys.append(key)
+
+        def __enter__(self):
+            waiting.release()  # this caller asks for the lock
+            held.acquire()
+
+        def __exit__(self, *exc):
+            held.release()
+
+    api.pause_at = ("post-head", 1)  # the first upload waits at the server
+    results = []
+
+    def call():
+        results.append(submit_to(server, str(tmp_path / "a.wav"), check=False, lock=Lock))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    assert api.hit.wait(10)  # one caller holds the lock and is uploading
+    assert waiting.acquire(timeout=10) and waiting.acquire(timeout=10)  # the other asks
+    api.release.set()
+    for thread in threads:
+        thread.join(20)
+    assert len(api.posts) == 1 and len(results) == 2
+    assert results[0].denoise_id == results[1].denoise_id
+    assert sorted(job.adopted for job in results) == [False, True]
+    assert keys == ["munsit-progress:%s:13" % hashlib_of(b"one recording")] * 2
+
+
+def hashlib_of(data):
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_two_calls_at_once_without_a_lock_may_pay_twice_and_say_so(server, tmp_path, caplog):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    api = FakeAPI("ok")
+    server.serve(api)
+    both_looked = threading.Barrier(2, timeout=10)
+    original = mp._JobHistory.refresh
+    first_look = threading.local()
+
+    def refresh(self, client, policy):
+        original(self, client, policy)
+        if not getattr(first_look, "done", False):
+            first_look.done = True
+            both_looked.wait()  # both have looked, and found nothing
+
+    results = []
+    mp._JobHistory.refresh = refresh
+    try:
+
+        def call():
+            results.append(submit_to(server, str(tmp_path / "a.wav"), check=False))
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        with caplog.at_level(logging.WARNING, logger="munsit_progress"):
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(20)
+    finally:
+        mp._JobHistory.refresh = original
+    assert len(api.posts) == 2  # the race the lock= argument closes
+    warned = [r.getMessage() for r in caplog.records if "sent twice" in r.getMessage()]
+    assert warned and all(job["id"] in " ".join(warned) for job in api.jobs)
+
+
+def test_a_save_that_fails_after_the_job_was_taken_is_a_save_error_with_the_job(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    out = tmp_path / "out"
+    out.mkdir()
+    api = FakeAPI("ok", echo=True)
+    api.pause_at = ("download-half", 1)
+    server.serve(api)
+    caught = []
+
+    def run():
+        try:
+            denoise_on(server, str(tmp_path / "a.wav"), str(out / "clean.wav"), check=False)
+        except BaseException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert api.hit.wait(10)
+    import shutil
+
+    shutil.rmtree(str(out))  # the folder is removed mid-download
+    api.release.set()
+    thread.join(20)
+    (error,) = caught
+    assert isinstance(error, mp.SaveError) and isinstance(error, mp.MunsitError)
+    assert isinstance(error, OSError) and error.errno is not None
+    assert error.denoise_id == api.jobs[0]["id"] and api.jobs[0]["id"] in str(error)
+    assert pickle.loads(pickle.dumps(error)).denoise_id == error.denoise_id
+
+
+def test_a_disk_that_fills_while_saving_is_a_save_error_with_the_job(server, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: %s" % mounted.stderr.strip())
+    try:
+        (tmp_path / "a.wav").write_bytes(os.urandom(300_000))
+        api = FakeAPI("ok", echo=True)
+        server.serve(api)
+        with pytest.raises(mp.SaveError) as info:
+            denoise_on(server, str(tmp_path / "a.wav"), str(small / "clean.wav"), check=False)
+        assert info.value.errno == __import__("errno").ENOSPC
+        assert info.value.denoise_id == api.jobs[0]["id"]
+        assert os.listdir(str(small)) == []  # no partial file left
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_wait_errors_carry_the_job_it_was_following(server):
+    server.serve(error_response(404))
+    with pytest.raises(mp.JobNotFoundError) as info:
+        wait_on(server)
+    assert info.value.denoise_id == JOB
+    assert "paid for" not in str(info.value)  # the caller named the job: no advice
 
 
 # --------------------------------------------------------------------------
@@ -3372,7 +3956,8 @@ def test_demo_server_takes_uploads_lists_them_and_serves_the_result(tmp_path, au
         jobs = mp.list_jobs(api_key="demo", base_url=base_url)
     assert (tmp_path / "clean.wav").read_bytes() == open(audio_file, "rb").read()
     assert [job.denoise_id for job in jobs] == [done.denoise_id]
-    assert jobs[0].file_name == "interview.wav" and jobs[0].status == "success"
+    assert jobs[0].file_name == tagged("interview.wav", audio_file)
+    assert jobs[0].status == "success"
     assert jobs[0].audio_size == os.path.getsize(audio_file)
 
 
@@ -3391,7 +3976,10 @@ def test_demo_server_refuses_a_file_over_its_limit_with_the_documented_body(tmp_
 def test_demo_server_lists_pending_then_success_with_offset_and_limit(tmp_path, audio_file):
     with mp.demo_server(duration=1.0) as base_url:
         first = mp.submit(audio_file, api_key="demo", base_url=base_url)
-        second = mp.submit(audio_file, api_key="demo", base_url=base_url)
+        second = mp.submit(audio_file, api_key="demo", base_url=base_url, reuse=False)
+        again = mp.submit(audio_file, api_key="demo", base_url=base_url)
+        assert not first.adopted and not second.adopted
+        assert again.adopted and again.denoise_id == second.denoise_id  # the newest
         pending = mp.list_jobs(api_key="demo", base_url=base_url)
         assert [job.denoise_id for job in pending] == [second.denoise_id, first.denoise_id]
         assert {job.status for job in pending} == {"pending"}
@@ -3495,8 +4083,16 @@ def test_an_input_whose_content_changed_is_a_new_input(server, tmp_path):
     api = FakeAPI("ok", echo=True)
     server.serve(api)
     many_on(server, paths, tmp_path / "out")
+    earlier = (tmp_path / "out" / "in0.wav").read_bytes()
     with open(paths[0], "ab") as handle:
         handle.write(b"more")
+    # Its output holds the old content's paid-for result: not replaced, and
+    # nothing sent until it is moved away.
+    refused = many_on(server, paths, tmp_path / "out")[0]
+    assert isinstance(refused.error, mp.ConfigurationError)
+    assert "move that result away" in str(refused.error)
+    assert len(api.posts) == 1 and (tmp_path / "out" / "in0.wav").read_bytes() == earlier
+    os.rename(str(tmp_path / "out" / "in0.wav"), str(tmp_path / "out" / "in0.old.wav"))
     result = many_on(server, paths, tmp_path / "out")[0]
     assert len(api.posts) == 2 and not result.skipped
     assert open(result.output, "rb").read() == open(paths[0], "rb").read()
@@ -3536,7 +4132,7 @@ def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, t
     # What a run killed after its POST left: the job exists, the journal
     # says only "sending".
     job = submit_to(server, paths[0])
-    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
+    identity = mp._Source(paths[0], True).identify(lambda: None)
     (tmp_path / "out").mkdir()
     write_sending(tmp_path / "out", identity)
     result = many_on(server, paths, tmp_path / "out")[0]
@@ -3722,8 +4318,8 @@ def test_a_resend_after_a_failed_job_is_looked_up_if_its_answer_was_lost(server,
     many_on(server, paths, tmp_path / "out")
     api.by_name = {}
     # A --retry-failed run killed after its POST was taken, before the answer:
-    job = submit_to(server, paths[0])
-    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
+    job = submit_to(server, paths[0], retry_failed=True)
+    identity = mp._Source(paths[0], True).identify(lambda: None)
     write_sending(tmp_path / "out", identity)
     result = many_on(server, paths, tmp_path / "out")[0]
     assert result.error is None and result.denoise_id == job.denoise_id
@@ -3805,6 +4401,83 @@ def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     assert sorted(os.listdir(str(tmp_path / "out"))) == [mp.JOURNAL_NAME, "in0.wav", "keep.part"]
 
 
+def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(server, tmp_path):
+    (tmp_path / "in").mkdir()
+    first = tmp_path / "in" / "x.wav"
+    first.write_bytes(b"A" * 500)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    # A run killed after its POST of x.wav was taken: the job exists, the
+    # journal says only "sending".
+    submit_to(server, str(first), check=False)
+    (tmp_path / "out").mkdir()
+    write_sending(tmp_path / "out", mp._Source(str(first), False).identify(lambda: None), "x.wav")
+    # Then x.wav was renamed, and another recording of the same size came
+    # in under its old name.
+    os.rename(str(first), str(tmp_path / "in" / "y.wav"))
+    first.write_bytes(b"B" * 500)
+    paths = [str(first), str(tmp_path / "in" / "y.wav")]
+    results = many_on(server, paths, tmp_path / "out", concurrency=1, check=False)
+    assert [r.error for r in results] == [None, None]
+    assert sorted(api.uploaded(i) for i in range(len(api.posts))) == [b"A" * 500, b"B" * 500]
+    assert (tmp_path / "out" / "x.wav").read_bytes() == b"B" * 500
+    assert (tmp_path / "out" / "y.wav").read_bytes() == b"A" * 500
+
+
+def test_a_later_input_of_the_same_name_never_replaces_an_earlier_paid_result(server, tmp_path):
+    for night, content in (("mon", b"monday" * 50), ("tue", b"tuesday" * 50)):
+        (tmp_path / night).mkdir()
+        (tmp_path / night / "today.wav").write_bytes(content)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = tmp_path / "out"
+    monday = str(tmp_path / "mon" / "today.wav")
+    assert many_on(server, [monday], out, check=False)[0].error is None
+    result = batch_cli(server, [str(tmp_path / "tue" / "today.wav")], out, "--no-check")
+    assert result.returncode == mp.EXIT_USAGE, result.stderr
+    assert "holds the result of another file" in result.stderr
+    assert len(api.posts) == 1 and (out / "today.wav").read_bytes() == b"monday" * 50
+    again = many_on(server, [monday], out, check=False)[0]
+    assert again.skipped and again.output == str(out / "today.wav")
+    dry = batch_cli(server, [str(tmp_path / "tue" / "today.wav")], out, "--no-check", "--dry-run")
+    assert "refuse" in dry.stdout and "today.wav holds another content" in dry.stdout
+
+
+def test_a_batch_sweeps_only_the_temporary_files_of_dead_runs(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"single" * 100)
+    paths = make_inputs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / ".old.wav.0123abcd.part"  # left by a killed run: nobody holds it
+    dead.write_bytes(b"partial")
+    api = FakeAPI("ok", echo=True)
+    api.pause_at = ("download-half", 1)
+    server.serve(api)
+    caught = []
+
+    def single():
+        try:
+            denoise_on(server, str(tmp_path / "a.wav"), str(out / "single.wav"), check=False)
+        except BaseException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=single)
+    thread.start()
+    assert api.hit.wait(10)  # its download is half done, its .part is open
+    live = [name for name in os.listdir(str(out)) if name.startswith(".single.wav.")]
+    assert len(live) == 1
+    api.pause_at = None
+    batch = mp.denoise_many(paths, str(out), api_key=KEY, base_url=server.base_url, retry=QUICK)
+    try:
+        assert live[0] in os.listdir(str(out)) and not dead.exists()
+    finally:
+        api.release.set()
+        results = list(batch)
+    thread.join(20)
+    assert not caught and results[0].error is None
+    assert (out / "single.wav").read_bytes() == b"single" * 100
+
+
 # --------------------------------------------------------------------------
 # Demo server
 # --------------------------------------------------------------------------
@@ -3862,6 +4535,8 @@ MODULE = os.path.abspath(mp.__file__)
 
 
 def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
+    """Run the CLI; ``stdin`` is text to pipe in, or a file descriptor to
+    give the child as its standard input."""
     environment = dict(os.environ)
     environment.pop("MUNSIT_BASE_URL", None)
     environment["MUNSIT_API_KEY"] = KEY
@@ -3872,7 +4547,8 @@ def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
     command = [sys.executable, "-m", "munsit_progress"] if module else [sys.executable, MODULE]
     return subprocess.run(
         command + list(args),
-        input=stdin,
+        input=None if isinstance(stdin, int) else stdin,
+        stdin=stdin if isinstance(stdin, int) else None,
         capture_output=True,
         env=environment,
         cwd=os.path.dirname(MODULE),
@@ -4030,6 +4706,58 @@ def test_cli_reads_the_key_from_a_file_or_stdin(server, tmp_path):
     result = run_cli(
         JOB, "--base-url", server.base_url, "--api-key-file", "-", stdin=KEY + "\n", env=no_env
     )
+    assert result.returncode == 0, result.stderr
+    assert server.requests[0].headers["x-api-key"] == KEY
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
+def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(server):
+    # A cron job's stdin: a pipe that stays open and silent.
+    server.serve(stream(DONE))
+    reader, writer = os.pipe()
+    started = time.monotonic()
+    try:
+        result = run_cli(
+            JOB,
+            "--base-url",
+            server.base_url,
+            "--api-key-file",
+            "-",
+            "--timeout",
+            "1",
+            env={"MUNSIT_API_KEY": None},
+            stdin=reader,
+            timeout=20,
+        )
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert result.returncode == 2 and "nothing came from standard input" in result.stderr
+    assert time.monotonic() - started < 8
+    assert server.requests == []
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
+def test_cli_key_on_a_stdin_pipe_left_open_is_read_without_waiting_for_its_end(server):
+    server.serve(stream(DONE))
+    reader, writer = os.pipe()
+    os.write(writer, (KEY + "\n").encode())
+    try:
+        result = run_cli(
+            JOB,
+            "--base-url",
+            server.base_url,
+            "--api-key-file",
+            "-",
+            "--timeout",
+            "5",
+            env={"MUNSIT_API_KEY": None},
+            stdin=reader,
+            timeout=20,
+        )
+    finally:
+        os.close(reader)
+        os.close(writer)
     assert result.returncode == 0, result.stderr
     assert server.requests[0].headers["x-api-key"] == KEY
 
@@ -4565,17 +5293,18 @@ def test_inputs_inside_the_output_folder_are_refused(server, tmp_path):
     assert_nothing_sent(server)
 
 
-def test_an_input_renamed_after_a_lost_answer_is_looked_up_by_its_old_name(server, tmp_path):
+@pytest.mark.parametrize("tag", [True, False], ids=["by-tag", "by-old-name"])
+def test_an_input_renamed_after_a_lost_answer_is_found_not_resent(server, tmp_path, tag):
     paths = make_inputs(tmp_path / "in", 1)
     api = FakeAPI("ok", echo=True)
     server.serve(api)
-    job = submit_to(server, paths[0])  # taken; the answer never reached the journal
-    identity = mp._identify(mp._Source(paths[0], True), lambda: None)
+    job = submit_to(server, paths[0], tag=tag)  # taken; the answer never reached the journal
+    identity = mp._Source(paths[0], True).identify(lambda: None)
     (tmp_path / "out").mkdir()
     write_sending(tmp_path / "out", identity, name="in0.wav")
     renamed = str(tmp_path / "in" / "renamed.wav")
     os.rename(paths[0], renamed)
-    result = many_on(server, [renamed], tmp_path / "out")[0]
+    result = many_on(server, [renamed], tmp_path / "out", tag=tag)[0]
     assert result.denoise_id == job.denoise_id and len(api.posts) == 1
 
 
@@ -4587,6 +5316,9 @@ def test_a_429_asking_too_long_ends_the_uploads_behind_it(server, tmp_path):
         # before the body went out, and closing a socket with the body
         # unread can reset the connection before the answer is read.  The
         # client then sees a broken upload and (rightly) sends it again.
+        if request.method == "GET":  # the look before paying: nothing yet
+            conn.sendall(head(200, {"Content-Length": "2", "Connection": "close"}) + b"[]")
+            return
         read_body(conn, request)
         error_response(429, headers={"Retry-After": "99999999999999"})(conn, request, srv)
 
@@ -4602,12 +5334,13 @@ def test_files_not_sent_leave_no_sending_line(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 3)
     api = FakeAPI("ok", "402", echo=True)
     server.serve(api)
-    many_on(server, paths, tmp_path / "out", concurrency=1)
+    # Untagged: a rerun looks up only uploads that may have been taken.
+    many_on(server, paths, tmp_path / "out", concurrency=1, tag=False)
     sending = [line for line in journal_of(tmp_path / "out") if line.get("event") == "sending"]
     unsent = [line for line in journal_of(tmp_path / "out") if line.get("event") == "unsent"]
     assert len(sending) == 2 and len(unsent) == 1  # the 402 was certainly not taken
     requests_before = len(server.requests)
-    many_on(server, paths, tmp_path / "out", concurrency=1)
+    many_on(server, paths, tmp_path / "out", concurrency=1, tag=False)
     lookups = [
         r for r in server.requests[requests_before:] if r.path.startswith("/api/v1/denoise?")
     ]
@@ -4666,7 +5399,7 @@ def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(s
     assert summary[0].split()[:2] == ["FILE", "OUTCOME"]
     assert [line.split()[0] for line in summary[1:]] == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
     assert [line.split()[1] for line in summary[1:]] == ["saved", "failed", "gave", "saved"]
-    ids = {name: job["id"] for job in api.jobs for name in [job["file_name"]]}
+    ids = {untagged(job["file_name"]): job["id"] for job in api.jobs}
     assert all(ids[line.split()[0]] in line for line in summary[1:])
     assert result.stdout.splitlines() == [
         str(tmp_path / "out" / "in0.wav"),
@@ -4836,6 +5569,56 @@ def test_cli_demo_batch_runs_a_whole_batch(tmp_path):
         assert (tmp_path / "out" / os.path.basename(path)).read_bytes() == open(path, "rb").read()
 
 
+def test_the_cli_run_again_finds_its_job_and_pays_once(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    args = ["denoise", str(tmp_path / "a.wav"), "--base-url", server.base_url]
+    first = run_cli(*args, "-o", str(tmp_path / "1.wav"))
+    again = run_cli(*args, "-o", str(tmp_path / "2.wav"), "--json")
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert len(api.posts) == 1
+    assert "submitted as job %s" % api.jobs[0]["id"] in first.stderr
+    assert "found its job %s" % api.jobs[0]["id"] in again.stderr
+    lines = [json.loads(line) for line in again.stdout.splitlines()]
+    assert {
+        "stage": "submitted",
+        "file": "a.wav",
+        "denoiseId": api.jobs[0]["id"],
+        "adopted": True,
+    } in lines
+    assert (tmp_path / "2.wav").read_bytes() == mp._demo_wav()
+    fresh = run_cli(*args, "--no-reuse")
+    plain = run_cli(*args, "--no-tag")
+    assert fresh.returncode == plain.returncode == 0, plain.stderr
+    assert len(api.posts) == 3 and api.posts[2][1][0].get_filename() == "a.wav"
+
+
+def test_the_cli_says_how_to_send_a_failed_job_s_file_again(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    api = FakeAPI("ok", echo=True, by_name={"a.wav": stream(FAILED)})
+    server.serve(api)
+    args = ["denoise", str(tmp_path / "a.wav"), "--base-url", server.base_url]
+    failed = run_cli(*args)
+    again = run_cli(*args)
+    assert failed.returncode == again.returncode == mp.EXIT_JOB_FAILED
+    assert "--retry-failed" in again.stderr and len(api.posts) == 1
+    api.by_name = {}
+    retried = run_cli(*args, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert len(api.posts) == 2
+
+
+def test_a_horizon_that_is_not_a_positive_number_of_days_is_a_usage_error(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    server.serve(FakeAPI("ok"))
+    result = run_cli(
+        "denoise", str(tmp_path / "a.wav"), "--base-url", server.base_url, "--horizon", "-1"
+    )
+    assert result.returncode == mp.EXIT_USAGE and "--horizon" in result.stderr
+    assert_nothing_sent(server)
+
+
 # --------------------------------------------------------------------------
 # Notebook display (a real Jupyter kernel)
 # --------------------------------------------------------------------------
@@ -4927,6 +5710,36 @@ def assert_paid_once_and_whole(api, paths, out):
         [mp.JOURNAL_NAME] + [os.path.basename(p) for p in paths]
     )
     assert journal_is_whole(out)
+
+
+SINGLE_KILL_POINTS = [
+    ("post-head", 1),
+    ("post-taken", 1),
+    ("post-answered", 1),
+    ("progress", 1),
+    ("download-half", 1),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    "point", SINGLE_KILL_POINTS, ids=["%s-%d" % point for point in SINGLE_KILL_POINTS]
+)
+def test_the_one_file_command_killed_at_any_point_and_run_again_pays_once(server, tmp_path, point):
+    path = tmp_path / "a.wav"
+    path.write_bytes(os.urandom(300_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    args = ["denoise", str(path), "-o", str(out / "clean.wav"), "--base-url", server.base_url]
+    assert kill_at([sys.executable, MODULE, *args, "--no-check"], api, point)
+    result = run_cli(*args, "--no-check")
+    assert result.returncode == 0, result.stderr
+    assert api.posts_by_name() == {"a.wav": 1}
+    assert (out / "clean.wav").read_bytes() == path.read_bytes()
+    assert os.listdir(str(out)) == ["clean.wav"]  # the killed run's .part is gone
 
 
 @pytest.mark.slow
