@@ -1,6 +1,6 @@
 """Benchmark the look before paying: what reading the job history costs.
 
-    python benchmarks/lookup.py                  # full run: 1,000, 20,000, 100,000 jobs, ~2.5 min
+    python benchmarks/lookup.py                  # full run: 1,000, 20,000, 100,000 jobs, ~3 min
     python benchmarks/lookup.py --quick          # does the harness work: 1,000 and 20,000, ~30 s
     python benchmarks/lookup.py --json out.json  # where the JSON goes
     python benchmarks/lookup.py --sizes 20000    # other account sizes (comma-separated)
@@ -35,8 +35,11 @@ multipart body read; a pending record added at the front), GET
 /denoise/{id}/progress (done at once) and GET /files/{id}.wav (a few
 bytes), and counts what it serves.  The account is put back as it was
 before every run.  The client runs in a subprocess of its own (the venv's
-Python), so that the server does not share its interpreter; the time is
-measured inside it, around the call (imports excluded).
+Python), so that the server does not share its interpreter; its wall time
+and CPU time are measured inside it, around the call (imports excluded).
+The cases of one account take turns (run 1 of each, then run 2 of each),
+so that other work on the machine weighs on them alike; the look's share
+of a batch's time is its median less that of reuse=False.
 
 Targets (from the issue), judged, never asserted: one new file on an
 account of 20,000 jobs reads at most 5,000 records; a batch of 40 new files
@@ -104,7 +107,7 @@ if unknown:  # an older version
     out["unsupported"] = sorted(unknown)
     print(json.dumps(out))
     sys.exit()
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 try:
     if spec["call"] == "submit":
         out["denoise_ids"] = [call(spec["paths"][0], **common).denoise_id]
@@ -119,6 +122,7 @@ try:
 except Exception as exc:
     out["exception"] = "%s: %s" % (type(exc).__name__, exc)
 out["seconds"] = time.perf_counter() - started
+out["cpu_s"] = time.process_time() - cpu
 print(json.dumps(out))
 """
 
@@ -599,6 +603,7 @@ def measure_once(server, case, made, settings, inputs):
     return dict(
         counts,
         seconds=answer.get("seconds"),
+        cpu_s=answer.get("cpu_s"),
         problems=problems,
         notes=notes,
         pages_asked=sorted({limit for _, limit, _ in pages}, key=lambda x: (x is None, x)),
@@ -607,34 +612,41 @@ def measure_once(server, case, made, settings, inputs):
     )
 
 
-def measure_case(server, case, settings, inputs, log):
-    """The runs of one case; their counts and the median time."""
-    results = []
-    for number in range(case.runs):
-        made = inputs.new(case.files, "found" if case.found else "new")
-        one = measure_once(server, case, made, settings, inputs)
-        where = "%7s jobs%s" % (
-            f"{server.account.size:,}",
-            " (short pages)" if server.account.page_cap else "",
-        )
-        if "unsupported" in one:
-            log("%-40s %s: not in this version (%s)" % (case.label, where, one["unsupported"]))
-            return {"label": case.label, "unsupported": one["unsupported"]}
-        results.append(one)
-        log(
-            "%-40s %s run %d: %s records, %s GET /denoise, %s uploads, %s s%s"
-            % (
-                case.label,
-                where,
-                number + 1,
-                one["records"],
-                one["list_requests"],
-                one["uploads"],
-                fmt(one["seconds"], "%.3f"),
-                "".join("; " + text for text in one["problems"] + one["notes"]),
+def measure_cases(server, cases, settings, inputs, log):
+    """The runs of several cases, taking turns (run 1 of each, then run 2
+    of each...), so that other work on the machine weighs on them alike;
+    their counts and median times by case key."""
+    runs = {case.key: [] for case in cases}
+    skipped = {}
+    where = "%7s jobs%s" % (
+        f"{server.account.size:,}",
+        " (short pages)" if server.account.page_cap else "",
+    )
+    for number in range(max(case.runs for case in cases)):
+        for case in cases:
+            if number >= case.runs or case.key in skipped:
+                continue
+            made = inputs.new(case.files, "found" if case.found else "new")
+            one = measure_once(server, case, made, settings, inputs)
+            if "unsupported" in one:
+                log("%-40s %s: not in this version (%s)" % (case.label, where, one["unsupported"]))
+                skipped[case.key] = {"label": case.label, "unsupported": one["unsupported"]}
+                continue
+            runs[case.key].append(one)
+            log(
+                "%-40s %s run %d: %s records, %s GET /denoise, %s uploads, %s s%s"
+                % (
+                    case.label,
+                    where,
+                    number + 1,
+                    one["records"],
+                    one["list_requests"],
+                    one["uploads"],
+                    fmt(one["seconds"], "%.3f"),
+                    "".join("; " + text for text in one["problems"] + one["notes"]),
+                )
             )
-        )
-    return summarize(case, results)
+    return {case.key: skipped.get(case.key) or summarize(case, runs[case.key]) for case in cases}
 
 
 def summarize(case, results):
@@ -644,6 +656,8 @@ def summarize(case, results):
         values = [r[name] for r in results]
         summary[name] = {"min": min(values), "max": max(values)}
     summary["median_s"] = statistics.median(seconds) if seconds else None
+    cpu = [r["cpu_s"] for r in results if r["cpu_s"] is not None]
+    summary["median_cpu_s"] = statistics.median(cpu) if cpu else None
     asked = {limit for one in results for limit in one["pages_asked"]}
     summary["limits"] = sorted(asked, key=lambda x: (x is None, x))
     summary["runs"] = results
@@ -661,17 +675,11 @@ def measure_size(server, size, settings, inputs, log):
     started = time.monotonic()
     server.account = Account(size, settings.history_days, time.time())
     log(f"an account of {size:,} jobs made in {time.monotonic() - started:.1f} s")
-    measured = {"normal": {}}
-    for case in cases_for(settings):
-        measured["normal"][case.key] = measure_case(server, case, settings, inputs, log)
+    measured = {"normal": measure_cases(server, cases_for(settings), settings, inputs, log)}
     if size == settings.short_pages_size:
         server.account.page_cap = settings.short_page
-        measured["short_pages"] = {}
-        for case in cases_for(settings):
-            if case.paged:
-                measured["short_pages"][case.key] = measure_case(
-                    server, case, settings, inputs, log
-                )
+        paged = [case for case in cases_for(settings) if case.paged]
+        measured["short_pages"] = measure_cases(server, paged, settings, inputs, log)
         server.account.page_cap = None
     return measured
 
@@ -710,6 +718,20 @@ def judge(results, settings):
             }
         )
     return verdicts
+
+
+def look_in_batch(results):
+    """What the look adds to a batch: its medians less reuse=False's."""
+    found = {}
+    for size, by_pages in results.items():
+        looked, floor = by_pages["normal"]["batch"], by_pages["normal"]["batch_no_look"]
+        if "unsupported" in floor or None in (looked["median_s"], floor["median_s"]):
+            continue
+        found[size] = {
+            "wall_s": looked["median_s"] - floor["median_s"],
+            "cpu_s": looked["median_cpu_s"] - floor["median_cpu_s"],
+        }
+    return found
 
 
 def run_findings(results, key):
@@ -783,6 +805,7 @@ def render(report):
         "uploads",
         "list MB",
         "time (N)",
+        "client CPU",
     ]
     rows = []
     keys = [case.key for case in cases_for(Settings(report["mode"] == "quick", None))]
@@ -795,7 +818,7 @@ def render(report):
                     continue
                 row = [case["label"] + suffix, f"{int(size):,}"]
                 if "unsupported" in case:
-                    rows.append(row + ["not in this version"] + [""] * 5)
+                    rows.append(row + ["not in this version"] + [""] * 6)
                     continue
                 limits = ",".join("all" if n is None else str(n) for n in case["limits"])
                 rows.append(
@@ -807,6 +830,7 @@ def render(report):
                         span(case["uploads"]),
                         span({k: v / 1e6 for k, v in case["list_bytes"].items()}, "{:.2f}"),
                         "%s (%d)" % (fmt(case["median_s"], "%.3f s"), len(case["runs"])),
+                        fmt(case["median_cpu_s"], "%.3f s"),
                     ]
                 )
     widths = [max(len(str(x[i])) for x in [header] + rows) for i in range(len(header))]
@@ -818,6 +842,19 @@ def render(report):
         out.append("  " + "  ".join(cells).rstrip())
         if n == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
+    out.append("")
+    for size, cost in report["look_in_batch"].items():
+        out.append(
+            "the look in a batch of %d, %s jobs: %+.2f s wall (%+.1f ms a file), %+.2f s client "
+            "CPU (medians, with the look less reuse=False)"
+            % (
+                s["batch_files"],
+                f"{int(size):,}",
+                cost["wall_s"],
+                1000 * cost["wall_s"] / s["batch_files"],
+                cost["cpu_s"],
+            )
+        )
     out.append("")
     out.append("Targets (records are counted, not timed: a --quick run judges them too):")
     for verdict in report["targets"]:
@@ -889,6 +926,7 @@ def main(argv=None):
         "settings": dict(vars(settings)),
         "results": results,
         "targets": judge(results, settings),
+        "look_in_batch": look_in_batch(results),
         "harness_problems": list(run_findings(results, "problems")),
         "notes": list(run_findings(results, "notes")),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
