@@ -2663,11 +2663,13 @@ def _submit(
 ) -> Submission:
     """The file's job: the one the account has for this content, or a new
     one, POSTed until the server certainly has it once."""
-    content = source.identify(lambda: client.check_time("while the file was read"))
-    name = _tagged_name(source.name, content.tag) if options.tag else source.name
+    content = None  # type: Optional[_Content]
+    if options.tag or options.lock is not None or source.content is not None:
+        content = source.identify(lambda: client.check_time("while the file was read"))
+    name = _tagged_name(source.name, content.tag) if options.tag and content else source.name
     with _held(options.lock, content):
         before = frozenset()  # type: FrozenSet[str]
-        if options.tag and options.reuse:
+        if options.tag and options.reuse and content is not None:
             found = _adoptable(client, policy, options, hooks, content)
             if found is not None:
                 return found
@@ -2675,15 +2677,15 @@ def _submit(
         submission, looked = _post(
             client, source, name, content, report, policy, options, hooks, before
         )
-    if options.tag and options.reuse and not looked:
+    if options.tag and options.reuse and content is not None and not looked:
         _warn_if_doubled(client, policy, options, content, before, submission.denoise_id)
     return submission
 
 
 @contextlib.contextmanager
-def _held(lock: Optional[Callable[[str], Any]], content: "_Content") -> Iterator[None]:
+def _held(lock: Optional[Callable[[str], Any]], content: "Optional[_Content]") -> Iterator[None]:
     """The caller's lock for this content, held around the block."""
-    if lock is None:
+    if lock is None or content is None:
         yield
         return
     try:
@@ -2771,7 +2773,7 @@ def _post(
     client: "_Client",
     source: _Source,
     name: str,
-    content: "_Content",
+    content: "Optional[_Content]",
     report: Optional[Callable[[int, Optional[int]], Any]],
     policy: RetryPolicy,
     options: _JobOptions,
@@ -2924,7 +2926,7 @@ def _look_up(
     client: "_Client",
     source: _Source,
     name: str,
-    content: "_Content",
+    content: "Optional[_Content]",
     began: float,
     policy: RetryPolicy,
     options: _JobOptions,
