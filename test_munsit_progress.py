@@ -4591,15 +4591,19 @@ def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     assert sorted(os.listdir(str(tmp_path / "out"))) == [mp.JOURNAL_NAME, "in0.wav", "keep.part"]
 
 
-def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(server, tmp_path):
+@pytest.mark.parametrize("tag", [True, False], ids=["by-tag", "by-name-and-size"])
+def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(
+    server, tmp_path, tag
+):
     (tmp_path / "in").mkdir()
     first = tmp_path / "in" / "x.wav"
     first.write_bytes(b"A" * 500)
     api = FakeAPI("ok", echo=True)
     server.serve(api)
     # A run killed after its POST of x.wav was taken: the job exists, the
-    # journal says only "sending".
-    submit_to(server, str(first), check=False)
+    # journal says only "sending".  (Untagged, the job the rerun gives the
+    # new x.wav is never a candidate for the old one's lookup.)
+    submit_to(server, str(first), check=False, tag=tag)
     (tmp_path / "out").mkdir()
     write_sending(tmp_path / "out", mp._Source(str(first), False).identify(lambda: None), "x.wav")
     # Then x.wav was renamed, and another recording of the same size came
@@ -4607,7 +4611,7 @@ def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(se
     os.rename(str(first), str(tmp_path / "in" / "y.wav"))
     first.write_bytes(b"B" * 500)
     paths = [str(first), str(tmp_path / "in" / "y.wav")]
-    results = many_on(server, paths, tmp_path / "out", concurrency=1, check=False)
+    results = many_on(server, paths, tmp_path / "out", concurrency=1, check=False, tag=tag)
     assert [r.error for r in results] == [None, None]
     assert sorted(api.uploaded(i) for i in range(len(api.posts))) == [b"A" * 500, b"B" * 500]
     assert (tmp_path / "out" / "x.wav").read_bytes() == b"B" * 500
