@@ -4904,21 +4904,21 @@ def test_cli_reads_the_key_from_a_file_or_stdin(server, tmp_path):
     assert server.requests[0].headers["x-api-key"] == KEY
 
 
-@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
-def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(server):
-    # A cron job's stdin: a pipe that stays open and silent.
+def follow_with_key_on_a_pipe(server, written, timeout):
+    """Run the CLI with --api-key-file - on a pipe that stays open, after
+    ``written`` was written to it."""
     server.serve(stream(DONE))
     reader, writer = os.pipe()
-    started = time.monotonic()
+    os.write(writer, written)
     try:
-        result = run_cli(
+        return run_cli(
             JOB,
             "--base-url",
             server.base_url,
             "--api-key-file",
             "-",
             "--timeout",
-            "1",
+            str(timeout),
             env={"MUNSIT_API_KEY": None},
             stdin=reader,
             timeout=20,
@@ -4926,6 +4926,13 @@ def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(se
     finally:
         os.close(reader)
         os.close(writer)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
+def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(server):
+    # A cron job's stdin: a pipe that stays open and silent.
+    started = time.monotonic()
+    result = follow_with_key_on_a_pipe(server, b"", 1)
     assert result.returncode == 2 and "nothing came from standard input" in result.stderr
     assert time.monotonic() - started < 8
     assert server.requests == []
@@ -4933,25 +4940,7 @@ def test_cli_key_on_a_stdin_nobody_writes_to_is_waited_for_within_the_timeout(se
 
 @pytest.mark.skipif(not hasattr(os, "O_NONBLOCK"), reason="select on pipes is POSIX")
 def test_cli_key_on_a_stdin_pipe_left_open_is_read_without_waiting_for_its_end(server):
-    server.serve(stream(DONE))
-    reader, writer = os.pipe()
-    os.write(writer, (KEY + "\n").encode())
-    try:
-        result = run_cli(
-            JOB,
-            "--base-url",
-            server.base_url,
-            "--api-key-file",
-            "-",
-            "--timeout",
-            "5",
-            env={"MUNSIT_API_KEY": None},
-            stdin=reader,
-            timeout=20,
-        )
-    finally:
-        os.close(reader)
-        os.close(writer)
+    result = follow_with_key_on_a_pipe(server, (KEY + "\n").encode(), 5)
     assert result.returncode == 0, result.stderr
     assert server.requests[0].headers["x-api-key"] == KEY
 
