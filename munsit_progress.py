@@ -11,8 +11,10 @@ One file, no dependency beyond ``requests``; copy it into a project or
 
 ``denoise()`` uploads a file, follows its job and saves the result under
 one deadline; ``denoise_many()`` does it for a folder of files, resumably,
-with a journal; ``submit()`` uploads (streamed, never paid for twice),
-``list_jobs()`` lists the account's jobs, ``wait()`` follows a job across
+with a journal; ``submit()`` uploads (streamed, never paid for twice:
+every job is known by a tag of its content in the uploaded name, and a
+job the account already has for that content is adopted, not paid for
+again), ``list_jobs()`` lists the account's jobs, ``wait()`` follows a job across
 reconnections, ``iter_events()`` yields the validated events of a single
 connection, ``download()`` saves a result, resuming a broken transfer.
 ``ProgressBar()`` shows a job's upload, processing and download in a
