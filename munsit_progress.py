@@ -3934,7 +3934,8 @@ def _sweep_temporaries(folder: str, prefix: str = ".") -> None:
             continue  # another target's
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
-            flags = os.O_RDWR | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+            # Read-only: a temporary copies its target's mode, which may be 0444.
+            flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
             try:
                 if _lock_descriptor(fd):
