@@ -4268,9 +4268,36 @@ def _result_gone(error: APIError, job: str) -> APIError:
 # A folder of files: denoise_many()
 # --------------------------------------------------------------------------
 
-#: The batch journal's file name, in the output folder.
-JOURNAL_NAME = ".munsit-batch.jsonl"
-_JOURNAL_VERSION = 1
+#: The batch journal's file name, in the output folder: an SQLite
+#: database (0.4's JSON-lines journal, :data:`_OLD_JOURNAL_NAME`, is
+#: imported into it once, then renamed with ``.imported`` added).
+JOURNAL_NAME = ".munsit-batch.sqlite"
+_OLD_JOURNAL_NAME = ".munsit-batch.jsonl"
+#: The file held under the OS's lock by the run using the folder.
+_LOCK_NAME = ".munsit-batch.lock"
+_JOURNAL_VERSION = 2
+
+# Every table is looked up by an index: a run reads what its own inputs
+# need, never the whole history, so its start-up does not grow with it.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, at REAL, event TEXT NOT NULL, content TEXT NOT NULL,
+    file TEXT, denoise_id TEXT, output TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS events_by_content ON events (content, id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS outputs (
+    folded TEXT PRIMARY KEY, name TEXT NOT NULL, stem TEXT NOT NULL,
+    content TEXT NOT NULL, denoise_id TEXT, at REAL);
+CREATE INDEX IF NOT EXISTS outputs_by_stem ON outputs (stem);
+CREATE INDEX IF NOT EXISTS outputs_by_content ON outputs (content);
+CREATE TABLE IF NOT EXISTS inputs (path TEXT PRIMARY KEY, stat TEXT NOT NULL, content TEXT NOT NULL);
+"""
+
+# A file modified this close to when it was hashed may change again within
+# its mtime's granularity (FAT: 2 s) without its stat changing: git calls
+# such entries "racily clean".  Those are hashed again next time.
+_RACY_NS = 3 * 10**9
 
 
 @dataclass(frozen=True)
@@ -4302,134 +4329,315 @@ class NotSubmittedError(MunsitError):
     sends it."""
 
 
+def _file_stat(status: os.stat_result) -> str:
+    """What says a file is unchanged without reading it, as git's index
+    does: size, modification time in nanoseconds, inode and device."""
+    return "%d:%d:%d:%d" % (status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev)
+
+
+def _content_of(key: str) -> "Optional[_Content]":
+    """The _Content a journal key (``sha256:size``) names, if it is one."""
+    digest, _, size = key.partition(":")
+    if len(digest) != 64 or not size.isdigit():
+        return None
+    return _Content(digest, int(size))
+
+
 class _JournalView:
-    """What a batch journal says, by content: each input's state, and which
-    content each saved output holds."""
+    """What a batch journal says, looked up by content: each input's state,
+    which content each saved output holds, and which content a file had
+    when it was last hashed."""
 
-    def __init__(self, folder: str, states: "Dict[str, _Progress]") -> None:
+    def __init__(self, folder: str, database: Any) -> None:
         self.folder = folder
-        self.states = states
+        self._db = database
         self._lock = threading.Lock()
-        #: Each saved output's name (case-folded) -> the content whose
-        #: result it holds, as the newest "saved" line says.
-        self.outputs = {}  # type: Dict[str, str]
-        for key, state in states.items():
-            for name, at in state.saved.items():
-                owner = self.outputs.get(name.casefold())
-                if owner is None or states[owner].saved.get(name, 0.0) <= at:
-                    self.outputs[name.casefold()] = key
 
-    def saved_output(self, key: str, stem: str) -> Optional[str]:
-        """The output saved from this content for an input of this stem,
-        if it is still there and no other content's result replaced it."""
-        state = self.states.get(key)
-        for name in sorted(state.saved if state is not None else ()):
+    def _rows(self, query: str, *parameters: Any) -> List[Tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(query, parameters))
+
+    def state(self, key: str) -> "Optional[_Progress]":
+        """What the journal says of this content, or None if nothing."""
+        rows = self._rows(
+            "SELECT event, at, file, denoise_id, output, error FROM events "
+            "WHERE content = ? ORDER BY id",
+            key,
+        )
+        if not rows:
+            return None
+        state = _Progress()
+        for event, at, name, job, output, error in rows:
+            record = {"event": event, "at": at, "file": name, "denoiseId": job}
+            record.update(output=output, error=error)
+            state.learn({field: value for field, value in record.items() if value is not None})
+        return state
+
+    def known_content(self, real: str, status: os.stat_result) -> "Optional[_Content]":
+        """The content ``real`` had when last hashed, if its stat is the same."""
+        rows = self._rows(
+            "SELECT content FROM inputs WHERE path = ? AND stat = ?", real, _file_stat(status)
+        )
+        return _content_of(rows[0][0]) if rows else None
+
+    def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
+        """Note a file's content by its stat (a reader notes nothing)."""
+
+    def saved_output(self, key: str, stem: str) -> Optional[Tuple[str, Optional[str]]]:
+        """The output saved from this content for an input of this stem, and
+        its job, if it is still there and no other content's result
+        replaced it."""
+        rows = self._rows(
+            "SELECT name, denoise_id FROM outputs WHERE content = ? AND stem = ? ORDER BY name",
+            key,
+            stem.casefold(),
+        )
+        for name, job in rows:
             path = os.path.join(self.folder, name)
-            if (
-                os.path.splitext(name)[0] == stem
-                and self.outputs.get(name.casefold(), key) == key
-                and os.path.isfile(path)
-            ):
-                return path
+            if os.path.splitext(name)[0] == stem and os.path.isfile(path):
+                return path, job
         return None
 
     def taken_output(self, key: str, stem: str) -> Optional[str]:
         """An output of this stem, any extension, that holds another
         content's result and is still there."""
-        with self._lock:
-            owners = [(name, owner) for name, owner in self.outputs.items() if owner != key]
-        for name, owner in owners:
-            if os.path.splitext(name)[0] == stem.casefold():
-                real = next((n for n in self.states[owner].saved if n.casefold() == name), name)
-                path = os.path.join(self.folder, real)
-                if os.path.isfile(path):
-                    return path
+        rows = self._rows(
+            "SELECT name FROM outputs WHERE stem = ? AND content != ? ORDER BY name",
+            stem.casefold(),
+            key,
+        )
+        for (name,) in rows:
+            path = os.path.join(self.folder, name)
+            if os.path.isfile(path):
+                return path
         return None
 
-    def jobs_of_others(self, key: str) -> FrozenSet[str]:
-        """Every job the journal gives to another content."""
+    def jobs_of_others(self, key: str, since: float) -> FrozenSet[str]:
+        """Every job the journal gives to another content since ``since``
+        (time.time()): older ones are outside any lookup's horizon."""
+        rows = self._rows(
+            "SELECT DISTINCT denoise_id FROM events "
+            "WHERE at >= ? AND content != ? AND denoise_id IS NOT NULL",
+            since,
+            key,
+        )
+        return frozenset(job for (job,) in rows)
+
+    def records(self) -> Iterator[Dict[str, Any]]:
+        """Every step, oldest first, as 0.4's journal lines said it."""
+        cursor = self._db.execute(
+            "SELECT at, event, content, file, denoise_id, output, error FROM events ORDER BY id"
+        )
+        for at, event, key, name, job, output, error in cursor:
+            digest, _, size = key.partition(":")
+            record = {"event": event, "sha256": digest, "at": at}  # type: Dict[str, Any]
+            record["size"] = int(size) if size.isdigit() else size
+            for field, value in (("file", name), ("denoiseId", job), ("output", output)):
+                if value is not None:
+                    record[field] = value
+            if error is not None:
+                record["error"] = error
+            yield record
+
+    def standing(self) -> Dict[str, int]:
+        """How many contents last did each step (saved, failed, ...)."""
+        rows = self._rows(
+            "SELECT event, count(*) FROM events WHERE id IN "
+            "(SELECT max(id) FROM events GROUP BY content) GROUP BY event"
+        )
+        return {event: count for event, count in rows}
+
+    def close(self) -> None:
         with self._lock:
-            jobs = set()  # type: Set[str]
-            for other, state in self.states.items():
-                if other != key:
-                    jobs.update(state.earlier)
-                    if state.denoise_id is not None:
-                        jobs.add(state.denoise_id)
-        return frozenset(jobs)
+            self._db.close()
+
+    @classmethod
+    def reading(cls, folder: str) -> "_JournalView":
+        """The folder's journal, read without its lock and without writing
+        (another run may be using it); an empty one if there is none."""
+        import sqlite3
+
+        path = os.path.join(folder, JOURNAL_NAME)
+        old = os.path.join(folder, _OLD_JOURNAL_NAME)
+        if os.path.isfile(path):
+            # With no -wal beside it the file is whole and nobody writes it:
+            # read as immutable, so that no -shm/-wal is left behind.
+            whole = not os.path.exists(path + "-wal")
+            uri = "file:%s?mode=ro%s" % (
+                _uri_path(path),
+                "&immutable=1" if whole else "",
+            )
+            database = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            try:
+                imported = database.execute(
+                    "SELECT 1 FROM meta WHERE name = 'imported'"
+                ).fetchall()
+            except sqlite3.DatabaseError:
+                database.close()
+                database, imported = sqlite3.connect(":memory:", check_same_thread=False), []
+                database.executescript(_SCHEMA)
+            if imported or not os.path.isfile(old):
+                return cls(folder, database)
+            database.close()
+        database = sqlite3.connect(":memory:", check_same_thread=False)
+        database.executescript(_SCHEMA)
+        if os.path.isfile(old):
+            with open(old, "rb") as lines:
+                _import_lines(database, lines)
+        return cls(folder, database)
+
+
+def _uri_path(path: str) -> str:
+    """A file name as an SQLite URI's path."""
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path).replace(os.sep, "/"), safe="/:")
 
 
 class _Journal(_JournalView):
     """The output folder's record of what a batch did, so that a run killed
     at any point can be run again without paying twice.
 
-    Append-only JSON lines, each written whole, flushed and fsynced:
-    ``sending`` (the input's identity, its size and SHA-256, and the time)
-    before its POST, ``submitted`` (the denoiseId) the moment the POST is
-    answered, ``saved`` (the output's name) or ``failed`` (the server's
-    message) at the end.  The file is held under the OS's exclusive lock
+    An SQLite database in WAL mode, every record committed with
+    ``synchronous=FULL`` before the run goes on (a kill or a power cut
+    loses nothing that was recorded, and a torn write is rolled back by
+    SQLite itself): ``sending`` (the input's name and content) before its
+    POST, ``submitted`` (the denoiseId) the moment the POST is answered,
+    ``saved`` (the output's name) or ``failed`` (the server's message) at
+    the end.  A lock file beside it is held under the OS's exclusive lock
     for the whole run, which the OS drops if the process dies.
     """
 
     def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, JOURNAL_NAME)
-        self._handle = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
+        import sqlite3
+
+        self._lock_handle = open(os.path.join(folder, _LOCK_NAME), "a+b")  # noqa: SIM115
         try:
-            if not _lock_file(self._handle):
+            if not _lock_file(self._lock_handle):
                 raise BatchBusyError(
                     "another run is using %s (its journal %s is locked); nothing was done"
                     % (_printable(folder), JOURNAL_NAME)
                 )
-            super().__init__(folder, self._read())
+            self.path = os.path.join(folder, JOURNAL_NAME)
+            # Autocommit (isolation_level=None): each record is its own
+            # explicit transaction, committed before record() returns.
+            database = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                database.execute("PRAGMA journal_mode=WAL")
+                database.execute("PRAGMA synchronous=FULL")
+                database.executescript(_SCHEMA)
+                super().__init__(folder, database)
+                self._import_old()
+            except BaseException:
+                database.close()
+                raise
         except BaseException:
-            self._handle.close()
+            self._lock_handle.close()
             raise
+        #: Files hashed in this run, noted in the next transaction: losing
+        #: them to a kill costs a hash, never a payment, so not an fsync each.
+        self._hashed = []  # type: List[Tuple[str, str, str]]
 
-    def _read(self) -> "Dict[str, _Progress]":
-        self._handle.seek(0)
-        data = self._handle.read()
-        lines = data.split(b"\n")
-        if data and not data.endswith(b"\n"):
-            # A line torn by a kill mid-write: ignored, and ended, so that
-            # the next line starts on a line of its own.
-            lines.pop()
-            self._append(b"\n")
-        if not data:
-            self._append(self._line({"journal": "munsit-progress batch", "version": 1}))
-        return _journal_states(lines)
+    def _import_old(self) -> None:
+        """Take in 0.4's JSON-lines journal, once, then rename it aside."""
+        old = os.path.join(self.folder, _OLD_JOURNAL_NAME)
+        if not os.path.isfile(old):
+            return
+        if not self._rows("SELECT 1 FROM meta WHERE name = 'imported'"):
+            with open(old, "rb") as lines, self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    _import_lines(self._db, lines)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('imported', ?)", (_OLD_JOURNAL_NAME,)
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        # A kill between the commit and here leaves the file: renamed next run.
+        os.replace(old, old + ".imported")
 
-    @staticmethod
-    def _line(record: Dict[str, Any]) -> bytes:
-        return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
-
-    def _append(self, data: bytes) -> None:
-        self._handle.write(data)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+    def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
+        with self._lock:
+            self._hashed.append((real, _file_stat(status), content.key))
 
     def record(self, event: str, content: _Content, **fields: Any) -> None:
         """Write one step, durably, before going on."""
-        record = {
-            "event": event,
-            "sha256": content.sha256,
-            "size": content.size,
-            "at": time.time(),
-        }
-        record.update(fields)
+        at = time.time()
+        output = fields.get("output")
+        output = os.path.basename(str(output)) if output is not None else None
+        row = (at, event, content.key, fields.get("file"), fields.get("denoiseId"), output)
         with self._lock:
-            self._append(self._line(record))
-            self.states.setdefault(content.key, _Progress()).learn(record)
-            if event == "saved":
-                self.outputs[os.path.basename(str(fields["output"])).casefold()] = content.key
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row + (fields.get("error"),),
+                )
+                if event == "saved" and output is not None:
+                    _note_output(self._db, output, content.key, fields.get("denoiseId"), at)
+                self._note_hashed()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _note_hashed(self) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", self._hashed)
+        self._hashed = []
+
+    def forget_before(self, moment: float) -> int:
+        """Forget the contents last touched before ``moment`` (time.time())
+        whose output is gone; how many.  Outputs still there stay known,
+        so that they are never paid for again nor replaced."""
+        forgotten = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT content FROM events GROUP BY content HAVING max(at) < ?", (moment,)
+                ).fetchall()
+                for (key,) in rows:
+                    outputs = self._db.execute(
+                        "SELECT name FROM outputs WHERE content = ?", (key,)
+                    ).fetchall()
+                    if any(os.path.isfile(os.path.join(self.folder, n)) for (n,) in outputs):
+                        continue
+                    for table in ("events", "outputs", "inputs"):
+                        self._db.execute("DELETE FROM %s WHERE content = ?" % table, (key,))
+                    forgotten += 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return forgotten
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()  # closing the file drops the lock
+            try:
+                if self._hashed:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._note_hashed()
+                    self._db.execute("COMMIT")
+            finally:
+                self._db.close()
+                self._lock_handle.close()  # closing the file drops the lock
 
 
-def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
-    """What journal lines say of each input's content; lines that are not
-    whole records (a torn one) are skipped."""
-    states = {}  # type: Dict[str, _Progress]
+def _note_output(database: Any, name: str, key: str, job: Optional[str], at: float) -> None:
+    """Note that the output ``name`` holds this content's result."""
+    stem = os.path.splitext(name)[0].casefold()
+    database.execute(
+        "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?)",
+        (name.casefold(), name, stem, key, job, at),
+    )
+
+
+def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
+    """Copy 0.4's journal lines into the tables, a line at a time; lines
+    that are not whole records (a torn last one) are skipped."""
     for line in lines:
         try:
             record = json.loads(line.decode("utf-8"))
@@ -4438,8 +4646,25 @@ def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             continue
         key = "%s:%s" % (record["sha256"], record.get("size"))
-        states.setdefault(key, _Progress()).learn(record)
-    return states
+        at = record.get("at")
+        at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+        values = [record.get(field) for field in ("file", "denoiseId", "output", "error")]
+        values = [value if isinstance(value, str) else None for value in values]
+        event = record.get("event")
+        database.execute(
+            "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [at, str(event), key] + values,
+        )
+        output = values[2]
+        if event == "saved" and output is not None and values[1] is not None:
+            name = os.path.basename(output)
+            # The newest "saved" line says which content an output holds.
+            newer = database.execute(
+                "SELECT 1 FROM outputs WHERE folded = ? AND at > ?", (name.casefold(), at or 0.0)
+            ).fetchall()
+            if not newer:
+                _note_output(database, name, key, values[1], at or 0.0)
 
 
 def _lock_file(handle: Any) -> bool:
@@ -4604,6 +4829,7 @@ def denoise_many(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retry: Optional[RetryPolicy] = None,
+    rehash: bool = False,
 ) -> Iterator[FileResult]:
     """Denoise many files, ``concurrency`` at a time, into ``output_dir``;
     yield a :class:`FileResult` for each as it finishes.
@@ -4671,6 +4897,7 @@ def denoise_many(
         max_bytes=max_bytes,
         options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
         policy=policy,
+        rehash=rehash,
     )
     return batch.results()
 
@@ -4693,6 +4920,7 @@ class _Batch:
         options: _JobOptions,
         policy: RetryPolicy,
         on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        rehash: bool = False,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
         _Client(session=None, **settings).close()
@@ -4703,6 +4931,7 @@ class _Batch:
         self.settings = settings
         self.check = check
         self.options = options
+        self.rehash = rehash
         self.stop = threading.Event()
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
@@ -4806,9 +5035,18 @@ class _Batch:
         entry = self.display.entry(os.path.basename(path), path)
         try:
             self._check_time()
+            real, status, known = self._known_content(path)
+            if known is not None:
+                # Recognised by its stat: a saved input is not even opened.
+                skipped = self._saved_already(path, stem, known, entry)
+                if skipped is not None:
+                    return skipped
             source = _Source(path, self.check)
             try:
+                source.content = known
                 content = source.identify(self._check_time)
+                if known is None and status is not None:
+                    _remember_hashed(self.journal, real, status, content)
                 with self._identity_lock(content.key):
                     return self._follow_through(path, stem, source, content, session, entry)
             finally:
@@ -4826,6 +5064,30 @@ class _Batch:
                     error.denoise_id = job
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
+
+    def _known_content(
+        self, path: str
+    ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content]]":
+        """(its real path, its stat, its content if the journal knows the
+        file by that stat); --rehash knows nothing."""
+        real = os.path.realpath(path)
+        try:
+            status = os.stat(real)
+        except OSError:
+            return real, None, None  # _Source says why
+        if self.rehash or not _stat.S_ISREG(status.st_mode):
+            return real, status, None
+        return real, status, self.journal.known_content(real, status)
+
+    def _saved_already(
+        self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
+    ) -> Optional[FileResult]:
+        """The result for an input whose output is saved already, if it is."""
+        saved = self.journal.saved_output(content.key, stem)
+        if saved is None:
+            return None
+        entry.finish("already saved as %s" % _short_path(saved[0]))
+        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
 
     def _check_time(self) -> None:
         """Raise if the run was stopped or its deadline passed."""
@@ -4847,11 +5109,10 @@ class _Batch:
         session: requests.Session,
         entry: "_BatchEntry",
     ) -> FileResult:
-        state = self.journal.states.get(content.key)
-        saved = self.journal.saved_output(content.key, stem)
-        if state is not None and saved is not None:
-            entry.finish("already saved as %s" % _short_path(saved))
-            return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
+        skipped = self._saved_already(path, stem, content, entry)
+        if skipped is not None:
+            return skipped
+        state = self.journal.state(content.key)
         other = self.journal.taken_output(content.key, stem)
         if other is not None:
             # Last night's input of this name had other content: its result
@@ -4934,7 +5195,8 @@ class _BatchHooks(_Hooks):
                 self.excluded = self.excluded | {state.denoise_id}  # sent again, as asked
         if not batch.options.tag:
             # Matched by name and size: never a job another input has.
-            self.excluded = self.excluded | batch.journal.jobs_of_others(content.key)
+            since = time.time() - batch.options.history.horizon - 86400.0
+            self.excluded = self.excluded | batch.journal.jobs_of_others(content.key, since)
 
     def before_send(self, client: _Client, policy: RetryPolicy, name: str) -> None:
         if not self._reserved:
@@ -4969,6 +5231,22 @@ class _BatchHooks(_Hooks):
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
         output = os.path.join(self._batch.folder, self._stem + _result_extension(done.url))
         return _short_path(output), _output_path(output)
+
+
+def _remember_hashed(
+    journal: _JournalView, real: str, before: os.stat_result, content: _Content
+) -> None:
+    """Note a file's content by its stat, unless it changed while it was
+    hashed or so recently that it may change again unseen."""
+    try:
+        after = os.stat(real)
+    except OSError:
+        return
+    if _file_stat(after) != _file_stat(before):
+        return
+    if after.st_mtime_ns >= time.time_ns() - _RACY_NS:
+        return
+    journal.remember(real, after, content)
 
 
 def _short_path(path: str) -> str:
@@ -6040,9 +6318,10 @@ _VALUED_OPTIONS = frozenset(
         "--jobs",
         "--max-files",
         "--max-bytes",
+        "--forget-before",
     )
 )
-_COMMANDS = ("denoise", "list")
+_COMMANDS = ("denoise", "list", "journal")
 
 
 def _command_of(argv: List[str]) -> Optional[str]:
@@ -6098,6 +6377,12 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             "--max-files", type=int, metavar="N", help="send at most N files in this run"
         )
         batch.add_argument(
+            "--rehash",
+            action="store_true",
+            help="read and hash every input, even those the journal knows unchanged (same "
+            "size, modification time, inode and device)",
+        )
+        batch.add_argument(
             "--max-bytes",
             metavar="SIZE",
             help="send at most SIZE bytes in this run (500M, 2G, 300MiB...)",
@@ -6139,6 +6424,28 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             help="write each step to stdout as one JSON object per line, naming the file "
             "and the denoiseId (progress still goes to stderr unless -q)",
         )
+    elif command == "journal":
+        parser = _argument_parser(
+            prog="munsit-progress journal",
+            description="Show what the batch journal in DIR (%s) says: each step of each\n"
+            "input, oldest first, then a count of where the inputs stand." % JOURNAL_NAME,
+        )
+        parser.add_argument("command", choices=["journal"], help=argparse.SUPPRESS)
+        parser.add_argument("folder", metavar="DIR", help="a batch's output folder")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="write each step as one JSON object per line (0.4's journal lines)",
+        )
+        parser.add_argument(
+            "--forget-before",
+            metavar="DATE",
+            help="forget the inputs last seen before DATE (YYYY-MM-DD, local time) whose "
+            "outputs are gone from DIR; takes the folder's lock",
+        )
+        parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+        parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+        return parser
     else:
         parser = _argument_parser(
             prog="munsit-progress list",
@@ -6172,6 +6479,9 @@ def _main_command(command: str, argv: List[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     args = parsed
+    if command == "journal":
+        console = _Console(args.quiet, args.verbose)
+        return _run_command(args, console, None, lambda: _journal_command(args, console))
     if args.demo and (args.base_url or args.api_key_file):
         return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
     if args.timeout is not None and not 0 < args.timeout < math.inf:
@@ -6393,6 +6703,7 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             options=_cli_options(args),
             policy=RetryPolicy(),
             on_record=record,
+            rehash=args.rehash,
         )
         finished = {}  # type: Dict[str, FileResult]
         for result in batch.results():
@@ -6445,12 +6756,16 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     """What a batch would do, from the journal, without sending anything
     (nor taking the folder's lock: another run may be using it)."""
     folder = os.path.abspath(args.output)
+    journal = _JournalView.reading(folder)
     try:
-        with open(os.path.join(folder, JOURNAL_NAME), "rb") as handle:
-            states = _journal_states(handle.read().split(b"\n"))
-    except FileNotFoundError:
-        states = {}
-    journal = _JournalView(folder, states)
+        return _dry_run_with(args, console, inputs, journal)
+    finally:
+        journal.close()
+
+
+def _dry_run_with(
+    args: Any, console: _Console, inputs: List[Tuple[str, str]], journal: _JournalView
+) -> int:
     files_left = args.max_files
     bytes_left = args.max_bytes
     rows = [("ACTION", "SIZE", "FILE", "")]
@@ -6458,20 +6773,16 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     planned = {}  # type: Dict[str, str]  # identity -> the first input with it
     to_send = 0
     for path, stem in inputs:
-        try:
-            source = _Source(path, not args.no_check)
-        except ConfigurationError as exc:
-            rows.append(("refuse", "-", path, str(exc)))
+        identity = _dry_run_content(journal, path, args)
+        if isinstance(identity, ConfigurationError):
+            rows.append(("refuse", "-", path, str(identity)))
             counts["refuse"] = counts.get("refuse", 0) + 1
             continue
-        try:
-            identity = source.identify(lambda: None)
-        finally:
-            source.close()
-        state = states.get(identity.key)
+        state = journal.state(identity.key)
         detail = ""
-        saved = journal.saved_output(identity.key, stem) if state is not None else None
-        taken = journal.taken_output(identity.key, stem)
+        found = journal.saved_output(identity.key, stem)
+        saved = found[0] if found is not None else None
+        taken = journal.taken_output(identity.key, stem) if saved is None else None
         first = planned.setdefault(identity.key, path)
         if saved is not None:
             action, detail = "skip", "already saved as %s" % os.path.basename(saved)
@@ -6526,6 +6837,29 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     return EXIT_OK
 
 
+def _dry_run_content(
+    journal: _JournalView, path: str, args: Any
+) -> "Union[_Content, ConfigurationError]":
+    """An input's content as a run would know it: by its stat when the
+    journal knows the file unchanged, else read; or why it is refused."""
+    real = os.path.realpath(path)
+    if not args.rehash:
+        with contextlib.suppress(OSError):
+            status = os.stat(real)
+            if _stat.S_ISREG(status.st_mode):
+                known = journal.known_content(real, status)
+                if known is not None:
+                    return known
+    try:
+        source = _Source(path, not args.no_check)
+    except ConfigurationError as exc:
+        return exc
+    try:
+        return source.identify(lambda: None)
+    finally:
+        source.close()
+
+
 def _list_command(args: Any, console: _Console) -> int:
     """``munsit-progress list``: a table, or JSON lines with --json."""
 
@@ -6567,6 +6901,65 @@ def _list_command(args: Any, console: _Console) -> int:
         return EXIT_OK
 
     return _with_api(args, console, run)
+
+
+def _journal_command(args: Any, console: _Console) -> int:
+    """``munsit-progress journal DIR``: the journal's steps, or forget old ones."""
+    folder = os.path.abspath(args.folder)
+    if not any(
+        os.path.isfile(os.path.join(folder, name)) for name in (JOURNAL_NAME, _OLD_JOURNAL_NAME)
+    ):
+        raise ConfigurationError("there is no batch journal in %s" % _printable(folder))
+    if args.forget_before is not None:
+        import datetime
+
+        try:
+            moment = datetime.datetime.strptime(args.forget_before, "%Y-%m-%d").timestamp()
+        except ValueError:
+            raise ConfigurationError(
+                "--forget-before takes a date, YYYY-MM-DD; got %r" % args.forget_before
+            ) from None
+        journal = _Journal(folder)
+        try:
+            forgotten = journal.forget_before(moment)
+        finally:
+            journal.close()
+        console.note("forgot %d input(s) last seen before %s" % (forgotten, args.forget_before))
+        return EXIT_OK
+    view = _JournalView.reading(folder)
+    try:
+        for record in view.records():
+            if args.json:
+                console.record(record)
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("at") or 0))
+            detail = record.get("output") or record.get("file") or ""
+            if record.get("error"):
+                detail = "%s: %s" % (detail, record["error"]) if detail else record["error"]
+            console.out(
+                _printable(
+                    "%s  %-9s  %s  %10s  %-36s  %s"
+                    % (
+                        when,
+                        record["event"],
+                        record["sha256"][:12],
+                        _size(record["size"]) if isinstance(record["size"], int) else "?",
+                        record.get("denoiseId") or "-",
+                        detail,
+                    )
+                )
+            )
+        counts = view.standing()
+    finally:
+        view.close()
+    console.note(
+        "%d input(s): %s"
+        % (
+            sum(counts.values()),
+            ", ".join("%s %d" % (word, count) for word, count in sorted(counts.items())) or "none",
+        )
+    )
+    return EXIT_OK
 
 
 def _drop_stdout() -> None:

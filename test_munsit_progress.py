@@ -9,6 +9,7 @@ count and in time and stops by itself.
 import dataclasses
 import gc
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -4016,20 +4018,32 @@ def many_on(server, paths, output, **kwargs):
 def write_sending(folder, identity, name=None):
     """What a run killed after its POST leaves in the journal: a 'sending'
     line and no answer."""
-    record = {
-        "event": "sending",
-        "sha256": identity.sha256,
-        "size": identity.size,
-        "at": time.time() - 5,
-    }
-    if name is not None:
-        record["file"] = name
-    with open(str(folder / mp.JOURNAL_NAME), "a") as journal:
-        journal.write(json.dumps(record) + "\n")
+    journal = mp._Journal(str(folder))
+    try:
+        journal._db.execute(
+            "INSERT INTO events (at, event, content, file) VALUES (?, 'sending', ?, ?)",
+            (time.time() - 5, identity.key, name),
+        )
+    finally:
+        journal.close()
 
 
 def journal_of(folder):
-    return [json.loads(line) for line in (folder / mp.JOURNAL_NAME).read_text().splitlines()]
+    """The journal's steps, oldest first, as 0.4's JSON lines said them."""
+    view = mp._JournalView.reading(str(folder))
+    try:
+        return list(view.records())
+    finally:
+        view.close()
+
+
+def old_journal_line(event, path, **fields):
+    """A line of 0.4's JSON-lines journal about the file at ``path``."""
+    data = open(path, "rb").read()
+    record = {"event": event, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    record.update(fields)
+    record.setdefault("at", time.time() - 60)
+    return (json.dumps(record) + "\n").encode()
 
 
 def test_batch_saves_each_result_under_its_input_name(server, tmp_path):
@@ -4043,7 +4057,7 @@ def test_batch_saves_each_result_under_its_input_name(server, tmp_path):
         assert result.output == str(tmp_path / "out" / os.path.basename(result.path))
         assert open(result.output, "rb").read() == open(result.path, "rb").read()
     assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
-    events = [(line["event"], line.get("file")) for line in journal_of(tmp_path / "out")[1:]]
+    events = [(line["event"], line.get("file")) for line in journal_of(tmp_path / "out")]
     for path in paths:
         name = os.path.basename(path)
         mine = [
@@ -4112,17 +4126,45 @@ def test_inputs_with_the_same_content_share_one_job(server, tmp_path):
     assert {os.path.basename(r.output) for r in results} == {"a.wav", "b.wav"}
 
 
-def test_a_torn_last_journal_line_is_ignored(server, tmp_path):
+def write_old_journal(tmp_path, paths):
+    """0.4's journal in out/: paths[0] saved as in0.wav, a torn last line."""
+    (tmp_path / "out").mkdir()
+    job = "5b1d2f7e-3f81-4c2a-9c5d-7a2e91b4c7a1"
+    shutil.copy(paths[0], str(tmp_path / "out" / "in0.wav"))
+    data = b'{"journal": "munsit-progress batch", "version": 1}\n'
+    data += old_journal_line("sending", paths[0], file="in0.wav")
+    data += old_journal_line("submitted", paths[0], denoiseId=job)
+    data += old_journal_line("saved", paths[0], denoiseId=job, output="in0.wav")
+    data += b'{"event": "sending", "sha256": "ab'  # killed mid-write
+    (tmp_path / "out" / ".munsit-batch.jsonl").write_bytes(data)
+    return job, data
+
+
+def test_an_old_json_lines_journal_with_a_torn_last_line_is_imported_once(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 2)
+    job, data = write_old_journal(tmp_path, paths)
     api = FakeAPI("ok", echo=True)
     server.serve(api)
-    many_on(server, paths[:1], tmp_path / "out")
-    with open(str(tmp_path / "out" / mp.JOURNAL_NAME), "ab") as journal:
-        journal.write(b'{"event": "sending", "sha256": "ab')  # killed mid-write
     results = many_on(server, paths, tmp_path / "out")
-    assert sorted(r.skipped for r in results) == [False, True]
-    lines = (tmp_path / "out" / mp.JOURNAL_NAME).read_bytes().split(b"\n")
-    assert lines[-1] == b""  # every line ended, the torn one too
+    assert [(r.skipped, r.denoise_id == job) for r in results] == [(True, True), (False, False)]
+    assert len(api.posts) == 1
+    assert not (tmp_path / "out" / ".munsit-batch.jsonl").exists()
+    assert (tmp_path / "out" / ".munsit-batch.jsonl.imported").read_bytes() == data
+    steps = [(r["event"], r.get("file") or r.get("output")) for r in journal_of(tmp_path / "out")]
+    assert steps[:3] == [("sending", "in0.wav"), ("submitted", None), ("saved", "in0.wav")]
+    again = many_on(server, paths, tmp_path / "out")  # imported once: nothing twice
+    assert all(r.skipped for r in again) and len(journal_of(tmp_path / "out")) == 6
+
+
+def test_a_dry_run_reads_an_old_journal_without_importing_it(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    _, data = write_old_journal(tmp_path, paths)
+    server.serve(FakeAPI("ok"))
+    result = batch_cli(server, paths, tmp_path / "out", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:3]] == ["skip", "send"]
+    assert (tmp_path / "out" / ".munsit-batch.jsonl").read_bytes() == data
+    assert sorted(os.listdir(str(tmp_path / "out"))) == [".munsit-batch.jsonl", "in0.wav"]
 
 
 def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, tmp_path):
@@ -4398,7 +4440,9 @@ def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     (tmp_path / "out" / "keep.part").write_bytes(b"not ours")
     server.serve(FakeAPI("ok", echo=True))
     many_on(server, paths, tmp_path / "out")
-    assert sorted(os.listdir(str(tmp_path / "out"))) == [mp.JOURNAL_NAME, "in0.wav", "keep.part"]
+    assert sorted(os.listdir(str(tmp_path / "out"))) == sorted(
+        [mp.JOURNAL_NAME, mp._LOCK_NAME, "in0.wav", "keep.part"]
+    )
 
 
 def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(server, tmp_path):
@@ -5477,8 +5521,13 @@ def test_cli_batch_json_lines_name_the_file_and_the_job(server, tmp_path):
 
 
 def journal_is_whole(folder):
-    data = (folder / mp.JOURNAL_NAME).read_bytes()
-    return data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+    view = mp._JournalView.reading(str(folder))
+    try:
+        return view._db.execute("PRAGMA integrity_check").fetchall() == [("ok",)] and all(
+            record["event"] for record in view.records()
+        )
+    finally:
+        view.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -5707,7 +5756,7 @@ def assert_paid_once_and_whole(api, paths, out):
     for path in paths:
         assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
     assert sorted(os.listdir(str(out))) == sorted(
-        [mp.JOURNAL_NAME] + [os.path.basename(p) for p in paths]
+        [mp.JOURNAL_NAME, mp._LOCK_NAME] + [os.path.basename(p) for p in paths]
     )
     assert journal_is_whole(out)
 
