@@ -4277,22 +4277,30 @@ _OLD_JOURNAL_NAME = ".munsit-batch.jsonl"
 _LOCK_NAME = ".munsit-batch.lock"
 _JOURNAL_VERSION = 2
 
+# A content's key (64 hex digits and a size) is stored once, in contents;
+# the other tables name it by its row number, which keeps a year's
+# history, and its indexes, a fraction of the size.
 # Every table is looked up by an index: a run reads what its own inputs
 # need, never the whole history, so its start-up does not grow with it.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS contents (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, at REAL, event TEXT NOT NULL, content TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, at REAL, event TEXT NOT NULL, content INTEGER NOT NULL,
     file TEXT, denoise_id TEXT, output TEXT, error TEXT);
 CREATE INDEX IF NOT EXISTS events_by_content ON events (content, id);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
 CREATE TABLE IF NOT EXISTS outputs (
     folded TEXT PRIMARY KEY, name TEXT NOT NULL, stem TEXT NOT NULL,
-    content TEXT NOT NULL, denoise_id TEXT, at REAL);
+    content INTEGER NOT NULL, denoise_id TEXT, at REAL);
 CREATE INDEX IF NOT EXISTS outputs_by_stem ON outputs (stem);
 CREATE INDEX IF NOT EXISTS outputs_by_content ON outputs (content);
-CREATE TABLE IF NOT EXISTS inputs (path TEXT PRIMARY KEY, stat TEXT NOT NULL, content TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inputs (
+    path TEXT PRIMARY KEY, stat TEXT NOT NULL, content INTEGER NOT NULL);
 """
+
+# A content's row number, from its key, in a query.
+_CONTENT_ID = "(SELECT id FROM contents WHERE key = ?)"
 
 # A file modified this close to when it was hashed may change again within
 # its mtime's granularity (FAT: 2 s) without its stat changing: git calls
@@ -4361,7 +4369,7 @@ class _JournalView:
         """What the journal says of this content, or None if nothing."""
         rows = self._rows(
             "SELECT event, at, file, denoise_id, output, error FROM events "
-            "WHERE content = ? ORDER BY id",
+            "WHERE content = %s ORDER BY id" % _CONTENT_ID,
             key,
         )
         if not rows:
@@ -4376,7 +4384,10 @@ class _JournalView:
     def known_content(self, real: str, status: os.stat_result) -> "Optional[_Content]":
         """The content ``real`` had when last hashed, if its stat is the same."""
         rows = self._rows(
-            "SELECT content FROM inputs WHERE path = ? AND stat = ?", real, _file_stat(status)
+            "SELECT key FROM inputs JOIN contents ON contents.id = inputs.content "
+            "WHERE path = ? AND stat = ?",
+            real,
+            _file_stat(status),
         )
         return _content_of(rows[0][0]) if rows else None
 
@@ -4388,7 +4399,8 @@ class _JournalView:
         its job, if it is still there and no other content's result
         replaced it."""
         rows = self._rows(
-            "SELECT name, denoise_id FROM outputs WHERE content = ? AND stem = ? ORDER BY name",
+            "SELECT name, denoise_id FROM outputs WHERE content = %s AND stem = ? ORDER BY name"
+            % _CONTENT_ID,
             key,
             stem.casefold(),
         )
@@ -4402,7 +4414,8 @@ class _JournalView:
         """An output of this stem, any extension, that holds another
         content's result and is still there."""
         rows = self._rows(
-            "SELECT name FROM outputs WHERE stem = ? AND content != ? ORDER BY name",
+            "SELECT name FROM outputs WHERE stem = ? AND content IS NOT %s ORDER BY name"
+            % _CONTENT_ID,
             stem.casefold(),
             key,
         )
@@ -4417,7 +4430,7 @@ class _JournalView:
         (time.time()): older ones are outside any lookup's horizon."""
         rows = self._rows(
             "SELECT DISTINCT denoise_id FROM events "
-            "WHERE at >= ? AND content != ? AND denoise_id IS NOT NULL",
+            "WHERE at >= ? AND content IS NOT %s AND denoise_id IS NOT NULL" % _CONTENT_ID,
             since,
             key,
         )
@@ -4426,7 +4439,8 @@ class _JournalView:
     def records(self) -> Iterator[Dict[str, Any]]:
         """Every step, oldest first, as 0.4's journal lines said it."""
         cursor = self._db.execute(
-            "SELECT at, event, content, file, denoise_id, output, error FROM events ORDER BY id"
+            "SELECT at, event, key, file, denoise_id, output, error FROM events "
+            "JOIN contents ON contents.id = events.content ORDER BY events.id"
         )
         for at, event, key, name, job, output, error in cursor:
             digest, _, size = key.partition(":")
@@ -4564,20 +4578,17 @@ class _Journal(_JournalView):
 
     def record(self, event: str, content: _Content, **fields: Any) -> None:
         """Write one step, durably, before going on."""
-        at = time.time()
-        output = fields.get("output")
-        output = os.path.basename(str(output)) if output is not None else None
-        row = (at, event, content.key, fields.get("file"), fields.get("denoiseId"), output)
+        self.record_all([(event, content, fields)])
+
+    def record_all(
+        self, steps: Iterable[Tuple[str, _Content, Dict[str, Any]]], at: Optional[float] = None
+    ) -> None:
+        """Write several steps in one transaction (each at ``at``, or now)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    row + (fields.get("error"),),
-                )
-                if event == "saved" and output is not None:
-                    _note_output(self._db, output, content.key, fields.get("denoiseId"), at)
+                for event, content, fields in steps:
+                    _write_step(self._db, event, content.key, fields, at or time.time())
                 self._note_hashed()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -4585,7 +4596,11 @@ class _Journal(_JournalView):
                 raise
 
     def _note_hashed(self) -> None:
-        self._db.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)", self._hashed)
+        for real, stat, key in self._hashed:
+            self._db.execute(
+                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
+                (real, stat, _content_id(self._db, key)),
+            )
         self._hashed = []
 
     def forget_before(self, moment: float) -> int:
@@ -4599,15 +4614,20 @@ class _Journal(_JournalView):
                 rows = self._db.execute(
                     "SELECT content FROM events GROUP BY content HAVING max(at) < ?", (moment,)
                 ).fetchall()
-                for (key,) in rows:
+                for (number,) in rows:
                     outputs = self._db.execute(
-                        "SELECT name FROM outputs WHERE content = ?", (key,)
+                        "SELECT name FROM outputs WHERE content = ?", (number,)
                     ).fetchall()
                     if any(os.path.isfile(os.path.join(self.folder, n)) for (n,) in outputs):
                         continue
-                    for table in ("events", "outputs", "inputs"):
-                        self._db.execute("DELETE FROM %s WHERE content = ?" % table, (key,))
+                    self._db.execute("DELETE FROM events WHERE content = ?", (number,))
+                    self._db.execute("DELETE FROM outputs WHERE content = ?", (number,))
+                    self._db.execute("DELETE FROM contents WHERE id = ?", (number,))
                     forgotten += 1
+                # One pass: inputs has no index by content, to keep writes cheap.
+                self._db.execute(
+                    "DELETE FROM inputs WHERE content NOT IN (SELECT id FROM contents)"
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -4626,12 +4646,35 @@ class _Journal(_JournalView):
                 self._lock_handle.close()  # closing the file drops the lock
 
 
-def _note_output(database: Any, name: str, key: str, job: Optional[str], at: float) -> None:
+def _write_step(database: Any, event: str, key: str, fields: Dict[str, Any], at: float) -> None:
+    """One step's row, and for a saved output the content it now holds."""
+    output = fields.get("output")
+    output = os.path.basename(str(output)) if output is not None else None
+    job = fields.get("denoiseId")
+    number = _content_id(database, key)
+    database.execute(
+        "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at, event, number, fields.get("file"), job, output, fields.get("error")),
+    )
+    if event == "saved" and output is not None:
+        _note_output(database, output, number, job, at)
+
+
+def _content_id(database: Any, key: str) -> int:
+    """The row number of a content's key, added if new."""
+    row = database.execute("SELECT id FROM contents WHERE key = ?", (key,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    return int(database.execute("INSERT INTO contents (key) VALUES (?)", (key,)).lastrowid)
+
+
+def _note_output(database: Any, name: str, number: int, job: Optional[str], at: float) -> None:
     """Note that the output ``name`` holds this content's result."""
     stem = os.path.splitext(name)[0].casefold()
     database.execute(
         "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?)",
-        (name.casefold(), name, stem, key, job, at),
+        (name.casefold(), name, stem, number, job, at),
     )
 
 
@@ -4654,7 +4697,7 @@ def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
         database.execute(
             "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [at, str(event), key] + values,
+            [at, str(event), _content_id(database, key)] + values,
         )
         output = values[2]
         if event == "saved" and output is not None and values[1] is not None:
@@ -4664,7 +4707,7 @@ def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
                 "SELECT 1 FROM outputs WHERE folded = ? AND at > ?", (name.casefold(), at or 0.0)
             ).fetchall()
             if not newer:
-                _note_output(database, name, key, values[1], at or 0.0)
+                _note_output(database, name, _content_id(database, key), values[1], at or 0.0)
 
 
 def _lock_file(handle: Any) -> bool:
