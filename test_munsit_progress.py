@@ -4020,10 +4020,8 @@ def write_sending(folder, identity, name=None):
     line and no answer."""
     journal = mp._Journal(str(folder))
     try:
-        journal._db.execute(
-            "INSERT INTO events (at, event, content, file) VALUES (?, 'sending', ?, ?)",
-            (time.time() - 5, identity.key, name),
-        )
+        fields = {"file": name} if name is not None else {}
+        journal.record_all([("sending", identity, fields)], at=time.time() - 5)
     finally:
         journal.close()
 
