@@ -4483,9 +4483,7 @@ class _JournalView:
             )
             database = sqlite3.connect(uri, uri=True, check_same_thread=False)
             try:
-                imported = database.execute(
-                    "SELECT 1 FROM meta WHERE name = 'imported'"
-                ).fetchall()
+                imported = database.execute("SELECT 1 FROM meta WHERE name = 'imported'").fetchall()
             except sqlite3.DatabaseError:
                 database.close()
                 database, imported = sqlite3.connect(":memory:", check_same_thread=False), []

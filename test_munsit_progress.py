@@ -4165,6 +4165,98 @@ def test_a_dry_run_reads_an_old_journal_without_importing_it(server, tmp_path):
     assert sorted(os.listdir(str(tmp_path / "out"))) == [".munsit-batch.jsonl", "in0.wav"]
 
 
+def aged(paths, seconds=60):
+    """Date files ``seconds`` back: the journal does not trust the stat of
+    a file written moments ago (it may change again within its mtime's
+    granularity), and a night's inputs are older than that."""
+    for path in paths:
+        status = os.stat(path)
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns - seconds * 10**9))
+
+
+def count_reads(monkeypatch):
+    """The inputs opened, and those hashed, from now on."""
+    opened, hashed = [], []
+    open_source, identify = mp._Source.__init__, mp._Source.identify
+
+    def counting_open(self, path, check):
+        opened.append(os.path.basename(path))
+        open_source(self, path, check)
+
+    def counting_identify(self, check):
+        if self.content is None:
+            hashed.append(self.name)
+        return identify(self, check)
+
+    monkeypatch.setattr(mp._Source, "__init__", counting_open)
+    monkeypatch.setattr(mp._Source, "identify", counting_identify)
+    return opened, hashed
+
+
+def test_a_rerun_does_not_read_saved_unchanged_inputs(server, tmp_path, monkeypatch):
+    paths = make_inputs(tmp_path / "in", 3)
+    aged(paths)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    opened, hashed = count_reads(monkeypatch)
+    again = many_on(server, paths, tmp_path / "out")
+    assert all(r.skipped and r.error is None and r.denoise_id for r in again)
+    assert opened == [] and hashed == [] and len(api.posts) == 3
+
+
+def test_a_touched_input_is_hashed_again_known_by_its_content_and_not_paid_again(
+    server, tmp_path, monkeypatch
+):
+    paths = make_inputs(tmp_path / "in", 1)
+    aged(paths, 120)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    aged(paths, -60)  # touched: a new mtime, the same content
+    opened, hashed = count_reads(monkeypatch)
+    assert many_on(server, paths, tmp_path / "out")[0].skipped
+    assert hashed == ["in0.wav"] and len(api.posts) == 1
+    assert many_on(server, paths, tmp_path / "out")[0].skipped
+    assert hashed == ["in0.wav"]  # its new stat is known now
+
+
+def test_an_input_replaced_by_other_content_of_the_same_size_is_sent(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    aged(paths, 120)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    size = os.path.getsize(paths[0])
+    with open(paths[0], "r+b") as handle:
+        handle.seek(size - 100)
+        handle.write(os.urandom(100))
+    aged(paths, 60)  # another mtime, the same size
+    os.rename(str(tmp_path / "out" / "in0.wav"), str(tmp_path / "out" / "in0.old.wav"))
+    result = many_on(server, paths, tmp_path / "out")[0]
+    assert len(api.posts) == 2 and not result.skipped
+    assert open(result.output, "rb").read() == open(paths[0], "rb").read()
+
+
+def test_rehash_reads_every_input(server, tmp_path, monkeypatch):
+    paths = make_inputs(tmp_path / "in", 2)
+    aged(paths)
+    server.serve(FakeAPI("ok", echo=True))
+    many_on(server, paths, tmp_path / "out")
+    _, hashed = count_reads(monkeypatch)
+    again = many_on(server, paths, tmp_path / "out", rehash=True)
+    assert all(r.skipped for r in again) and sorted(hashed) == ["in0.wav", "in1.wav"]
+
+
+def test_a_file_written_moments_ago_is_hashed_again_next_time(server, tmp_path, monkeypatch):
+    paths = make_inputs(tmp_path / "in", 1)  # its mtime is now: racily clean, as git says
+    server.serve(FakeAPI("ok", echo=True))
+    many_on(server, paths, tmp_path / "out")
+    _, hashed = count_reads(monkeypatch)
+    assert many_on(server, paths, tmp_path / "out")[0].skipped
+    assert hashed == ["in0.wav"]
+
+
 def test_a_post_sent_without_a_recorded_answer_is_looked_up_not_resent(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 1)
     api = FakeAPI("ok", echo=True)
@@ -5333,6 +5425,110 @@ def test_inputs_inside_the_output_folder_are_refused(server, tmp_path):
     with pytest.raises(ConfigurationError, match="output folder"):
         mp.denoise_many(paths, str(tmp_path / "in"), api_key=KEY, base_url=server.base_url)
     assert_nothing_sent(server)
+
+
+def test_cli_batch_rehash_and_dry_run_agree_on_saved_inputs(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    aged(paths)
+    server.serve(FakeAPI("ok", echo=True))
+    assert batch_cli(server, paths, tmp_path / "out").returncode == 0
+    for extra in ((), ("--rehash",)):
+        result = batch_cli(server, paths, tmp_path / "out", "--dry-run", *extra)
+        assert result.returncode == 0, result.stderr
+        assert [line.split()[0] for line in result.stdout.splitlines()[1:3]] == ["skip", "skip"]
+    result = batch_cli(server, paths, tmp_path / "out", "--rehash")
+    assert result.returncode == 0 and "already saved" in result.stderr
+
+
+def test_cli_journal_lists_each_step_and_where_the_inputs_stand(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", echo=True))
+    many_on(server, paths, tmp_path / "out")
+    result = run_cli("journal", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and sorted(line.split()[2] for line in lines).count("saved") == 2
+    assert "2 input(s): saved 2" in result.stderr
+    records = [
+        json.loads(line)
+        for line in run_cli("journal", "--json", str(tmp_path / "out")).stdout.splitlines()
+    ]
+    assert records == journal_of(tmp_path / "out")
+    assert {r["file"] for r in records if r["event"] == "sending"} == {"in0.wav", "in1.wav"}
+
+
+def test_cli_journal_in_a_folder_without_one_is_a_usage_error(tmp_path):
+    result = run_cli("journal", str(tmp_path))
+    assert result.returncode == 2 and "no batch journal" in result.stderr
+
+
+def test_cli_journal_forget_before_keeps_what_still_has_its_output(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths, tmp_path / "out")
+    os.unlink(str(tmp_path / "out" / "in0.wav"))  # its result was moved elsewhere
+    tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 86400))
+    result = run_cli("journal", str(tmp_path / "out"), "--forget-before", tomorrow)
+    assert result.returncode == 0 and "forgot 1 input(s)" in result.stderr, result.stderr
+    assert {r.get("file") or r.get("output") for r in journal_of(tmp_path / "out")} >= {"in1.wav"}
+    assert "in0.wav" not in {r.get("file") or r.get("output") for r in journal_of(tmp_path / "out")}
+    again = many_on(server, paths[1:], tmp_path / "out")  # kept: still not paid again
+    assert again[0].skipped and len(api.posts) == 2
+
+
+def test_cli_journal_forget_before_waits_for_no_run(tmp_path):
+    (tmp_path / "out").mkdir()
+    holder = mp._Journal(str(tmp_path / "out"))
+    try:
+        result = run_cli("journal", str(tmp_path / "out"), "--forget-before", "2020-01-01")
+    finally:
+        holder.close()
+    assert result.returncode == mp.EXIT_BUSY == 7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="the resource module")
+def test_a_history_of_365000_inputs_does_not_slow_the_start(tmp_path):
+    (tmp_path / "out").mkdir()
+    journal = mp._Journal(str(tmp_path / "out"))
+    journal._db.execute("PRAGMA cache_size=-262144")  # building it, not reading it
+    try:
+        for start in range(0, 365_000, 73_000):
+            steps = []
+            for index in range(start, start + 73_000):
+                content = mp._Content(hashlib.sha256(b"%d" % index).hexdigest(), 8_000_000)
+                job = str(uuid_module.UUID(int=index + 1))
+                steps.append(("saved", content, {"denoiseId": job, "output": "r%d.wav" % index}))
+            journal.record_all(steps, at=time.time() - 86400 * 30)
+    finally:
+        journal.close()
+    paths = make_inputs(tmp_path / "in", 20)
+    # The child's own peak, measured by a parent of its own: this process's
+    # RUSAGE_CHILDREN holds the largest of every child the tests ran.
+    measured = (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+        "sys.exit(code)"
+    )
+
+    def dry_run(folder):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-c", measured, sys.executable, MODULE, "denoise", *paths]
+            + ["-o", str(folder) + os.sep, "--dry-run"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0 and "send 20" in result.stdout, result.stderr
+        return time.monotonic() - started, int(result.stderr.split()[-1])
+
+    empty_time, empty_rss = dry_run(tmp_path / "empty")
+    full_time, full_rss = dry_run(tmp_path / "out")
+    # 0.4 took 15 s and 700 MB for such a history; the figures are in the README.
+    assert full_time < empty_time + 2.0
+    assert full_rss < empty_rss + 50 * 1024  # kB
 
 
 @pytest.mark.parametrize("tag", [True, False], ids=["by-tag", "by-old-name"])
