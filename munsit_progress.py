@@ -4887,7 +4887,11 @@ def denoise_many(
     submitted instead of uploading it again, and looks up (``GET
     /denoise``) what was sent without an answer before sending it again.
     Only one run at a time may use a folder: another raises
-    :class:`BatchBusyError` at once.  ``timeout`` bounds the whole run; what
+    :class:`BatchBusyError` at once.  An input whose size, modification
+    time, inode and device are those the journal noted when it last hashed
+    it is known without being read (a file rewritten in place at the same
+    size within one tick of its timestamps is the blind spot);
+    ``rehash=True`` reads and hashes every input.  ``timeout`` bounds the whole run; what
     is left undone is done by the next run.  After a 429 every new upload
     waits; after a 402 none is sent (:class:`PaymentRequiredError`) while
     jobs already submitted are followed to their end; a file that fails
@@ -6087,7 +6091,8 @@ commands:
   munsit-progress DENOISE_ID [-o FILE]      follow a job (this page)
   munsit-progress denoise FILE [-o OUTPUT]  upload a file, follow it, save it
   munsit-progress list [--limit N]          the account's jobs, newest first
-  (munsit-progress denoise --help, munsit-progress list --help)
+  munsit-progress journal DIR               what a batch's journal in DIR says
+  (munsit-progress denoise --help, list --help, journal --help)
 
 examples:
   munsit-progress --demo                    # a simulated job, no key needed
