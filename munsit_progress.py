@@ -4299,6 +4299,10 @@ CREATE TABLE IF NOT EXISTS inputs (
     path TEXT PRIMARY KEY, stat TEXT NOT NULL, content INTEGER NOT NULL);
 """
 
+#: A saved output: its path (or name), and the job whose result it holds.
+_SavedOutput = Tuple[str, Optional[str]]
+_NamedOutput = Tuple[str, Optional[str]]
+
 # A content's row number, from its key, in a query.
 _CONTENT_ID = "(SELECT id FROM contents WHERE key = ?)"
 
@@ -4381,6 +4385,26 @@ class _JournalView:
             state.learn({field: value for field, value in record.items() if value is not None})
         return state
 
+    def known_inputs(self, reals: List[str]) -> "Dict[str, Tuple[str, str, List[_NamedOutput]]]":
+        """What the journal noted of these files (real paths): for each it
+        knows, the stat it had, its content's key and that content's saved
+        outputs (name, job).  Looked up in chunks, not one query a file."""
+        known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
+        for start in range(0, len(reals), 500):  # SQLite's old limit: 999 parameters
+            chunk = reals[start : start + 500]
+            rows = self._rows(
+                "SELECT path, stat, key, name, outputs.denoise_id FROM inputs "
+                "JOIN contents ON contents.id = inputs.content "
+                "LEFT JOIN outputs ON outputs.content = inputs.content "
+                "WHERE path IN (%s)" % ",".join("?" * len(chunk)),
+                *chunk,
+            )
+            for path, stat, key, name, job in rows:
+                noted = known.setdefault(path, (stat, key, []))
+                if name is not None:
+                    noted[2].append((name, job))
+        return known
+
     def known_content(self, real: str, status: os.stat_result) -> "Optional[_Content]":
         """The content ``real`` had when last hashed, if its stat is the same."""
         rows = self._rows(
@@ -4394,7 +4418,7 @@ class _JournalView:
     def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
         """Note a file's content by its stat (a reader notes nothing)."""
 
-    def saved_output(self, key: str, stem: str) -> Optional[Tuple[str, Optional[str]]]:
+    def saved_output(self, key: str, stem: str) -> "Optional[_SavedOutput]":
         """The output saved from this content for an input of this stem, and
         its job, if it is still there and no other content's result
         replaced it."""
@@ -4787,6 +4811,33 @@ class _Progress:
             self.failed = str(record.get("error") or "the job failed")
 
 
+class _RealPaths:
+    """os.path.realpath() for many files of few folders: each folder is
+    resolved once, each file costs one lstat (Python's realpath costs one
+    per component of the path, which a night of 10,000 inputs pays three
+    times over)."""
+
+    def __init__(self) -> None:
+        self._folders = {}  # type: Dict[str, str]
+        self._files = {}  # type: Dict[str, str]
+
+    def __call__(self, path: str) -> str:
+        real = self._files.get(path)
+        if real is None:
+            real = self._files[path] = self._resolve(path)
+        return real
+
+    def _resolve(self, path: str) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            return os.path.realpath(path)
+        return real
+
+
 def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
     """The inputs as (path, output stem), the same file given twice kept
     once; ConfigurationError, before anything is sent, when two inputs
@@ -4798,11 +4849,12 @@ def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
         raise ConfigurationError("paths must be a list of file names, not one name")
     inputs = []  # type: List[Tuple[str, str]]
     seen = set()  # type: Set[str]
+    realpath = _RealPaths()
     stems = {}  # type: Dict[str, str]
     for path in paths:
         name = os.fspath(path)
         name = name if isinstance(name, str) else os.fsdecode(name)
-        real = os.path.realpath(name)
+        real = realpath(name)
         if real in seen:
             continue
         seen.add(real)
@@ -4999,13 +5051,16 @@ class _Batch:
         if not os.access(self.folder, os.W_OK):
             raise ConfigurationError("cannot write in %s" % _printable(self.folder))
         real_folder = os.path.realpath(self.folder)
+        self._realpath = _RealPaths()
         for path, _ in inputs:
-            if os.path.dirname(os.path.realpath(path)) == real_folder:
+            if os.path.dirname(self._realpath(path)) == real_folder:
                 raise ConfigurationError(
                     "%s is in the output folder: its result would replace it, and the next run "
                     "would pay for it again; save into another folder" % _printable(path)
                 )
         self.journal = _Journal(self.folder)
+        #: What the journal noted of the inputs' files (--rehash: nothing).
+        self._known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
         _sweep_temporaries(self.folder)
 
     def _sleep(self, seconds: float) -> None:
@@ -5015,16 +5070,30 @@ class _Batch:
         import queue
 
         pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
-        for index, (path, stem) in enumerate(self.inputs):
-            pending.put((index, path, stem))
         done = queue.Queue()  # type: queue.Queue[FileResult]
-        workers = [
-            threading.Thread(
-                target=self._work, args=(pending, done), name="munsit-batch-%d" % n, daemon=True
-            )
-            for n in range(min(self.concurrency, len(self.inputs)))
-        ]
+        workers = []  # type: List[threading.Thread]
         try:
+            # The inputs the journal knows saved, by their stat, end here,
+            # before any worker: a rerun over a kept folder costs a stat each.
+            if not self.rehash:
+                self._known = self.journal.known_inputs(
+                    [self._realpath(path) for path, _ in self.inputs]
+                )
+            for index, (path, stem) in enumerate(self.inputs):
+                skipped = self._skipped(path, stem)
+                if skipped is not None:
+                    yield skipped
+                else:
+                    pending.put((index, path, stem))
+            workers = [
+                threading.Thread(
+                    target=self._work,
+                    args=(pending, done),
+                    name="munsit-batch-%d" % n,
+                    daemon=True,
+                )
+                for n in range(min(self.concurrency, pending.qsize()))
+            ]
             for worker in workers:
                 worker.start()
             running = len(workers)
@@ -5080,12 +5149,10 @@ class _Batch:
         entry = self.display.entry(os.path.basename(path), path)
         try:
             self._check_time()
-            real, status, known = self._known_content(path)
-            if known is not None:
-                # Recognised by its stat: a saved input is not even opened.
-                skipped = self._saved_already(path, stem, known, entry)
-                if skipped is not None:
-                    return skipped
+            real, status, known, saved = self._known_input(path, stem)
+            if saved is not None:  # saved since the run began (the same content twice)
+                entry.finish("already saved as %s" % _short_path(saved[0]))
+                return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
             source = _Source(path, self.check)
             try:
                 source.content = known
@@ -5110,19 +5177,36 @@ class _Batch:
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
 
-    def _known_content(
-        self, path: str
-    ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content]]":
-        """(its real path, its stat, its content if the journal knows the
-        file by that stat); --rehash knows nothing."""
-        real = os.path.realpath(path)
+    def _skipped(self, path: str, stem: str) -> Optional[FileResult]:
+        """The result of an input the journal knows by its stat, whose output
+        is saved and still there; None for any other."""
+        saved = self._known_input(path, stem)[3]
+        if saved is None:
+            return None
+        entry = self.display.entry(os.path.basename(path), path)
+        entry.finish("already saved as %s" % _short_path(saved[0]))
+        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
+
+    def _known_input(
+        self, path: str, stem: str
+    ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content], Optional[_SavedOutput]]":
+        """(its real path, its stat, its content and saved output if the
+        journal knows the file by that stat); --rehash knows nothing."""
+        with self._caps:
+            real = self._realpath(path)
         try:
             status = os.stat(real)
         except OSError:
-            return real, None, None  # _Source says why
-        if self.rehash or not _stat.S_ISREG(status.st_mode):
-            return real, status, None
-        return real, status, self.journal.known_content(real, status)
+            return real, None, None, None  # _Source says why
+        noted = self._known.get(real)
+        if noted is None or not _stat.S_ISREG(status.st_mode) or noted[0] != _file_stat(status):
+            return real, status, None, None
+        content = _content_of(noted[1])
+        for name, job in sorted(noted[2]):
+            output = os.path.join(self.folder, name)
+            if os.path.splitext(name)[0] == stem and os.path.isfile(output):
+                return real, status, content, (output, job)
+        return real, status, content, None
 
     def _saved_already(
         self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
@@ -5297,6 +5381,12 @@ def _remember_hashed(
 def _short_path(path: str) -> str:
     """``path`` relative to the working folder when it is inside it: what a
     display has room for."""
+    try:
+        here = os.path.join(os.getcwd(), "")
+    except OSError:  # the working folder is gone
+        return path
+    if path.startswith(here) and os.path.isabs(path):
+        return path[len(here) :]  # what relpath() says, at a fraction of its cost
     try:
         relative = os.path.relpath(path)
     except ValueError:  # another drive
@@ -6817,9 +6907,10 @@ def _dry_run_with(
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
     planned = {}  # type: Dict[str, str]  # identity -> the first input with it
+    realpath = _RealPaths()
     to_send = 0
     for path, stem in inputs:
-        identity = _dry_run_content(journal, path, args)
+        identity = _dry_run_content(journal, path, args, realpath)
         if isinstance(identity, ConfigurationError):
             rows.append(("refuse", "-", path, str(identity)))
             counts["refuse"] = counts.get("refuse", 0) + 1
@@ -6884,11 +6975,11 @@ def _dry_run_with(
 
 
 def _dry_run_content(
-    journal: _JournalView, path: str, args: Any
+    journal: _JournalView, path: str, args: Any, realpath: _RealPaths
 ) -> "Union[_Content, ConfigurationError]":
     """An input's content as a run would know it: by its stat when the
     journal knows the file unchanged, else read; or why it is refused."""
-    real = os.path.realpath(path)
+    real = realpath(path)
     if not args.rehash:
         with contextlib.suppress(OSError):
             status = os.stat(real)
