@@ -4838,7 +4838,7 @@ class _RealPaths:
         return real
 
 
-def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
+def _batch_inputs(paths: Any, realpath: Optional[_RealPaths] = None) -> List[Tuple[str, str]]:
     """The inputs as (path, output stem), the same file given twice kept
     once; ConfigurationError, before anything is sent, when two inputs
     could land on the same output.  The result's extension is known only
@@ -4849,7 +4849,7 @@ def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
         raise ConfigurationError("paths must be a list of file names, not one name")
     inputs = []  # type: List[Tuple[str, str]]
     seen = set()  # type: Set[str]
-    realpath = _RealPaths()
+    realpath = realpath or _RealPaths()
     stems = {}  # type: Dict[str, str]
     for path in paths:
         name = os.fspath(path)
@@ -4975,8 +4975,9 @@ def denoise_many(
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
             raise ConfigurationError("%s must be a whole number >= 0" % name)
     policy = retry if retry is not None else RetryPolicy()
+    realpath = _RealPaths()
     batch = _Batch(
-        _batch_inputs(paths),
+        _batch_inputs(paths, realpath),
         output_dir,
         concurrency=concurrency,
         deadline=_deadline(timeout, policy.clock),
@@ -4995,6 +4996,7 @@ def denoise_many(
         options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
         policy=policy,
         rehash=rehash,
+        realpath=realpath,
     )
     return batch.results()
 
@@ -5018,6 +5020,7 @@ class _Batch:
         policy: RetryPolicy,
         on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
         rehash: bool = False,
+        realpath: Optional[_RealPaths] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
         _Client(session=None, **settings).close()
@@ -5051,7 +5054,7 @@ class _Batch:
         if not os.access(self.folder, os.W_OK):
             raise ConfigurationError("cannot write in %s" % _printable(self.folder))
         real_folder = os.path.realpath(self.folder)
-        self._realpath = _RealPaths()
+        self._realpath = realpath or _RealPaths()
         for path, _ in inputs:
             if os.path.dirname(self._realpath(path)) == real_folder:
                 raise ConfigurationError(
@@ -5201,12 +5204,11 @@ class _Batch:
         noted = self._known.get(real)
         if noted is None or not _stat.S_ISREG(status.st_mode) or noted[0] != _file_stat(status):
             return real, status, None, None
-        content = _content_of(noted[1])
         for name, job in sorted(noted[2]):
             output = os.path.join(self.folder, name)
             if os.path.splitext(name)[0] == stem and os.path.isfile(output):
-                return real, status, content, (output, job)
-        return real, status, content, None
+                return real, status, None, (output, job)
+        return real, status, _content_of(noted[1]), None
 
     def _saved_already(
         self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
@@ -6817,7 +6819,8 @@ def _batch_status(results: List[FileResult]) -> int:
 
 def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> int:
     """``munsit-progress denoise FILE... -o DIR``: a journaled batch."""
-    inputs = _batch_inputs(args.files)
+    realpath = _RealPaths()
+    inputs = _batch_inputs(args.files, realpath)
     if args.dry_run:
         return _dry_run(args, console, inputs)
 
@@ -6840,6 +6843,7 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             policy=RetryPolicy(),
             on_record=record,
             rehash=args.rehash,
+            realpath=realpath,
         )
         finished = {}  # type: Dict[str, FileResult]
         for result in batch.results():
