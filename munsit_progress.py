@@ -2634,6 +2634,8 @@ class _Hooks:
     excluded = frozenset()  # type: FrozenSet[str]
     #: Other names the file was sent under (it may have been renamed).
     names = frozenset()  # type: FrozenSet[str]
+    #: The output's folder was swept of dead runs' temporary files already.
+    swept = False
 
     def before_send(self, client: "_Client", policy: RetryPolicy, name: str) -> None:
         """Right before each POST; may wait, or raise to send nothing."""
@@ -3839,13 +3841,17 @@ def _sweep_temporaries(folder: str, prefix: str = ".") -> None:
                 os.close(fd)
 
 
-def _temporary_beside(target: str) -> Tuple[str, int]:
+def _temporary_beside(target: str, sweep: bool = True) -> Tuple[str, int]:
     """Create an empty file next to ``target`` for its new content, with
-    the permission bits of the file it will replace; (its path, its fd)."""
+    the permission bits of the file it will replace; (its path, its fd).
+    ``sweep=False`` when the folder was swept already (a batch's)."""
     folder, name = os.path.split(target)
     # A short stem, so that the name stays legal whatever the target's length.
     stem = name.encode("utf-8", "surrogateescape")[:96].decode("utf-8", "ignore")
-    _sweep_temporaries(folder, "." + stem)  # what killed saves of this target left
+    if sweep:
+        # What killed saves of this target left.  It lists the folder: a
+        # batch, whose folder holds every night's results, sweeps it once.
+        _sweep_temporaries(folder, "." + stem)
     for _ in range(8):
         temporary = os.path.join(folder, ".%s.%s.part" % (stem, os.urandom(4).hex()))
         try:
@@ -3893,11 +3899,12 @@ def _save(
     report: Optional[Callable[[int, Optional[int]], Any]],
     max_size: int,
     policy: RetryPolicy,
+    sweep: bool = True,
 ) -> None:
     """Fetch ``url`` into ``target``, whole or not at all.  SaveError for
     what the file system refused."""
     try:
-        temporary, fd = _temporary_beside(target)
+        temporary, fd = _temporary_beside(target, sweep)
         try:
             with os.fdopen(fd, "r+b") as out:
                 _fetch(client, url, out, report, max_size, policy)
@@ -4233,6 +4240,7 @@ def _denoise_one(
                     transfer if callable(transfer) else None,
                     options.max_size,
                     policy,
+                    sweep=not hooks.swept,
                 )
             except APIError as exc:
                 if adopted and job is not None and exc.status_code in (403, 404, 410):
@@ -4581,6 +4589,11 @@ class _Journal(_JournalView):
             return
         if not self._rows("SELECT 1 FROM meta WHERE name = 'imported'"):
             with open(old, "rb") as lines, self._lock:
+                if not _lock_file(lines):  # a 0.4 run, still going
+                    raise BatchBusyError(
+                        "another run is using %s (its journal %s is locked); nothing was done"
+                        % (_printable(self.folder), _OLD_JOURNAL_NAME)
+                    )
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     _import_lines(self._db, lines)
@@ -5318,6 +5331,7 @@ class _BatchHooks(_Hooks):
         self._content = content
         self._entry = entry
         self._reserved = False
+        self.swept = True  # by the batch, as it began
         if state is not None:
             self.sent_at = state.sent_at
             self.names = frozenset(state.names)

@@ -4535,6 +4535,18 @@ def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     )
 
 
+def test_a_batch_lists_its_folder_for_leftovers_once_not_at_each_download(
+    server, tmp_path, monkeypatch
+):
+    paths = make_inputs(tmp_path / "in", 3)
+    server.serve(FakeAPI("ok", echo=True))
+    sweeps = []
+    sweep = mp._sweep_temporaries
+    monkeypatch.setattr(mp, "_sweep_temporaries", lambda *a: sweeps.append(a) or sweep(*a))
+    assert all(r.error is None for r in many_on(server, paths, tmp_path / "out"))
+    assert sweeps == [(str(tmp_path / "out"),)]  # a year of results is listed once a night
+
+
 def test_a_batch_rerun_never_adopts_a_sibling_s_job_of_the_same_name_and_size(server, tmp_path):
     (tmp_path / "in").mkdir()
     first = tmp_path / "in" / "x.wav"
