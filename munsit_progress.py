@@ -4667,6 +4667,8 @@ class _Journal(_JournalView):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if forgotten:
+                self._db.execute("VACUUM")  # give the space back: the point of forgetting
         return forgotten
 
     def close(self) -> None:
