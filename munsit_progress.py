@@ -4587,25 +4587,34 @@ class _Journal(_JournalView):
         old = os.path.join(self.folder, _OLD_JOURNAL_NAME)
         if not os.path.isfile(old):
             return
-        if not self._rows("SELECT 1 FROM meta WHERE name = 'imported'"):
-            with open(old, "rb") as lines, self._lock:
-                if not _lock_file(lines):  # a 0.4 run, still going
-                    raise BatchBusyError(
-                        "another run is using %s (its journal %s is locked); nothing was done"
-                        % (_printable(self.folder), _OLD_JOURNAL_NAME)
-                    )
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    _import_lines(self._db, lines)
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO meta VALUES ('imported', ?)", (_OLD_JOURNAL_NAME,)
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        # A kill between the commit and here leaves the file: renamed next run.
-        os.replace(old, old + ".imported")
+        with open(old, "rb") as lines:
+            # The stat of the file imported: the same file found again is one
+            # a kill left before its rename; another is a 0.4 run's since.
+            stat = _file_stat(os.fstat(lines.fileno()))
+            done = self._rows("SELECT 1 FROM meta WHERE name = 'imported' AND value = ?", stat)
+            if not done:
+                with self._lock:
+                    if not _lock_file(lines):  # a 0.4 run, still going
+                        raise BatchBusyError(
+                            "another run is using %s (its journal %s is locked); nothing was done"
+                            % (_printable(self.folder), _OLD_JOURNAL_NAME)
+                        )
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        _import_lines(self._db, lines)
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES ('imported', ?)", (stat,)
+                        )
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+        # Renamed aside, never over an earlier one: nothing in them is lost.
+        target, number = old + ".imported", 1
+        while os.path.exists(target):
+            number += 1
+            target = "%s.imported.%d" % (old, number)
+        os.replace(old, target)
 
     def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
         with self._lock:

@@ -4154,6 +4154,23 @@ def test_an_old_json_lines_journal_with_a_torn_last_line_is_imported_once(server
     assert all(r.skipped for r in again) and len(journal_of(tmp_path / "out")) == 6
 
 
+def test_an_old_journal_written_again_after_the_import_is_imported_too(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    write_old_journal(tmp_path, paths)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    many_on(server, paths[:1], tmp_path / "out")
+    # A 0.4 run in the same folder since: its lines are new, and kept.
+    job = "6c2e3f8a-4a92-4d3b-8e6d-8b3fa2c5d8b2"
+    shutil.copy(paths[1], str(tmp_path / "out" / "in1.wav"))
+    data = old_journal_line("saved", paths[1], denoiseId=job, output="in1.wav")
+    (tmp_path / "out" / ".munsit-batch.jsonl").write_bytes(data)
+    results = many_on(server, paths, tmp_path / "out")
+    assert all(r.skipped for r in results) and results[1].denoise_id == job
+    assert len(api.posts) == 0
+    assert (tmp_path / "out" / ".munsit-batch.jsonl.imported.2").read_bytes() == data
+
+
 def test_a_dry_run_reads_an_old_journal_without_importing_it(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 2)
     _, data = write_old_journal(tmp_path, paths)
