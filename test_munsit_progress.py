@@ -4143,7 +4143,7 @@ def test_an_old_json_lines_journal_with_a_torn_last_line_is_imported_once(server
     job, data = write_old_journal(tmp_path, paths)
     api = FakeAPI("ok", echo=True)
     server.serve(api)
-    results = many_on(server, paths, tmp_path / "out")
+    results = sorted(many_on(server, paths, tmp_path / "out"), key=lambda r: r.path)
     assert [(r.skipped, r.denoise_id == job) for r in results] == [(True, True), (False, False)]
     assert len(api.posts) == 1
     assert not (tmp_path / "out" / ".munsit-batch.jsonl").exists()
@@ -4165,7 +4165,7 @@ def test_an_old_journal_written_again_after_the_import_is_imported_too(server, t
     shutil.copy(paths[1], str(tmp_path / "out" / "in1.wav"))
     data = old_journal_line("saved", paths[1], denoiseId=job, output="in1.wav")
     (tmp_path / "out" / ".munsit-batch.jsonl").write_bytes(data)
-    results = many_on(server, paths, tmp_path / "out")
+    results = sorted(many_on(server, paths, tmp_path / "out"), key=lambda r: r.path)
     assert all(r.skipped for r in results) and results[1].denoise_id == job
     assert len(api.posts) == 0
     assert (tmp_path / "out" / ".munsit-batch.jsonl.imported.2").read_bytes() == data
