@@ -2682,6 +2682,8 @@ class _Hooks:
     excluded = frozenset()  # type: FrozenSet[str]
     #: Other names the file was sent under (it may have been renamed).
     names = frozenset()  # type: FrozenSet[str]
+    #: The output's folder was swept of dead runs' temporary files already.
+    swept = False
 
     def before_send(self, client: "_Client", policy: RetryPolicy, name: str) -> None:
         """Right before each POST; may wait, or raise to send nothing."""
@@ -3944,13 +3946,17 @@ def _sweep_temporaries(folder: str, prefix: str = ".") -> None:
                 os.close(fd)
 
 
-def _temporary_beside(target: str) -> Tuple[str, int]:
+def _temporary_beside(target: str, sweep: bool = True) -> Tuple[str, int]:
     """Create an empty file next to ``target`` for its new content, with
-    the permission bits of the file it will replace; (its path, its fd)."""
+    the permission bits of the file it will replace; (its path, its fd).
+    ``sweep=False`` when the folder was swept already (a batch's)."""
     folder, name = os.path.split(target)
     # A short stem, so that the name stays legal whatever the target's length.
     stem = name.encode("utf-8", "surrogateescape")[:96].decode("utf-8", "ignore")
-    _sweep_temporaries(folder, "." + stem)  # what killed saves of this target left
+    if sweep:
+        # What killed saves of this target left.  It lists the folder: a
+        # batch, whose folder holds every night's results, sweeps it once.
+        _sweep_temporaries(folder, "." + stem)
     for _ in range(8):
         temporary = os.path.join(folder, ".%s.%s.part" % (stem, os.urandom(4).hex()))
         try:
@@ -3998,11 +4004,12 @@ def _save(
     report: Optional[Callable[[int, Optional[int]], Any]],
     max_size: int,
     policy: RetryPolicy,
+    sweep: bool = True,
 ) -> None:
     """Fetch ``url`` into ``target``, whole or not at all.  SaveError for
     what the file system refused."""
     try:
-        temporary, fd = _temporary_beside(target)
+        temporary, fd = _temporary_beside(target, sweep)
         try:
             with os.fdopen(fd, "r+b") as out:
                 _fetch(client, url, out, report, max_size, policy)
@@ -4338,6 +4345,7 @@ def _denoise_one(
                     transfer if callable(transfer) else None,
                     options.max_size,
                     policy,
+                    sweep=not hooks.swept,
                 )
             except APIError as exc:
                 if adopted and job is not None and exc.status_code in (403, 404, 410):
@@ -4381,9 +4389,48 @@ def _result_gone(error: APIError, job: str) -> APIError:
 # A folder of files: denoise_many()
 # --------------------------------------------------------------------------
 
-#: The batch journal's file name, in the output folder.
-JOURNAL_NAME = ".munsit-batch.jsonl"
-_JOURNAL_VERSION = 1
+#: The batch journal's file name, in the output folder: an SQLite
+#: database (0.4's JSON-lines journal, :data:`_OLD_JOURNAL_NAME`, is
+#: imported into it once, then renamed with ``.imported`` added).
+JOURNAL_NAME = ".munsit-batch.sqlite"
+_OLD_JOURNAL_NAME = ".munsit-batch.jsonl"
+#: The file held under the OS's lock by the run using the folder.
+_LOCK_NAME = ".munsit-batch.lock"
+_JOURNAL_VERSION = 2
+
+# A content's key (64 hex digits and a size) is stored once, in contents;
+# the other tables name it by its row number, which keeps a year's
+# history, and its indexes, a fraction of the size.
+# Every table is looked up by an index: a run reads what its own inputs
+# need, never the whole history, so its start-up does not grow with it.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS contents (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, at REAL, event TEXT NOT NULL, content INTEGER NOT NULL,
+    file TEXT, denoise_id TEXT, output TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS events_by_content ON events (content, id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+CREATE TABLE IF NOT EXISTS outputs (
+    folded TEXT PRIMARY KEY, name TEXT NOT NULL, stem TEXT NOT NULL,
+    content INTEGER NOT NULL, denoise_id TEXT, at REAL);
+CREATE INDEX IF NOT EXISTS outputs_by_stem ON outputs (stem);
+CREATE INDEX IF NOT EXISTS outputs_by_content ON outputs (content);
+CREATE TABLE IF NOT EXISTS inputs (
+    path TEXT PRIMARY KEY, stat TEXT NOT NULL, content INTEGER NOT NULL);
+"""
+
+#: A saved output: its path (or name), and the job whose result it holds.
+_SavedOutput = Tuple[str, Optional[str]]
+_NamedOutput = Tuple[str, Optional[str]]
+
+# A content's row number, from its key, in a query.
+_CONTENT_ID = "(SELECT id FROM contents WHERE key = ?)"
+
+# A file modified this close to when it was hashed may change again within
+# its mtime's granularity (FAT: 2 s) without its stat changing: git calls
+# such entries "racily clean".  Those are hashed again next time.
+_RACY_NS = 3 * 10**9
 
 
 @dataclass(frozen=True)
@@ -4415,135 +4462,402 @@ class NotSubmittedError(MunsitError):
     sends it."""
 
 
+def _file_stat(status: os.stat_result) -> str:
+    """What says a file is unchanged without reading it, as git's index
+    does: size, modification time in nanoseconds, inode and device."""
+    return "%d:%d:%d:%d" % (status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev)
+
+
+def _content_of(key: str) -> "Optional[_Content]":
+    """The _Content a journal key (``sha256:size``) names, if it is one."""
+    digest, _, size = key.partition(":")
+    if len(digest) != 64 or not size.isdigit():
+        return None
+    return _Content(digest, int(size))
+
+
 class _JournalView:
-    """What a batch journal says, by content: each input's state, and which
-    content each saved output holds."""
+    """What a batch journal says, looked up by content: each input's state,
+    which content each saved output holds, and which content a file had
+    when it was last hashed."""
 
-    def __init__(self, folder: str, states: "Dict[str, _Progress]") -> None:
+    def __init__(self, folder: str, database: Any) -> None:
         self.folder = folder
-        self.states = states
+        self._db = database
         self._lock = threading.Lock()
-        #: Each saved output's name (case-folded) -> the content whose
-        #: result it holds, as the newest "saved" line says.
-        self.outputs = {}  # type: Dict[str, str]
-        for key, state in states.items():
-            for name, at in state.saved.items():
-                owner = self.outputs.get(name.casefold())
-                if owner is None or states[owner].saved.get(name, 0.0) <= at:
-                    self.outputs[name.casefold()] = key
 
-    def saved_output(self, key: str, stem: str) -> Optional[str]:
-        """The output saved from this content for an input of this stem,
-        if it is still there and no other content's result replaced it."""
-        state = self.states.get(key)
-        for name in sorted(state.saved if state is not None else ()):
+    def _rows(self, query: str, *parameters: Any) -> List[Tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(query, parameters))
+
+    def state(self, key: str) -> "Optional[_Progress]":
+        """What the journal says of this content, or None if nothing."""
+        rows = self._rows(
+            "SELECT event, at, file, denoise_id, output, error FROM events "
+            "WHERE content = %s ORDER BY id" % _CONTENT_ID,
+            key,
+        )
+        if not rows:
+            return None
+        state = _Progress()
+        for event, at, name, job, output, error in rows:
+            record = {"event": event, "at": at, "file": name, "denoiseId": job}
+            record.update(output=output, error=error)
+            state.learn({field: value for field, value in record.items() if value is not None})
+        return state
+
+    def known_inputs(self, reals: List[str]) -> "Dict[str, Tuple[str, str, List[_NamedOutput]]]":
+        """What the journal noted of these files (real paths): for each it
+        knows, the stat it had, its content's key and that content's saved
+        outputs (name, job).  Looked up in chunks, not one query a file."""
+        known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
+        for start in range(0, len(reals), 500):  # SQLite's old limit: 999 parameters
+            chunk = reals[start : start + 500]
+            rows = self._rows(
+                "SELECT path, stat, key, name, outputs.denoise_id FROM inputs "
+                "JOIN contents ON contents.id = inputs.content "
+                "LEFT JOIN outputs ON outputs.content = inputs.content "
+                "WHERE path IN (%s)" % ",".join("?" * len(chunk)),
+                *chunk,
+            )
+            for path, stat, key, name, job in rows:
+                noted = known.setdefault(path, (stat, key, []))
+                if name is not None:
+                    noted[2].append((name, job))
+        return known
+
+    def known_content(self, real: str, status: os.stat_result) -> "Optional[_Content]":
+        """The content ``real`` had when last hashed, if its stat is the same."""
+        rows = self._rows(
+            "SELECT key FROM inputs JOIN contents ON contents.id = inputs.content "
+            "WHERE path = ? AND stat = ?",
+            real,
+            _file_stat(status),
+        )
+        return _content_of(rows[0][0]) if rows else None
+
+    def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
+        """Note a file's content by its stat (a reader notes nothing)."""
+
+    def saved_output(self, key: str, stem: str) -> "Optional[_SavedOutput]":
+        """The output saved from this content for an input of this stem, and
+        its job, if it is still there and no other content's result
+        replaced it."""
+        rows = self._rows(
+            "SELECT name, denoise_id FROM outputs WHERE content = %s AND stem = ? ORDER BY name"
+            % _CONTENT_ID,
+            key,
+            stem.casefold(),
+        )
+        for name, job in rows:
             path = os.path.join(self.folder, name)
-            if (
-                os.path.splitext(name)[0] == stem
-                and self.outputs.get(name.casefold(), key) == key
-                and os.path.isfile(path)
-            ):
-                return path
+            if os.path.splitext(name)[0] == stem and os.path.isfile(path):
+                return path, job
         return None
 
     def taken_output(self, key: str, stem: str) -> Optional[str]:
         """An output of this stem, any extension, that holds another
         content's result and is still there."""
-        with self._lock:
-            owners = [(name, owner) for name, owner in self.outputs.items() if owner != key]
-        for name, owner in owners:
-            if os.path.splitext(name)[0] == stem.casefold():
-                real = next((n for n in self.states[owner].saved if n.casefold() == name), name)
-                path = os.path.join(self.folder, real)
-                if os.path.isfile(path):
-                    return path
+        rows = self._rows(
+            "SELECT name FROM outputs WHERE stem = ? AND content IS NOT %s ORDER BY name"
+            % _CONTENT_ID,
+            stem.casefold(),
+            key,
+        )
+        for (name,) in rows:
+            path = os.path.join(self.folder, name)
+            if os.path.isfile(path):
+                return path
         return None
 
-    def jobs_of_others(self, key: str) -> FrozenSet[str]:
-        """Every job the journal gives to another content."""
+    def jobs_of_others(self, key: str, since: float) -> FrozenSet[str]:
+        """Every job the journal gives to another content since ``since``
+        (time.time()): older ones are outside any lookup's horizon."""
+        rows = self._rows(
+            "SELECT DISTINCT denoise_id FROM events "
+            "WHERE at >= ? AND content IS NOT %s AND denoise_id IS NOT NULL" % _CONTENT_ID,
+            since,
+            key,
+        )
+        return frozenset(job for (job,) in rows)
+
+    def records(self) -> Iterator[Dict[str, Any]]:
+        """Every step, oldest first, as 0.4's journal lines said it."""
+        cursor = self._db.execute(
+            "SELECT at, event, key, file, denoise_id, output, error FROM events "
+            "JOIN contents ON contents.id = events.content ORDER BY events.id"
+        )
+        for at, event, key, name, job, output, error in cursor:
+            digest, _, size = key.partition(":")
+            record = {"event": event, "sha256": digest, "at": at}  # type: Dict[str, Any]
+            record["size"] = int(size) if size.isdigit() else size
+            for field, value in (("file", name), ("denoiseId", job), ("output", output)):
+                if value is not None:
+                    record[field] = value
+            if error is not None:
+                record["error"] = error
+            yield record
+
+    def standing(self) -> Dict[str, int]:
+        """How many contents last did each step (saved, failed, ...)."""
+        rows = self._rows(
+            "SELECT event, count(*) FROM events WHERE id IN "
+            "(SELECT max(id) FROM events GROUP BY content) GROUP BY event"
+        )
+        return {event: count for event, count in rows}
+
+    def close(self) -> None:
         with self._lock:
-            jobs = set()  # type: Set[str]
-            for other, state in self.states.items():
-                if other != key:
-                    jobs.update(state.earlier)
-                    if state.denoise_id is not None:
-                        jobs.add(state.denoise_id)
-        return frozenset(jobs)
+            self._db.close()
+
+    @classmethod
+    def reading(cls, folder: str) -> "_JournalView":
+        """The folder's journal, read without its lock and without writing
+        (another run may be using it); an empty one if there is none."""
+        import sqlite3
+
+        path = os.path.join(folder, JOURNAL_NAME)
+        old = os.path.join(folder, _OLD_JOURNAL_NAME)
+        if os.path.isfile(path):
+            # With no -wal beside it the file is whole and nobody writes it:
+            # read as immutable, so that no -shm/-wal is left behind.
+            whole = not os.path.exists(path + "-wal")
+            uri = "file:%s?mode=ro%s" % (
+                _uri_path(path),
+                "&immutable=1" if whole else "",
+            )
+            database = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            try:
+                imported = database.execute("SELECT 1 FROM meta WHERE name = 'imported'").fetchall()
+            except sqlite3.DatabaseError:
+                database.close()
+                database, imported = sqlite3.connect(":memory:", check_same_thread=False), []
+                database.executescript(_SCHEMA)
+            if imported or not os.path.isfile(old):
+                return cls(folder, database)
+            database.close()
+        database = sqlite3.connect(":memory:", check_same_thread=False)
+        database.executescript(_SCHEMA)
+        if os.path.isfile(old):
+            with open(old, "rb") as lines:
+                _import_lines(database, lines)
+        return cls(folder, database)
+
+
+def _uri_path(path: str) -> str:
+    """A file name as an SQLite URI's path."""
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path).replace(os.sep, "/"), safe="/:")
 
 
 class _Journal(_JournalView):
     """The output folder's record of what a batch did, so that a run killed
     at any point can be run again without paying twice.
 
-    Append-only JSON lines, each written whole, flushed and fsynced:
-    ``sending`` (the input's identity, its size and SHA-256, and the time)
-    before its POST, ``submitted`` (the denoiseId) the moment the POST is
-    answered, ``saved`` (the output's name) or ``failed`` (the server's
-    message) at the end.  The file is held under the OS's exclusive lock
+    An SQLite database in WAL mode, every record committed with
+    ``synchronous=FULL`` before the run goes on (a kill or a power cut
+    loses nothing that was recorded, and a torn write is rolled back by
+    SQLite itself): ``sending`` (the input's name and content) before its
+    POST, ``submitted`` (the denoiseId) the moment the POST is answered,
+    ``saved`` (the output's name) or ``failed`` (the server's message) at
+    the end.  A lock file beside it is held under the OS's exclusive lock
     for the whole run, which the OS drops if the process dies.
     """
 
     def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, JOURNAL_NAME)
-        self._handle = open(self.path, "a+b")  # noqa: SIM115 (closed by close())
+        import sqlite3
+
+        self._lock_handle = open(os.path.join(folder, _LOCK_NAME), "a+b")  # noqa: SIM115
         try:
-            if not _lock_file(self._handle):
+            if not _lock_file(self._lock_handle):
                 raise BatchBusyError(
                     "another run is using %s (its journal %s is locked); nothing was done"
                     % (_printable(folder), JOURNAL_NAME)
                 )
-            super().__init__(folder, self._read())
+            self.path = os.path.join(folder, JOURNAL_NAME)
+            # Autocommit (isolation_level=None): each record is its own
+            # explicit transaction, committed before record() returns.
+            database = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                database.execute("PRAGMA journal_mode=WAL")
+                database.execute("PRAGMA synchronous=FULL")
+                database.executescript(_SCHEMA)
+                super().__init__(folder, database)
+                self._import_old()
+            except BaseException:
+                database.close()
+                raise
         except BaseException:
-            self._handle.close()
+            self._lock_handle.close()
             raise
+        #: Files hashed in this run, noted in the next transaction: losing
+        #: them to a kill costs a hash, never a payment, so not an fsync each.
+        self._hashed = []  # type: List[Tuple[str, str, str]]
 
-    def _read(self) -> "Dict[str, _Progress]":
-        self._handle.seek(0)
-        data = self._handle.read()
-        lines = data.split(b"\n")
-        if data and not data.endswith(b"\n"):
-            # A line torn by a kill mid-write: ignored, and ended, so that
-            # the next line starts on a line of its own.
-            lines.pop()
-            self._append(b"\n")
-        if not data:
-            self._append(self._line({"journal": "munsit-progress batch", "version": 1}))
-        return _journal_states(lines)
+    def _import_old(self) -> None:
+        """Take in 0.4's JSON-lines journal, once, then rename it aside."""
+        old = os.path.join(self.folder, _OLD_JOURNAL_NAME)
+        if not os.path.isfile(old):
+            return
+        with open(old, "rb") as lines:
+            # The stat of the file imported: the same file found again is one
+            # a kill left before its rename; another is a 0.4 run's since.
+            stat = _file_stat(os.fstat(lines.fileno()))
+            done = self._rows("SELECT 1 FROM meta WHERE name = 'imported' AND value = ?", stat)
+            if not done:
+                with self._lock:
+                    if not _lock_file(lines):  # a 0.4 run, still going
+                        raise BatchBusyError(
+                            "another run is using %s (its journal %s is locked); nothing was done"
+                            % (_printable(self.folder), _OLD_JOURNAL_NAME)
+                        )
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        _import_lines(self._db, lines)
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES ('imported', ?)", (stat,)
+                        )
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+        # Renamed aside, never over an earlier one: nothing in them is lost.
+        target, number = old + ".imported", 1
+        while os.path.exists(target):
+            number += 1
+            target = "%s.imported.%d" % (old, number)
+        os.replace(old, target)
 
-    @staticmethod
-    def _line(record: Dict[str, Any]) -> bytes:
-        return (json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
-
-    def _append(self, data: bytes) -> None:
-        self._handle.write(data)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+    def remember(self, real: str, status: os.stat_result, content: "_Content") -> None:
+        with self._lock:
+            self._hashed.append((real, _file_stat(status), content.key))
 
     def record(self, event: str, content: _Content, **fields: Any) -> None:
         """Write one step, durably, before going on."""
-        record = {
-            "event": event,
-            "sha256": content.sha256,
-            "size": content.size,
-            "at": time.time(),
-        }
-        record.update(fields)
+        self.record_all([(event, content, fields)])
+
+    def record_all(
+        self, steps: Iterable[Tuple[str, _Content, Dict[str, Any]]], at: Optional[float] = None
+    ) -> None:
+        """Write several steps in one transaction (each at ``at``, or now)."""
+        import sqlite3
+
         with self._lock:
-            self._append(self._line(record))
-            self.states.setdefault(content.key, _Progress()).learn(record)
-            if event == "saved":
-                self.outputs[os.path.basename(str(fields["output"])).casefold()] = content.key
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for event, content, fields in steps:
+                        _write_step(self._db, event, content.key, fields, at or time.time())
+                    self._note_hashed()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                # An OSError, as any file's: after an upload, the pipeline
+                # turns it into a SaveError that names the job.
+                full = "full" in str(exc)
+                raise OSError(
+                    errno.ENOSPC if full else errno.EIO,
+                    "cannot write the journal %s: %s" % (_printable(self.path), exc),
+                ) from exc
+
+    def _note_hashed(self) -> None:
+        for real, stat, key in self._hashed:
+            self._db.execute(
+                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
+                (real, stat, _content_id(self._db, key)),
+            )
+        self._hashed = []
+
+    def forget_before(self, moment: float) -> int:
+        """Forget the contents last touched before ``moment`` (time.time())
+        whose output is gone; how many.  Outputs still there stay known,
+        so that they are never paid for again nor replaced."""
+        forgotten = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT content FROM events GROUP BY content HAVING max(at) < ?", (moment,)
+                ).fetchall()
+                for (number,) in rows:
+                    outputs = self._db.execute(
+                        "SELECT name FROM outputs WHERE content = ?", (number,)
+                    ).fetchall()
+                    if any(os.path.isfile(os.path.join(self.folder, n)) for (n,) in outputs):
+                        continue
+                    self._db.execute("DELETE FROM events WHERE content = ?", (number,))
+                    self._db.execute("DELETE FROM outputs WHERE content = ?", (number,))
+                    self._db.execute("DELETE FROM contents WHERE id = ?", (number,))
+                    forgotten += 1
+                # One pass: inputs has no index by content, to keep writes cheap.
+                self._db.execute(
+                    "DELETE FROM inputs WHERE content NOT IN (SELECT id FROM contents)"
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if forgotten:
+                self._db.execute("VACUUM")  # give the space back: the point of forgetting
+        return forgotten
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            # A line a full disk refused cannot be written now either.
-            self._handle.close()  # closing the file drops the lock
+        import sqlite3
+
+        with self._lock:
+            try:
+                if self._hashed:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._note_hashed()
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # Only what the stat cache learnt is lost: those inputs are
+                # read once more next time.
+                logger.warning("cannot write the journal %s: %s", _printable(self.path), exc)
+            finally:
+                self._db.close()
+                self._lock_handle.close()  # closing the file drops the lock
 
 
-def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
-    """What journal lines say of each input's content; lines that are not
-    whole records (a torn one) are skipped."""
-    states = {}  # type: Dict[str, _Progress]
+def _write_step(database: Any, event: str, key: str, fields: Dict[str, Any], at: float) -> None:
+    """One step's row, and for a saved output the content it now holds."""
+    output = fields.get("output")
+    output = os.path.basename(str(output)) if output is not None else None
+    job = fields.get("denoiseId")
+    number = _content_id(database, key)
+    database.execute(
+        "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at, event, number, fields.get("file"), job, output, fields.get("error")),
+    )
+    if event == "saved" and output is not None:
+        _note_output(database, output, number, job, at)
+
+
+def _content_id(database: Any, key: str) -> int:
+    """The row number of a content's key, added if new."""
+    row = database.execute("SELECT id FROM contents WHERE key = ?", (key,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    return int(database.execute("INSERT INTO contents (key) VALUES (?)", (key,)).lastrowid)
+
+
+def _note_output(database: Any, name: str, number: int, job: Optional[str], at: float) -> None:
+    """Note that the output ``name`` holds this content's result."""
+    stem = os.path.splitext(name)[0].casefold()
+    database.execute(
+        "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?)",
+        (name.casefold(), name, stem, number, job, at),
+    )
+
+
+def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
+    """Copy 0.4's journal lines into the tables, a line at a time; lines
+    that are not whole records (a torn last one) are skipped."""
     for line in lines:
         try:
             record = json.loads(line.decode("utf-8"))
@@ -4552,8 +4866,25 @@ def _journal_states(lines: List[bytes]) -> "Dict[str, _Progress]":
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             continue
         key = "%s:%s" % (record["sha256"], record.get("size"))
-        states.setdefault(key, _Progress()).learn(record)
-    return states
+        at = record.get("at")
+        at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+        values = [record.get(field) for field in ("file", "denoiseId", "output", "error")]
+        values = [value if isinstance(value, str) else None for value in values]
+        event = record.get("event")
+        database.execute(
+            "INSERT INTO events (at, event, content, file, denoise_id, output, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [at, str(event), _content_id(database, key)] + values,
+        )
+        output = values[2]
+        if event == "saved" and output is not None and values[1] is not None:
+            name = os.path.basename(output)
+            # The newest "saved" line says which content an output holds.
+            newer = database.execute(
+                "SELECT 1 FROM outputs WHERE folded = ? AND at > ?", (name.casefold(), at or 0.0)
+            ).fetchall()
+            if not newer:
+                _note_output(database, name, _content_id(database, key), values[1], at or 0.0)
 
 
 def _lock_file(handle: Any) -> bool:
@@ -4635,7 +4966,34 @@ class _Progress:
             self.failed = str(record.get("error") or "the job failed")
 
 
-def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
+class _RealPaths:
+    """os.path.realpath() for many files of few folders: each folder is
+    resolved once, each file costs one lstat (Python's realpath costs one
+    per component of the path, which a night of 10,000 inputs pays three
+    times over)."""
+
+    def __init__(self) -> None:
+        self._folders = {}  # type: Dict[str, str]
+        self._files = {}  # type: Dict[str, str]
+
+    def __call__(self, path: str) -> str:
+        real = self._files.get(path)
+        if real is None:
+            real = self._files[path] = self._resolve(path)
+        return real
+
+    def _resolve(self, path: str) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            return os.path.realpath(path)
+        return real
+
+
+def _batch_inputs(paths: Any, realpath: Optional[_RealPaths] = None) -> List[Tuple[str, str]]:
     """The inputs as (path, output stem), the same file given twice kept
     once; ConfigurationError, before anything is sent, when two inputs
     could land on the same output.  The result's extension is known only
@@ -4646,11 +5004,12 @@ def _batch_inputs(paths: Any) -> List[Tuple[str, str]]:
         raise ConfigurationError("paths must be a list of file names, not one name")
     inputs = []  # type: List[Tuple[str, str]]
     seen = set()  # type: Set[str]
+    realpath = realpath or _RealPaths()
     stems = {}  # type: Dict[str, str]
     for path in paths:
         name = os.fspath(path)
         name = name if isinstance(name, str) else os.fsdecode(name)
-        real = os.path.realpath(name)
+        real = realpath(name)
         if real in seen:
             continue
         seen.add(real)
@@ -4718,6 +5077,7 @@ def denoise_many(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retry: Optional[RetryPolicy] = None,
+    rehash: bool = False,
 ) -> Iterator[FileResult]:
     """Denoise many files, ``concurrency`` at a time, into ``output_dir``;
     yield a :class:`FileResult` for each as it finishes.
@@ -4734,7 +5094,11 @@ def denoise_many(
     submitted instead of uploading it again, and looks up (``GET
     /denoise``) what was sent without an answer before sending it again.
     Only one run at a time may use a folder: another raises
-    :class:`BatchBusyError` at once.  ``timeout`` bounds the whole run; what
+    :class:`BatchBusyError` at once.  An input whose size, modification
+    time, inode and device are those the journal noted when it last hashed
+    it is known without being read (a file rewritten in place at the same
+    size within one tick of its timestamps is the blind spot);
+    ``rehash=True`` reads and hashes every input.  ``timeout`` bounds the whole run; what
     is left undone is done by the next run.  After a 429 every new upload
     waits; after a 402 none is sent (:class:`PaymentRequiredError`) while
     jobs already submitted are followed to their end; a file that fails
@@ -4766,8 +5130,9 @@ def denoise_many(
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
             raise ConfigurationError("%s must be a whole number >= 0" % name)
     policy = retry if retry is not None else RetryPolicy()
+    realpath = _RealPaths()
     batch = _Batch(
-        _batch_inputs(paths),
+        _batch_inputs(paths, realpath),
         output_dir,
         concurrency=concurrency,
         deadline=_deadline(timeout, policy.clock),
@@ -4785,6 +5150,8 @@ def denoise_many(
         max_bytes=max_bytes,
         options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
         policy=policy,
+        rehash=rehash,
+        realpath=realpath,
     )
     return batch.results()
 
@@ -4807,6 +5174,8 @@ class _Batch:
         options: _JobOptions,
         policy: RetryPolicy,
         on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
+        rehash: bool = False,
+        realpath: Optional[_RealPaths] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
         _Client(session=None, **settings).close()
@@ -4817,6 +5186,7 @@ class _Batch:
         self.settings = settings
         self.check = check
         self.options = options
+        self.rehash = rehash
         self.stop = threading.Event()
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
@@ -4839,13 +5209,16 @@ class _Batch:
         if not os.access(self.folder, os.W_OK):
             raise ConfigurationError("cannot write in %s" % _printable(self.folder))
         real_folder = os.path.realpath(self.folder)
+        self._realpath = realpath or _RealPaths()
         for path, _ in inputs:
-            if os.path.dirname(os.path.realpath(path)) == real_folder:
+            if os.path.dirname(self._realpath(path)) == real_folder:
                 raise ConfigurationError(
                     "%s is in the output folder: its result would replace it, and the next run "
                     "would pay for it again; save into another folder" % _printable(path)
                 )
         self.journal = _Journal(self.folder)
+        #: What the journal noted of the inputs' files (--rehash: nothing).
+        self._known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
         _sweep_temporaries(self.folder)
 
     def _sleep(self, seconds: float) -> None:
@@ -4855,16 +5228,30 @@ class _Batch:
         import queue
 
         pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
-        for index, (path, stem) in enumerate(self.inputs):
-            pending.put((index, path, stem))
         done = queue.Queue()  # type: queue.Queue[FileResult]
-        workers = [
-            threading.Thread(
-                target=self._work, args=(pending, done), name="munsit-batch-%d" % n, daemon=True
-            )
-            for n in range(min(self.concurrency, len(self.inputs)))
-        ]
+        workers = []  # type: List[threading.Thread]
         try:
+            # The inputs the journal knows saved, by their stat, end here,
+            # before any worker: a rerun over a kept folder costs a stat each.
+            if not self.rehash:
+                self._known = self.journal.known_inputs(
+                    [self._realpath(path) for path, _ in self.inputs]
+                )
+            for index, (path, stem) in enumerate(self.inputs):
+                skipped = self._skipped(path, stem)
+                if skipped is not None:
+                    yield skipped
+                else:
+                    pending.put((index, path, stem))
+            workers = [
+                threading.Thread(
+                    target=self._work,
+                    args=(pending, done),
+                    name="munsit-batch-%d" % n,
+                    daemon=True,
+                )
+                for n in range(min(self.concurrency, pending.qsize()))
+            ]
             for worker in workers:
                 worker.start()
             running = len(workers)
@@ -4920,9 +5307,16 @@ class _Batch:
         entry = self.display.entry(os.path.basename(path), path)
         try:
             self._check_time()
+            real, status, known, saved = self._known_input(path, stem)
+            if saved is not None:  # saved since the run began (the same content twice)
+                entry.finish("already saved as %s" % _short_path(saved[0]))
+                return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
             source = _Source(path, self.check)
             try:
+                source.content = known
                 content = source.identify(self._check_time)
+                if known is None and status is not None:
+                    _remember_hashed(self.journal, real, status, content)
                 with self._identity_lock(content.key):
                     return self._follow_through(path, stem, source, content, session, entry)
             finally:
@@ -4940,6 +5334,46 @@ class _Batch:
                     error.denoise_id = job
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
+
+    def _skipped(self, path: str, stem: str) -> Optional[FileResult]:
+        """The result of an input the journal knows by its stat, whose output
+        is saved and still there; None for any other."""
+        saved = self._known_input(path, stem)[3]
+        if saved is None:
+            return None
+        entry = self.display.entry(os.path.basename(path), path)
+        entry.finish("already saved as %s" % _short_path(saved[0]))
+        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
+
+    def _known_input(
+        self, path: str, stem: str
+    ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content], Optional[_SavedOutput]]":
+        """(its real path, its stat, its content and saved output if the
+        journal knows the file by that stat); --rehash knows nothing."""
+        with self._caps:
+            real = self._realpath(path)
+        try:
+            status = os.stat(real)
+        except OSError:
+            return real, None, None, None  # _Source says why
+        noted = self._known.get(real)
+        if noted is None or not _stat.S_ISREG(status.st_mode) or noted[0] != _file_stat(status):
+            return real, status, None, None
+        for name, job in sorted(noted[2]):
+            output = os.path.join(self.folder, name)
+            if os.path.splitext(name)[0] == stem and os.path.isfile(output):
+                return real, status, None, (output, job)
+        return real, status, _content_of(noted[1]), None
+
+    def _saved_already(
+        self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
+    ) -> Optional[FileResult]:
+        """The result for an input whose output is saved already, if it is."""
+        saved = self.journal.saved_output(content.key, stem)
+        if saved is None:
+            return None
+        entry.finish("already saved as %s" % _short_path(saved[0]))
+        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
 
     def _check_time(self) -> None:
         """Raise if the run was stopped or its deadline passed."""
@@ -4961,11 +5395,10 @@ class _Batch:
         session: requests.Session,
         entry: "_BatchEntry",
     ) -> FileResult:
-        state = self.journal.states.get(content.key)
-        saved = self.journal.saved_output(content.key, stem)
-        if state is not None and saved is not None:
-            entry.finish("already saved as %s" % _short_path(saved))
-            return FileResult(path, output=saved, denoise_id=state.denoise_id, skipped=True)
+        skipped = self._saved_already(path, stem, content, entry)
+        if skipped is not None:
+            return skipped
+        state = self.journal.state(content.key)
         other = self.journal.taken_output(content.key, stem)
         if other is not None:
             # Last night's input of this name had other content: its result
@@ -5040,6 +5473,7 @@ class _BatchHooks(_Hooks):
         self._content = content
         self._entry = entry
         self._reserved = False
+        self.swept = True  # by the batch, as it began
         if state is not None:
             self.sent_at = state.sent_at
             self.names = frozenset(state.names)
@@ -5048,7 +5482,8 @@ class _BatchHooks(_Hooks):
                 self.excluded = self.excluded | {state.denoise_id}  # sent again, as asked
         if not batch.options.tag:
             # Matched by name and size: never a job another input has.
-            self.excluded = self.excluded | batch.journal.jobs_of_others(content.key)
+            since = time.time() - batch.options.history.horizon - 86400.0
+            self.excluded = self.excluded | batch.journal.jobs_of_others(content.key, since)
 
     def before_send(self, client: _Client, policy: RetryPolicy, name: str) -> None:
         if not self._reserved:
@@ -5085,9 +5520,31 @@ class _BatchHooks(_Hooks):
         return _short_path(output), _output_path(output)
 
 
+def _remember_hashed(
+    journal: _JournalView, real: str, before: os.stat_result, content: _Content
+) -> None:
+    """Note a file's content by its stat, unless it changed while it was
+    hashed or so recently that it may change again unseen."""
+    try:
+        after = os.stat(real)
+    except OSError:
+        return
+    if _file_stat(after) != _file_stat(before):
+        return
+    if after.st_mtime_ns >= time.time_ns() - _RACY_NS:
+        return
+    journal.remember(real, after, content)
+
+
 def _short_path(path: str) -> str:
     """``path`` relative to the working folder when it is inside it: what a
     display has room for."""
+    try:
+        here = os.path.join(os.getcwd(), "")
+    except OSError:  # the working folder is gone
+        return path
+    if path.startswith(here) and os.path.isabs(path):
+        return path[len(here) :]  # what relpath() says, at a fraction of its cost
     try:
         relative = os.path.relpath(path)
     except ValueError:  # another drive
@@ -5882,7 +6339,8 @@ commands:
   munsit-progress DENOISE_ID [-o FILE]      follow a job (this page)
   munsit-progress denoise FILE [-o OUTPUT]  upload a file, follow it, save it
   munsit-progress list [--limit N]          the account's jobs, newest first
-  (munsit-progress denoise --help, munsit-progress list --help)
+  munsit-progress journal DIR               what a batch's journal in DIR says
+  (munsit-progress denoise --help, list --help, journal --help)
 
 examples:
   munsit-progress --demo                    # a simulated job, no key needed
@@ -6154,9 +6612,10 @@ _VALUED_OPTIONS = frozenset(
         "--jobs",
         "--max-files",
         "--max-bytes",
+        "--forget-before",
     )
 )
-_COMMANDS = ("denoise", "list")
+_COMMANDS = ("denoise", "list", "journal")
 
 
 def _command_of(argv: List[str]) -> Optional[str]:
@@ -6212,6 +6671,12 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             "--max-files", type=int, metavar="N", help="send at most N files in this run"
         )
         batch.add_argument(
+            "--rehash",
+            action="store_true",
+            help="read and hash every input, even those the journal knows unchanged (same "
+            "size, modification time, inode and device)",
+        )
+        batch.add_argument(
             "--max-bytes",
             metavar="SIZE",
             help="send at most SIZE bytes in this run (500M, 2G, 300MiB...)",
@@ -6253,6 +6718,28 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             help="write each step to stdout as one JSON object per line, naming the file "
             "and the denoiseId (progress still goes to stderr unless -q)",
         )
+    elif command == "journal":
+        parser = _argument_parser(
+            prog="munsit-progress journal",
+            description="Show what the batch journal in DIR (%s) says: each step of each\n"
+            "input, oldest first, then a count of where the inputs stand." % JOURNAL_NAME,
+        )
+        parser.add_argument("command", choices=["journal"], help=argparse.SUPPRESS)
+        parser.add_argument("folder", metavar="DIR", help="a batch's output folder")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="write each step as one JSON object per line (0.4's journal lines)",
+        )
+        parser.add_argument(
+            "--forget-before",
+            metavar="DATE",
+            help="forget the inputs last seen before DATE (YYYY-MM-DD, local time) whose "
+            "outputs are gone from DIR; takes the folder's lock",
+        )
+        parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+        parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+        return parser
     else:
         parser = _argument_parser(
             prog="munsit-progress list",
@@ -6286,6 +6773,9 @@ def _main_command(command: str, argv: List[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     args = parsed
+    if command == "journal":
+        console = _Console(args.quiet, args.verbose)
+        return _run_command(args, console, None, lambda: _journal_command(args, console))
     if args.demo and (args.base_url or args.api_key_file):
         return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
     if args.timeout is not None and not 0 < args.timeout < math.inf:
@@ -6485,7 +6975,8 @@ def _batch_status(results: List[FileResult]) -> int:
 
 def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> int:
     """``munsit-progress denoise FILE... -o DIR``: a journaled batch."""
-    inputs = _batch_inputs(args.files)
+    realpath = _RealPaths()
+    inputs = _batch_inputs(args.files, realpath)
     if args.dry_run:
         return _dry_run(args, console, inputs)
 
@@ -6507,6 +6998,8 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             options=_cli_options(args),
             policy=RetryPolicy(),
             on_record=record,
+            rehash=args.rehash,
+            realpath=realpath,
         )
         finished = {}  # type: Dict[str, FileResult]
         for result in batch.results():
@@ -6559,33 +7052,34 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     """What a batch would do, from the journal, without sending anything
     (nor taking the folder's lock: another run may be using it)."""
     folder = os.path.abspath(args.output)
+    journal = _JournalView.reading(folder)
     try:
-        with open(os.path.join(folder, JOURNAL_NAME), "rb") as handle:
-            states = _journal_states(handle.read().split(b"\n"))
-    except FileNotFoundError:
-        states = {}
-    journal = _JournalView(folder, states)
+        return _dry_run_with(args, console, inputs, journal)
+    finally:
+        journal.close()
+
+
+def _dry_run_with(
+    args: Any, console: _Console, inputs: List[Tuple[str, str]], journal: _JournalView
+) -> int:
     files_left = args.max_files
     bytes_left = args.max_bytes
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
     planned = {}  # type: Dict[str, str]  # identity -> the first input with it
+    realpath = _RealPaths()
     to_send = 0
     for path, stem in inputs:
-        try:
-            source = _Source(path, not args.no_check)
-        except ConfigurationError as exc:
-            rows.append(("refuse", "-", path, str(exc)))
+        identity = _dry_run_content(journal, path, args, realpath)
+        if isinstance(identity, ConfigurationError):
+            rows.append(("refuse", "-", path, str(identity)))
             counts["refuse"] = counts.get("refuse", 0) + 1
             continue
-        try:
-            identity = source.identify(lambda: None)
-        finally:
-            source.close()
-        state = states.get(identity.key)
+        state = journal.state(identity.key)
         detail = ""
-        saved = journal.saved_output(identity.key, stem) if state is not None else None
-        taken = journal.taken_output(identity.key, stem)
+        found = journal.saved_output(identity.key, stem)
+        saved = found[0] if found is not None else None
+        taken = journal.taken_output(identity.key, stem) if saved is None else None
         first = planned.setdefault(identity.key, path)
         if saved is not None:
             action, detail = "skip", "already saved as %s" % os.path.basename(saved)
@@ -6640,6 +7134,29 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     return EXIT_OK
 
 
+def _dry_run_content(
+    journal: _JournalView, path: str, args: Any, realpath: _RealPaths
+) -> "Union[_Content, ConfigurationError]":
+    """An input's content as a run would know it: by its stat when the
+    journal knows the file unchanged, else read; or why it is refused."""
+    real = realpath(path)
+    if not args.rehash:
+        with contextlib.suppress(OSError):
+            status = os.stat(real)
+            if _stat.S_ISREG(status.st_mode):
+                known = journal.known_content(real, status)
+                if known is not None:
+                    return known
+    try:
+        source = _Source(path, not args.no_check)
+    except ConfigurationError as exc:
+        return exc
+    try:
+        return source.identify(lambda: None)
+    finally:
+        source.close()
+
+
 def _list_command(args: Any, console: _Console) -> int:
     """``munsit-progress list``: a table, or JSON lines with --json."""
 
@@ -6681,6 +7198,65 @@ def _list_command(args: Any, console: _Console) -> int:
         return EXIT_OK
 
     return _with_api(args, console, run)
+
+
+def _journal_command(args: Any, console: _Console) -> int:
+    """``munsit-progress journal DIR``: the journal's steps, or forget old ones."""
+    folder = os.path.abspath(args.folder)
+    if not any(
+        os.path.isfile(os.path.join(folder, name)) for name in (JOURNAL_NAME, _OLD_JOURNAL_NAME)
+    ):
+        raise ConfigurationError("there is no batch journal in %s" % _printable(folder))
+    if args.forget_before is not None:
+        import datetime
+
+        try:
+            moment = datetime.datetime.strptime(args.forget_before, "%Y-%m-%d").timestamp()
+        except ValueError:
+            raise ConfigurationError(
+                "--forget-before takes a date, YYYY-MM-DD; got %r" % args.forget_before
+            ) from None
+        journal = _Journal(folder)
+        try:
+            forgotten = journal.forget_before(moment)
+        finally:
+            journal.close()
+        console.note("forgot %d input(s) last seen before %s" % (forgotten, args.forget_before))
+        return EXIT_OK
+    view = _JournalView.reading(folder)
+    try:
+        for record in view.records():
+            if args.json:
+                console.record(record)
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("at") or 0))
+            detail = record.get("output") or record.get("file") or ""
+            if record.get("error"):
+                detail = "%s: %s" % (detail, record["error"]) if detail else record["error"]
+            console.out(
+                _printable(
+                    "%s  %-9s  %s  %10s  %-36s  %s"
+                    % (
+                        when,
+                        record["event"],
+                        record["sha256"][:12],
+                        _size(record["size"]) if isinstance(record["size"], int) else "?",
+                        record.get("denoiseId") or "-",
+                        detail,
+                    )
+                )
+            )
+        counts = view.standing()
+    finally:
+        view.close()
+    console.note(
+        "%d input(s): %s"
+        % (
+            sum(counts.values()),
+            ", ".join("%s %d" % (word, count) for word, count in sorted(counts.items())) or "none",
+        )
+    )
+    return EXIT_OK
 
 
 def _drop_stdout() -> None:
