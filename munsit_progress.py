@@ -1381,7 +1381,7 @@ class _Client:
             return TransportError(
                 "no complete answer within %g seconds" % (self.connect_timeout + self.read_timeout)
             )
-        return _unreached(exc, url, self.proxy_for(url), exchange.tunnel, connect_timeout)
+        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
 
     def error(self, response: requests.Response, for_job: bool = True) -> APIError:
         """The APIError for an error response, which it closes.
@@ -1496,7 +1496,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _unreached(
-    exc: Exception, url: str, proxy: Optional[str], tunnel: Optional[str], connect_timeout: float
+    exc: Exception, url: str, proxy: Optional[str], exchange: _Exchange, connect_timeout: float
 ) -> TransportError:
     """The error for a request that got no answer, in plain words: whether
     the proxy or the server failed, and why."""
@@ -1505,8 +1505,24 @@ def _unreached(
     target = _origin_text(url)
     causes = list(_causes(exc))
     text = " ".join(str(cause) for cause in causes)
+    tunnel = exchange.tunnel
+    # urllib3 2 says ProxyError for whatever failed before the tunnel was
+    # open; 1.x only for some of it.  Our connection classes know how far
+    # they got (exchange.conn is set once one of them is in use).
+    tls_to_proxy = (proxy or "").startswith("https:") and (
+        url[:5].lower() == "http:" or (exchange.conn is not None and tunnel is None)
+    )
     at_proxy = proxy is not None and (
-        isinstance(exc, requests.exceptions.ProxyError) or tunnel == "asked"
+        isinstance(exc, requests.exceptions.ProxyError) or tunnel == "asked" or tls_to_proxy
+    )
+    # NewConnectionError is a ConnectTimeoutError too, for old callers' sake.
+    timed_out = any(
+        isinstance(
+            cause,
+            (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout),
+        )
+        and not isinstance(cause, urllib3.exceptions.NewConnectionError)
+        for cause in causes
     )
     refused = re.search(r"Tunnel connection failed: (\d{3})\s*([^'\"]*)", text)
     if proxy is not None and refused:
@@ -1519,7 +1535,7 @@ def _unreached(
         )
     unverified = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
     if unverified is not None:
-        whose = "the proxy %s" % proxy if at_proxy else target
+        whose = "the proxy %s" % proxy if at_proxy and tunnel != "open" else target
         return CertificateError(
             "cannot verify the certificate of %s: %s; if a private CA signed it, set "
             "REQUESTS_CA_BUNDLE to that CA's certificate (a PEM file), or pass a session "
@@ -1527,13 +1543,13 @@ def _unreached(
             % (whose, _clean(unverified.verify_message or _reason(unverified), 120))
         )
     if at_proxy and proxy is not None:
-        if tunnel == "asked" and isinstance(exc, requests.exceptions.Timeout):
+        if tunnel == "asked" and timed_out:
             return ProxyError(
                 "the proxy %s did not answer within %g s when asked to connect to %s"
                 % (proxy, connect_timeout, target),
                 proxy,
             )
-        if isinstance(exc, requests.exceptions.Timeout):
+        if timed_out:
             why = "it did not answer within %g s" % connect_timeout
         else:
             why = _plain_reason(causes)
