@@ -1759,6 +1759,9 @@ def test_errors_survive_pickling():
         JobNotFoundError(404, None, "gone"),
         DenoiseFailedError("corrupt"),
         TransportError("reset"),
+        mp.ProxyError("cannot reach the proxy http://proxy:3128", "http://proxy:3128"),
+        mp.ProxyAuthenticationError("refused", "http://proxy:3128"),
+        mp.CertificateError("cannot verify"),
     ):
         copy = pickle.loads(pickle.dumps(error))
         assert (type(copy), str(copy)) == (type(error), str(error))
@@ -6181,6 +6184,17 @@ def test_an_https_proxy_whose_certificate_is_untrusted_exits_8_naming_it(
 
 # Without squid: a proxy that is down, one that never answers, an untrusted
 # certificate.  Quick, and in every matrix row.
+
+
+@pytest.mark.proxy
+def test_proxy_errors_are_transport_errors_a_refused_login_and_a_certificate_final():
+    login = mp.ProxyAuthenticationError("refused", "http://proxy:3128")
+    certificate = mp.CertificateError("cannot verify")
+    assert isinstance(login, mp.ProxyError) and isinstance(certificate, TransportError)
+    assert not mp._is_retryable(login) and not mp._is_retryable(certificate)
+    assert mp._exit_status(login) == mp.EXIT_REJECTED == 3
+    assert mp._exit_status(certificate) == mp.EXIT_CERTIFICATE == 8
+    assert "EXIT_CERTIFICATE" in mp.__all__ and "8    a certificate" in mp._EPILOG
 
 
 @pytest.mark.proxy
