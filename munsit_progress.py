@@ -1064,6 +1064,14 @@ class _Adapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.poolmanager.pool_classes_by_scheme = _POOLS
 
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests verifies certificates for https URLs only: a plain-http
+        # URL through an https proxy would send the proxy its login over TLS
+        # to whoever answers.  The pool is the proxy's then, and is https.
+        if getattr(conn, "scheme", None) == "https" and url[:5].lower() == "http:":
+            url = "https:" + url[5:]
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kwargs)  # type: ignore[no-untyped-call]
         if type(manager) is urllib3.ProxyManager:  # not SOCKS: its pools are its own

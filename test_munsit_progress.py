@@ -6165,15 +6165,19 @@ def test_a_refused_proxy_login_is_tried_once_exits_3_and_names_the_proxy(
 
 
 @with_squid
+@pytest.mark.parametrize("api", ["https", "http"])
 def test_an_https_proxy_whose_certificate_is_untrusted_exits_8_naming_it(
-    proxy_setup, monkeypatch, tls_server
+    proxy_setup, monkeypatch, tls_server, server, api
 ):
     if not TLS_IN_TLS:
         pytest.skip("urllib3 %s cannot speak TLS to an https proxy" % mp.urllib3.__version__)
     _, _, front = proxy_setup
     clear_proxy_env(monkeypatch)
-    # tls_server's REQUESTS_CA_BUNDLE trusts the API, not the private CA
-    result = run_cli(JOB, "--base-url", tls_server.base_url, env={"HTTPS_PROXY": front.url()})
+    # tls_server's REQUESTS_CA_BUNDLE trusts the API, not the private CA;
+    # requests alone would not check the proxy's certificate for an http URL.
+    base_url = (tls_server if api == "https" else server).base_url
+    variable = "%s_PROXY" % api.upper()
+    result = run_cli(JOB, "--base-url", base_url, env={variable: front.url()})
     assert result.returncode == mp.EXIT_CERTIFICATE, result.stderr
     assert "cannot verify the certificate of the proxy https://127.0.0.1:%d" % front.port in (
         result.stderr
