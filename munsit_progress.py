@@ -4930,6 +4930,8 @@ class _Batch:
         self.check = check
         self.options = options
         self.stop = threading.Event()
+        #: Set when no further file may begin: why they are not sent.
+        self.held_back = None  # type: Optional[str]
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
@@ -5015,8 +5017,9 @@ class _Batch:
                     index, path, stem = pending.get_nowait()
                 except queue.Empty:
                     return
-                if self.stop.is_set():
-                    done.put(FileResult(path, error=NotSubmittedError("the run was stopped first")))
+                if self.stop.is_set() or self.held_back is not None:
+                    why = self.held_back or "the run was stopped first"
+                    done.put(FileResult(path, error=NotSubmittedError(why)))
                     continue
                 try:
                     done.put(self._one(path, stem, session))
@@ -5050,6 +5053,10 @@ class _Batch:
                 if job is not None:
                     error = TransportError("the run was stopped while the job was followed")
                     error.denoise_id = job
+            if isinstance(exc, ProxyAuthenticationError):
+                # Each further file would be one more failed login at the
+                # company's directory: the files not yet begun wait.
+                self.held_back = "not sent: the proxy refused its login for another file"
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
 

@@ -6165,6 +6165,35 @@ def test_a_refused_proxy_login_is_tried_once_exits_3_and_names_the_proxy(
 
 
 @with_squid
+def test_a_batch_stops_sending_after_the_proxy_refused_its_login(
+    proxy_setup, monkeypatch, tmp_path
+):
+    ca, squid, _ = proxy_setup
+    clear_proxy_env(monkeypatch)
+    server = Server(tls=ca.server_context())
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    paths = make_inputs(tmp_path / "in", 4)
+    seen = len(squid.log())
+    try:
+        result = batch_cli(
+            server,
+            paths,
+            tmp_path / "out",
+            "--jobs",
+            "1",
+            env={"HTTPS_PROXY": squid.url("wrong"), "REQUESTS_CA_BUNDLE": ca.ca},
+            timeout=120,
+        )
+    finally:
+        server.close()
+    assert result.returncode == mp.EXIT_REJECTED, result.stderr
+    assert len([line for line in squid.log()[seen:] if "/407 " in line]) == 1
+    assert result.stderr.count("the proxy refused its login for another file") == 3
+    assert not api.jobs
+
+
+@with_squid
 @pytest.mark.parametrize("api", ["https", "http"])
 def test_an_https_proxy_whose_certificate_is_untrusted_exits_8_naming_it(
     proxy_setup, monkeypatch, tls_server, server, api
