@@ -87,6 +87,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BatchBusyError",
+    "CertificateError",
     "ConfigurationError",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -97,6 +98,7 @@ __all__ = [
     "DoneEvent",
     "EXIT_BROKEN_PIPE",
     "EXIT_BUSY",
+    "EXIT_CERTIFICATE",
     "EXIT_GAVE_UP",
     "EXIT_INTERRUPTED",
     "EXIT_JOB_FAILED",
@@ -120,6 +122,8 @@ __all__ = [
     "ProcessingEvent",
     "ProgressBar",
     "ProtocolError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "RetryPolicy",
     "SaveError",
     "Submission",
@@ -391,6 +395,35 @@ class TransportError(MunsitError):
     """The connection failed, was reset, was cut short before the terminal
     event, or went silent for longer than the read timeout.  The underlying
     exception is kept as ``__cause__``."""
+
+
+class ProxyError(TransportError):
+    """The proxy (``HTTPS_PROXY``, ``HTTP_PROXY`` or the session's
+    ``proxies``) could not be reached, did not answer, or would not connect
+    to the API.  ``proxy`` names it as ``scheme://host:port``, never with its
+    password."""
+
+    def __init__(self, message: str, proxy: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), self.args, self.__dict__)
+
+
+class ProxyAuthenticationError(ProxyError):
+    """The proxy refused its login (HTTP 407): the user name or password in
+    the proxy URL is wrong, or missing.  Never retried: each attempt is a
+    failed login at the company's directory, and enough of them lock the
+    account."""
+
+
+class CertificateError(TransportError):
+    """A TLS certificate (the API's, a download's or an https proxy's) could
+    not be verified.  A setting to fix, not a failure to wait out: never
+    retried.  A certificate from a private CA is trusted by pointing
+    ``REQUESTS_CA_BUNDLE`` at that CA's PEM file, or by passing a session
+    whose ``verify`` names it."""
 
 
 class _Aborted(TransportError):
@@ -881,13 +914,15 @@ _local = threading.local()
 class _Exchange:
     """One request and its response on one connection, and its time limit."""
 
-    __slots__ = ("conn", "response", "expired", "_entry", "_closed", "_lock", "_reason")
+    __slots__ = ("conn", "response", "expired", "tunnel", "_entry", "_closed", "_lock", "_reason")
 
     def __init__(self) -> None:
         self.conn = None  # type: Any
         self.response = None  # type: Optional[requests.Response]
         #: Why the watchdog cut the connection ("deadline" or "answer"), if it did.
         self.expired = None  # type: Optional[str]
+        #: "asked" once a CONNECT went to the proxy, "open" once it answered.
+        self.tunnel = None  # type: Optional[str]
         self._entry = None  # type: Optional[List[Any]]
         self._closed = False
         self._lock = threading.Lock()
@@ -908,7 +943,7 @@ class _Exchange:
             self.expired = self._reason
             sock = _socket_of(self.response.raw) if self.response is not None else None
             if sock is None and self.conn is not None:
-                sock = getattr(self.conn, "sock", None)
+                sock = _plain_socket(getattr(self.conn, "sock", None))
             if sock is None:
                 # Still connecting (bounded by the connect timeout), or a
                 # session of the caller's whose connection we cannot see
@@ -946,7 +981,27 @@ def _socket_of(raw: Any) -> Optional[socket.socket]:
         sock = raw._fp.fp.raw._sock
     except AttributeError:
         sock = getattr(getattr(raw, "_connection", None), "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
+    return _plain_socket(sock)
+
+
+def _plain_socket(sock: Any) -> Optional[socket.socket]:
+    """The socket.socket under ``sock``.
+
+    Through an https proxy to an https URL, urllib3 (1.26 and later) hands
+    http.client an SSLTransport: TLS to the API inside the TLS to the proxy,
+    which is not a socket, and socket.shutdown refuses it.  Its ``socket``
+    is the SSLSocket to the proxy; shutting that down ends both.
+    """
+    for _ in range(3):
+        if isinstance(sock, socket.socket):
+            return sock
+        sock = getattr(sock, "socket", None)
+    return None
+
+
+# urllib3 1.26 added TLS inside TLS; 1.25 would send an https:// proxy its
+# CONNECT in plain text.
+_TLS_IN_TLS = tuple(int(part) for part in re.findall(r"\d+", urllib3.__version__)[:2]) >= (1, 26)
 
 
 class _Claim:
@@ -971,6 +1026,18 @@ class _Claim:
     def request_chunked(self, *args: Any, **kwargs: Any) -> Any:  # urllib3 1.x
         self._claim()
         return super().request_chunked(*args, **kwargs)  # type: ignore[misc]
+
+    def _tunnel(self, *args: Any, **kwargs: Any) -> Any:
+        # urllib3 reads the proxy's answer to CONNECT under the connect
+        # timeout and reports it as a read timeout: only this tells "the
+        # proxy did not answer" from "the API did not answer".
+        exchange = getattr(_local, "exchange", None)
+        if exchange is not None:
+            exchange.tunnel = "asked"
+        result = super()._tunnel(*args, **kwargs)  # type: ignore[misc]
+        if exchange is not None:
+            exchange.tunnel = "open"
+        return result
 
 
 class _HTTPConnection(_Claim, urllib3.connection.HTTPConnection):
@@ -998,6 +1065,14 @@ class _Adapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests verifies certificates for https URLs only: a plain-http
+        # URL through an https proxy would send the proxy its login over TLS
+        # to whoever answers.  The pool is the proxy's then, and is https.
+        if getattr(conn, "scheme", None) == "https" and url[:5].lower() == "http:":
+            url = "https:" + url[5:]
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kwargs)  # type: ignore[no-untyped-call]
@@ -1099,6 +1174,7 @@ class _Client:
         self._current = None  # type: Optional[_Exchange]
         self._owned = session is None
         self.session = _new_session(pool_size) if session is None else session
+        _remember_proxy_passwords(self.session)
 
     def __repr__(self) -> str:
         return "<_Client %s>" % _redact(self.base_url)
@@ -1116,6 +1192,22 @@ class _Client:
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    def proxy_for(self, url: str) -> Optional[str]:
+        """The proxy a request to ``url`` goes through, as scheme://host:port
+        (no user or password), or None: requests' own choice, from the
+        session's ``proxies`` and HTTPS_PROXY, HTTP_PROXY, NO_PROXY."""
+        try:
+            settings = self.session.merge_environment_settings(url, {}, None, None, None)
+            proxy = requests.utils.select_proxy(url, settings["proxies"])
+            if not proxy:
+                return None
+            if "://" not in proxy:
+                proxy = "http://" + proxy  # as requests reads it
+            scheme, host, port = _origin(proxy)
+        except Exception:  # a malformed setting: requests will say so itself
+            return None
+        return "%s://%s" % (scheme, host) + (":%d" % port if port else "")
 
     def remaining(self) -> Optional[float]:
         return None if self.deadline is None else self.deadline - self.clock()
@@ -1157,12 +1249,19 @@ class _Client:
         self._check_url(url)
         for hop in range(_MAX_REDIRECTS + 1):
             self.check_time("before the request was sent")
+            if not _TLS_IN_TLS and url[:6].lower() == "https:":
+                self._check_proxy(url)
             sent = dict(headers)
             on_api = _origin(url) == self._api_origin
             if self.api_key and on_api and (hop == 0 or not foreign):
                 sent["x-api-key"] = self.api_key
             response = self._exchange(method, url, sent, body() if body is not None else None)
             status = response.status_code
+            if status == 407:
+                proxy = self.proxy_for(url)
+                if proxy is not None:  # else an API that says 407: an APIError
+                    _close(response)
+                    raise _refused_login(proxy)
             if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
             _close(response)
@@ -1184,6 +1283,15 @@ class _Client:
             self._check_url(location)
             url = location
         raise APIError(status, error_message="more than %d redirects" % _MAX_REDIRECTS)
+
+    def _check_proxy(self, url: str) -> None:
+        proxy = self.proxy_for(url)
+        if proxy is not None and proxy.startswith("https:"):
+            raise ConfigurationError(
+                "urllib3 %s cannot reach %s through an https:// proxy (%s): that needs "
+                "urllib3 1.26 or later; upgrade it, or give the proxy as http://"
+                % (urllib3.__version__, _origin_text(url), proxy)
+            )
 
     def _check_url(self, url: str) -> None:
         try:
@@ -1234,7 +1342,7 @@ class _Client:
             )
         except Exception as exc:
             exchange.close()
-            failure = self._failure(exc, exchange, url, data)
+            failure = self._failure(exc, exchange, url, data, timeout[0])
             if failure is exc:
                 raise
             raise failure from exc
@@ -1266,7 +1374,9 @@ class _Client:
         exchange.limit(self.remaining(), "deadline")
         return response
 
-    def _failure(self, exc: Exception, exchange: _Exchange, url: str, data: Any) -> BaseException:
+    def _failure(
+        self, exc: Exception, exchange: _Exchange, url: str, data: Any, connect_timeout: float
+    ) -> BaseException:
         """The MunsitError for a request that raised ``exc``."""
         if data is not None and data.callback_error is exc:
             return exc  # the caller's own callback raised: theirs, unchanged
@@ -1281,7 +1391,7 @@ class _Client:
             return TransportError(
                 "no complete answer within %g seconds" % (self.connect_timeout + self.read_timeout)
             )
-        return TransportError("cannot reach %s: %s" % (_origin_text(url), _clean(_reason(exc))))
+        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
 
     def error(self, response: requests.Response, for_job: bool = True) -> APIError:
         """The APIError for an error response, which it closes.
@@ -1355,6 +1465,117 @@ def _limit_answer(exchange: _Exchange, seconds: float, client: _Client) -> None:
         exchange.limit(seconds, "answer")
 
 
+def _remember_proxy_passwords(session: requests.Session) -> None:
+    """Add the passwords of the proxies in use to the secrets redacted."""
+    from urllib.parse import unquote
+    from urllib.request import getproxies
+
+    urls = list(getproxies().values()) if session.trust_env else []
+    for url in urls + list((session.proxies or {}).values()):
+        try:
+            auth = urllib3.util.parse_url(url if "://" in url else "http://" + url).auth
+        except Exception:  # requests will refuse it, without our help
+            continue
+        if auth and ":" in auth:
+            password = auth.split(":", 1)[1]
+            _remember_secret(password)
+            _remember_secret(unquote(password))  # the form requests sends
+
+
+def _refused_login(proxy: str) -> ProxyAuthenticationError:
+    return ProxyAuthenticationError(
+        "the proxy %s refused its login (407 Proxy Authentication Required): check the "
+        "proxy's user name and password (in HTTPS_PROXY, HTTP_PROXY or the session's "
+        "proxies); not tried again, so that the account is not locked" % proxy,
+        proxy,
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps, outermost first: requests' and urllib3's
+    wrappers keep the cause in ``reason``, in ``args`` or as ``__cause__``."""
+    seen = set()  # type: Set[int]
+    current = exc  # type: Optional[BaseException]
+    while current is not None and id(current) not in seen and len(seen) < 12:
+        seen.add(id(current))
+        yield current
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in current.args if isinstance(arg, BaseException)), None)
+        current = inner or current.__cause__ or current.__context__
+
+
+def _unreached(
+    exc: Exception, url: str, proxy: Optional[str], exchange: _Exchange, connect_timeout: float
+) -> TransportError:
+    """The error for a request that got no answer, in plain words: whether
+    the proxy or the server failed, and why."""
+    import ssl
+
+    target = _origin_text(url)
+    causes = list(_causes(exc))
+    text = " ".join(str(cause) for cause in causes)
+    tunnel = exchange.tunnel
+    # urllib3 2 says ProxyError for whatever failed before the tunnel was
+    # open; 1.x only for some of it.  Our connection classes know how far
+    # they got (exchange.conn is set once one of them is in use).
+    tls_to_proxy = (proxy or "").startswith("https:") and (
+        url[:5].lower() == "http:" or (exchange.conn is not None and tunnel is None)
+    )
+    at_proxy = proxy is not None and (
+        isinstance(exc, requests.exceptions.ProxyError) or tunnel == "asked" or tls_to_proxy
+    )
+    # NewConnectionError is a ConnectTimeoutError too, for old callers' sake.
+    timed_out = any(
+        isinstance(
+            cause,
+            (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout),
+        )
+        and not isinstance(cause, urllib3.exceptions.NewConnectionError)
+        for cause in causes
+    )
+    refused = re.search(r"Tunnel connection failed: (\d{3})\s*([^'\"]*)", text)
+    if proxy is not None and refused:
+        if refused.group(1) == "407":
+            return _refused_login(proxy)
+        return ProxyError(
+            "the proxy %s would not connect to %s: it answered %s"
+            % (proxy, target, _clean(refused.group(1) + " " + refused.group(2), 80).strip()),
+            proxy,
+        )
+    unverified = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
+    if unverified is not None:
+        whose = "the proxy %s" % proxy if at_proxy and tunnel != "open" else target
+        return CertificateError(
+            "cannot verify the certificate of %s: %s; if a private CA signed it, set "
+            "REQUESTS_CA_BUNDLE to that CA's certificate (a PEM file), or pass a session "
+            "whose verify= names it"
+            % (whose, _clean(unverified.verify_message or _reason(unverified), 120))
+        )
+    if at_proxy and proxy is not None:
+        if tunnel == "asked" and timed_out:
+            return ProxyError(
+                "the proxy %s did not answer within %g s when asked to connect to %s"
+                % (proxy, connect_timeout, target),
+                proxy,
+            )
+        if timed_out:
+            why = "it did not answer within %g s" % connect_timeout
+        else:
+            why = _plain_reason(causes)
+        return ProxyError("cannot reach the proxy %s (for %s): %s" % (proxy, target, why), proxy)
+    return TransportError("cannot reach %s: %s" % (target, _clean(_reason(exc))))
+
+
+def _plain_reason(causes: List[BaseException]) -> str:
+    """The innermost operating system error in words ("connection refused"),
+    else the innermost cause's text."""
+    for cause in reversed(causes):
+        if isinstance(cause, OSError) and isinstance(cause.strerror, str) and cause.strerror:
+            return _clean(cause.strerror[0].lower() + cause.strerror[1:], 120)
+    return _clean(_reason(causes[-1]), 200)
+
+
 def _client_for(
     api_key: Optional[str],
     base_url: Optional[str],
@@ -1417,8 +1638,9 @@ def _reason(exc: BaseException) -> str:
     """
     for _ in range(5):  # requests -> MaxRetryError -> NewConnectionError -> OSError
         inner = getattr(exc, "reason", None)
-        if not isinstance(inner, BaseException) and exc.args:
-            inner = exc.args[0]
+        if not isinstance(inner, BaseException):
+            # urllib3's ProxyError is ("Unable to connect to proxy", cause).
+            inner = next((arg for arg in exc.args if isinstance(arg, BaseException)), None)
         if not isinstance(inner, BaseException):
             break
         exc = inner
@@ -1789,8 +2011,12 @@ class RetryPolicy:
 def _is_retryable(exc: MunsitError) -> bool:
     if isinstance(exc, _Aborted):
         return False
+    if isinstance(exc, (ProxyAuthenticationError, CertificateError)):
+        # A login the proxy refused, or a certificate that fails
+        # verification, fails again; each refused login counts towards
+        # locking the account.
+        return False
     if isinstance(exc, TransportError):
-        # A certificate that fails verification will fail again.
         return not isinstance(exc.__cause__, requests.exceptions.SSLError)
     if isinstance(exc, APIError):
         return exc.status_code == 429 or 500 <= exc.status_code <= 599
@@ -5188,6 +5414,8 @@ class _Batch:
         self.options = options
         self.rehash = rehash
         self.stop = threading.Event()
+        #: Set when no further file may begin: why they are not sent.
+        self.held_back = None  # type: Optional[str]
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
@@ -5290,8 +5518,9 @@ class _Batch:
                     index, path, stem = pending.get_nowait()
                 except queue.Empty:
                     return
-                if self.stop.is_set():
-                    done.put(FileResult(path, error=NotSubmittedError("the run was stopped first")))
+                if self.stop.is_set() or self.held_back is not None:
+                    why = self.held_back or "the run was stopped first"
+                    done.put(FileResult(path, error=NotSubmittedError(why)))
                     continue
                 try:
                     done.put(self._one(path, stem, session))
@@ -5332,6 +5561,10 @@ class _Batch:
                 if job is not None:
                     error = TransportError("the run was stopped while the job was followed")
                     error.denoise_id = job
+            if isinstance(exc, ProxyAuthenticationError):
+                # Each further file would be one more failed login at the
+                # company's directory: the files not yet begun wait.
+                self.held_back = "not sent: the proxy refused its login for another file"
             entry.finish(error)
             return FileResult(path, denoise_id=job, error=error)
 
@@ -6302,6 +6535,9 @@ EXIT_UNSURE = 6
 EXIT_INTERRUPTED = 130
 #: Another run holds the batch folder's journal: nothing was done.
 EXIT_BUSY = 7
+#: A certificate could not be verified: a setting to fix (REQUESTS_CA_BUNDLE),
+#: not a failure to wait out.
+EXIT_CERTIFICATE = 8
 #: stdout's reader went away (``| head``): what a shell shows for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -6313,7 +6549,9 @@ exit status:
   2    usage or configuration error (bad id, no API key, bad option, an
        -o that is not a regular file)
   3    the API refused the request (401/403: key; 402: the wallet cannot pay;
-       400: the file (too large, too long, no file); 404: no such job)
+       400: the file (too large, too long, no file); 404: no such job), or
+       the proxy refused its login (407: check the proxy URL's user and
+       password; never tried twice)
   4    gave up: the deadline passed, the connection kept failing, or the
        download could not be written; worth trying again later
   5    the server sent something this client cannot read (or a result URL
@@ -6322,11 +6560,13 @@ exit status:
        not be found for sure; check `munsit-progress list` before sending
        it again (it may be paid for already)
   7    denoise FILE... -o DIR: another run is using DIR; nothing was done
+  8    a certificate could not be verified (the API's, a download's or an
+       https proxy's); a private CA is trusted with REQUESTS_CA_BUNDLE=FILE
   130  interrupted (Ctrl-C or SIGTERM); no partial download is left
 
 a batch (denoise FILE... -o DIR) exits 0 when every input is saved (now or
 by an earlier run), else with the most serious of its files' statuses, in
-this order: 3, 2, 6, 5, 4, 1 (4 covers files a rerun will finish: the
+this order: 3, 2, 8, 6, 5, 4, 1 (4 covers files a rerun will finish: the
 deadline, failing connections, a cap, an interrupted run)
   141  stdout was closed by its reader (| head); nothing more is written
 
@@ -6334,6 +6574,10 @@ environment:
   MUNSIT_API_KEY       the API key (or use --api-key-file)
   MUNSIT_BASE_URL      the API's address (default %s)
   MUNSIT_DEMO_SECONDS  how long each --demo job takes (default 4)
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+                       the proxy, as requests reads them (a login goes in
+                       the URL: http://user:password@host:port)
+  REQUESTS_CA_BUNDLE   a PEM file of the CAs to trust (a private CA)
 
 commands:
   munsit-progress DENOISE_ID [-o FILE]      follow a job (this page)
@@ -6946,6 +7190,7 @@ def _cli_options(args: Any) -> _JobOptions:
 _OUTCOMES = (
     (EXIT_REJECTED, "refused"),
     (EXIT_USAGE, "not sent"),
+    (EXIT_CERTIFICATE, "untrusted"),
     (EXIT_UNSURE, "unsure"),
     (EXIT_PROTOCOL, "bad answer"),
     (EXIT_GAVE_UP, "gave up"),
@@ -7470,6 +7715,10 @@ def _exit_status(exc: MunsitError) -> int:
         return EXIT_GAVE_UP
     if isinstance(exc, ConfigurationError):
         return EXIT_USAGE
+    if isinstance(exc, ProxyAuthenticationError):
+        return EXIT_REJECTED
+    if isinstance(exc, CertificateError):
+        return EXIT_CERTIFICATE
     if isinstance(exc, (WaitTimeoutError, TransportError, SaveError)):
         return EXIT_GAVE_UP
     if isinstance(exc, APIError):

@@ -1760,6 +1760,9 @@ def test_errors_survive_pickling():
         JobNotFoundError(404, None, "gone"),
         DenoiseFailedError("corrupt"),
         TransportError("reset"),
+        mp.ProxyError("cannot reach the proxy http://proxy:3128", "http://proxy:3128"),
+        mp.ProxyAuthenticationError("refused", "http://proxy:3128"),
+        mp.CertificateError("cannot verify"),
     ):
         copy = pickle.loads(pickle.dumps(error))
         assert (type(copy), str(copy)) == (type(error), str(error))
@@ -6601,3 +6604,513 @@ def test_celery_with_a_pool_process_killed_pays_once_per_input(engine_server, tm
     assert len(set(ids)) == ENGINE_INPUTS
     assert_each_input_paid_once_and_saved_whole(api, paths, out)
     assert followed_again(api) >= 1  # the killed task was run again
+
+
+# --------------------------------------------------------------------------
+# Behind a proxy: a real squid on loopback, with basic auth, a TLS front and
+# a private CA (slow; .ci/run installs squid and runs them: -m proxy)
+# --------------------------------------------------------------------------
+
+SQUID = shutil.which("squid") or shutil.which("squid", path="/usr/sbin:/sbin")
+SQUID_AUTH = "/usr/lib/squid/basic_ncsa_auth"
+OPENSSL = shutil.which("openssl")
+PROXY_USER = "cron"
+PROXY_PASSWORD = "pr0xy-5ecret-pa55"
+# urllib3 1.26 and later speak TLS to an https:// proxy and TLS again, inside
+# it, to the API; 1.25 cannot.
+TLS_IN_TLS = hasattr(mp, "_TLS_IN_TLS") and mp._TLS_IN_TLS
+
+
+def with_squid(function):
+    """Slow, a proxy test, and skipped where squid or openssl is missing."""
+    needs = pytest.mark.skipif(
+        not (SQUID and os.path.exists(SQUID_AUTH) and OPENSSL),
+        reason="needs squid (with basic_ncsa_auth) and openssl",
+    )
+    return pytest.mark.slow(pytest.mark.proxy(needs(function)))
+
+
+def openssl(*args, cwd):
+    subprocess.run([OPENSSL, *args], cwd=str(cwd), check=True, capture_output=True, timeout=30)
+
+
+class PrivateCA:
+    """A CA made with openssl, and a certificate it signed for 127.0.0.1."""
+
+    def __init__(self, folder):
+        folder.mkdir(exist_ok=True)
+        self.ca = str(folder / "ca.pem")
+        self.cert = str(folder / "leaf.pem")
+        self.key = str(folder / "leaf.key")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=Munsit test private CA", cwd=folder)  # fmt: skip
+        openssl("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1",
+                cwd=folder)  # fmt: skip
+        (folder / "leaf.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+            "authorityKeyIdentifier=keyid\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        )
+        openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext",
+                cwd=folder)  # fmt: skip
+
+    def server_context(self):
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+class Squid:
+    """squid on a free loopback port, in the foreground, with basic auth and
+    no cache; CONNECT allowed to any port (the test servers' are not 443)."""
+
+    def __init__(self):
+        import pathlib
+        import tempfile
+
+        # Run as root, squid drops to its own user, which must reach these
+        # files: not under pytest's private tmp folder.
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="munsit-squid-"))
+        os.chmod(str(folder), 0o777)
+        hashed = subprocess.run(
+            [OPENSSL, "passwd", "-apr1", PROXY_PASSWORD],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        (folder / "passwd").write_text("%s:%s\n" % (PROXY_USER, hashed))
+        self.port = free_port()
+        self.access_log = folder / "access.log"
+        (folder / "squid.conf").write_text(
+            "\n".join(
+                [
+                    "http_port 127.0.0.1:%d" % self.port,
+                    "pid_filename %s" % (folder / "squid.pid"),
+                    "cache_log %s" % (folder / "cache.log"),
+                    "access_log stdio:%s squid" % self.access_log,
+                    "cache_store_log none",
+                    "coredump_dir %s" % folder,
+                    "cache deny all",
+                    "cache_mem 8 MB",
+                    "shutdown_lifetime 0 seconds",
+                    "dns_nameservers 127.0.0.1",
+                    "auth_param basic program %s %s" % (SQUID_AUTH, folder / "passwd"),
+                    "auth_param basic realm munsit-test",
+                    "acl authed proxy_auth REQUIRED",
+                    "acl CONNECT method CONNECT",
+                    "acl test_ports port 1024-65535",
+                    "http_access deny CONNECT !test_ports",
+                    "http_access allow authed",
+                    "http_access deny all",
+                    "",
+                ]
+            )
+        )
+        for name in os.listdir(str(folder)):
+            os.chmod(str(folder / name), 0o666)
+        self.process = subprocess.Popen(
+            [SQUID, "-N", "-f", str(folder / "squid.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(str(folder / "stderr.txt"), "wb"),
+        )
+        self._folder = folder
+        end = time.monotonic() + 30
+        while time.monotonic() < end and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise RuntimeError(
+            "squid did not start: %s%s"
+            % (
+                (folder / "stderr.txt").read_text(errors="replace")[-2000:],
+                (folder / "cache.log").read_text(errors="replace")[-2000:]
+                if (folder / "cache.log").exists()
+                else "",
+            )
+        )
+
+    def url(self, password=PROXY_PASSWORD):
+        return "http://%s:%s@127.0.0.1:%d" % (PROXY_USER, password, self.port)
+
+    def log(self):
+        """The lines of its access log."""
+        try:
+            return self.access_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(str(self._folder), ignore_errors=True)
+
+
+class TLSFront:
+    """An https:// proxy: TLS on a loopback port, each connection relayed to
+    squid, so that the client speaks TLS to the proxy (and TLS again, inside
+    it, to an https API)."""
+
+    LIFETIME = 120.0
+
+    def __init__(self, context, target_port):
+        self._context = context
+        self._target = target_port
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def url(self, password=PROXY_PASSWORD):
+        return "https://%s:%s@127.0.0.1:%d" % (PROXY_USER, password, self.port)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self):
+        end = time.monotonic() + self.LIFETIME
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn):
+        import select
+
+        upstream = None
+        try:
+            conn.settimeout(5)
+            tls = self._context.wrap_socket(conn, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self._target), 5)
+            end = time.monotonic() + self.LIFETIME
+            # One thread per connection reads and writes both sides: an
+            # SSLSocket is not to be used by two threads at once.
+            while not self._stop.is_set() and time.monotonic() < end:
+                ready = [tls] if tls.pending() else select.select([tls, upstream], [], [], 0.05)[0]
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is tls else tls).sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            if upstream is not None:
+                upstream.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_setup(tmp_path_factory):
+    """squid, its TLS front, and the private CA both it and the API use."""
+    folder = tmp_path_factory.mktemp("proxy")
+    ca = PrivateCA(folder / "ca")
+    squid = Squid()
+    front = TLSFront(ca.server_context(), squid.port)
+    yield ca, squid, front
+    front.close()
+    squid.close()
+
+
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def clear_proxy_env(monkeypatch):
+    """No proxy setting of this machine's may take part (NO_PROXY often
+    names 127.0.0.1)."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+# (the API's scheme, the proxy's scheme): a plain-http proxy forwarding the
+# request, CONNECT through it, and the https proxy both ways (TLS in TLS for
+# an https API).
+ROUTES = [("http", "http"), ("https", "http"), ("http", "https"), ("https", "https")]
+ROUTE_IDS = ["http-api,http-proxy", "https-api,CONNECT", "http-api,https-proxy", "TLS-in-TLS"]
+
+
+@pytest.fixture(params=ROUTES, ids=ROUTE_IDS)
+def route(request, proxy_setup, monkeypatch):
+    """An API server behind the proxy, the environment that sends the client
+    there (trusting the private CA), and the proxy's URL with its password."""
+    api_scheme, proxy_scheme = request.param
+    if proxy_scheme == "https" and not TLS_IN_TLS:
+        pytest.skip("urllib3 %s cannot speak TLS to an https proxy" % mp.urllib3.__version__)
+    ca, squid, front = proxy_setup
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca.ca)
+    srv = Server(tls=ca.server_context() if api_scheme == "https" else None)
+    proxy = (front if proxy_scheme == "https" else squid).url
+    yield srv, proxy, "%s_PROXY" % api_scheme.upper(), squid
+    srv.close()
+
+
+@with_squid
+def test_an_upload_and_its_job_go_through_the_proxy(route, monkeypatch, audio_file, tmp_path):
+    server, proxy, variable, squid = route
+    monkeypatch.setenv(variable, proxy())
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    seen = len(squid.log())
+    done = mp.denoise(
+        audio_file, str(tmp_path / "out.wav"), api_key=KEY, base_url=server.base_url, timeout=30
+    )
+    assert [job["id"] for job in api.jobs] == [done.denoise_id]
+    assert (tmp_path / "out.wav").read_bytes() == open(audio_file, "rb").read()
+    through = [line for line in squid.log()[seen:] if " %s " % PROXY_USER in line]
+    assert through, "nothing went through the proxy"
+    assert not [line for line in squid.log() if KEY in line]
+
+
+@with_squid
+def test_events_arrive_promptly_through_the_proxy(route, monkeypatch):
+    server, proxy, variable, _ = route
+    monkeypatch.setenv(variable, proxy())
+    sent = []
+
+    def script(conn, request, srv):
+        conn.sendall(head(200, {"Content-Type": "text/event-stream", "Connection": "close"}))
+        sent.append(time.monotonic())
+        conn.sendall(processing(10))
+        hold(conn, srv, 10)
+
+    server.serve(script)
+    events = iter_events(JOB, api_key=KEY, base_url=server.base_url, read_timeout=20)
+    try:
+        assert next(events) == ProcessingEvent(10)
+        delay = time.monotonic() - sent[0]
+    finally:
+        events.close()
+    assert delay < 1.0  # milliseconds in practice; a buffering proxy would hold it 10 s
+
+
+TRICKLED_HEAD = list(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Slow: " + b"a" * 500)
+
+
+@with_squid
+def test_the_deadline_holds_through_the_proxy_against_trickled_headers(route, monkeypatch):
+    server, proxy, variable, _ = route
+    monkeypatch.setenv(variable, proxy())
+    server.serve(continues_forever(0.5, [bytes([byte]) for byte in TRICKLED_HEAD], limit=30))
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError):
+        wait(JOB, api_key=KEY, base_url=server.base_url, timeout=3, retry=FAST)
+    assert time.monotonic() - started < 6  # 3.0 s; through TLS in TLS it was over 15 s
+
+
+@with_squid
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_stops_a_batch_behind_an_https_proxy(proxy_setup, monkeypatch, tmp_path):
+    if not TLS_IN_TLS:
+        pytest.skip("urllib3 %s cannot speak TLS to an https proxy" % mp.urllib3.__version__)
+    ca, _, front = proxy_setup
+    paths = make_inputs(tmp_path / "in", 3)
+    server = Server(tls=ca.server_context())
+
+    def endless(conn, request, srv):
+        stream(processing(10), processing(20), delay=60)(conn, request, srv)
+
+    api = FakeAPI("ok", echo=True, progress=endless)
+    server.serve(api)
+    clear_proxy_env(monkeypatch)
+    env = dict(os.environ, MUNSIT_API_KEY=KEY, HTTPS_PROXY=front.url(), REQUESTS_CA_BUNDLE=ca.ca)
+    command = [sys.executable, MODULE, "denoise", *paths, "-o", str(tmp_path / "out")]
+    command += ["--base-url", server.base_url, "--jobs", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if sum(r.path.endswith("/progress") for r in list(server.requests)) >= 2:
+                break
+            time.sleep(0.02)
+        time.sleep(0.3)
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        took = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        server.close()
+    assert process.returncode == 130, stderr
+    assert took < 10  # about 0.1 s; its connections could not be cut and held it
+    assert b"Traceback" not in stderr
+
+
+@with_squid
+def test_a_refused_proxy_login_is_tried_once_exits_3_and_names_the_proxy(
+    route, audio_file, tmp_path
+):
+    server, proxy, variable, squid = route
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    seen = len(squid.log())
+    result = run_cli(
+        "denoise",
+        audio_file,
+        "-o",
+        str(tmp_path / "out.wav"),
+        "--base-url",
+        server.base_url,
+        env={variable: proxy("wrong-" + PROXY_PASSWORD)},
+        timeout=120,
+    )
+    refused = [line for line in squid.log()[seen:] if "/407 " in line]
+    assert len(refused) == 1, refused
+    assert result.returncode == mp.EXIT_REJECTED, result.stderr
+    shown = proxy().split("@")[0].split("//")[0] + "//" + proxy().split("@")[1]
+    assert "the proxy %s refused its login" % shown in result.stderr
+    assert "check the proxy's user name and password" in result.stderr
+    assert PROXY_PASSWORD not in result.stderr + result.stdout
+    assert not api.jobs
+
+
+@with_squid
+def test_a_batch_stops_sending_after_the_proxy_refused_its_login(
+    proxy_setup, monkeypatch, tmp_path
+):
+    ca, squid, _ = proxy_setup
+    clear_proxy_env(monkeypatch)
+    server = Server(tls=ca.server_context())
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    paths = make_inputs(tmp_path / "in", 4)
+    seen = len(squid.log())
+    try:
+        result = batch_cli(
+            server,
+            paths,
+            tmp_path / "out",
+            "--jobs",
+            "1",
+            env={"HTTPS_PROXY": squid.url("wrong"), "REQUESTS_CA_BUNDLE": ca.ca},
+            timeout=120,
+        )
+    finally:
+        server.close()
+    assert result.returncode == mp.EXIT_REJECTED, result.stderr
+    assert len([line for line in squid.log()[seen:] if "/407 " in line]) == 1
+    assert result.stderr.count("the proxy refused its login for another file") == 3
+    assert not api.jobs
+
+
+@with_squid
+@pytest.mark.parametrize("api", ["https", "http"])
+def test_an_https_proxy_whose_certificate_is_untrusted_exits_8_naming_it(
+    proxy_setup, monkeypatch, tls_server, server, api
+):
+    if not TLS_IN_TLS:
+        pytest.skip("urllib3 %s cannot speak TLS to an https proxy" % mp.urllib3.__version__)
+    _, _, front = proxy_setup
+    clear_proxy_env(monkeypatch)
+    # tls_server's REQUESTS_CA_BUNDLE trusts the API, not the private CA;
+    # requests alone would not check the proxy's certificate for an http URL.
+    base_url = (tls_server if api == "https" else server).base_url
+    variable = "%s_PROXY" % api.upper()
+    result = run_cli(JOB, "--base-url", base_url, env={variable: front.url()})
+    assert result.returncode == mp.EXIT_CERTIFICATE, result.stderr
+    assert "cannot verify the certificate of the proxy https://127.0.0.1:%d" % front.port in (
+        result.stderr
+    )
+    assert "REQUESTS_CA_BUNDLE" in result.stderr
+    assert PROXY_PASSWORD not in result.stderr
+
+
+# Without squid: a proxy that is down, one that never answers, an untrusted
+# certificate.  Quick, and in every matrix row.
+
+
+@pytest.mark.proxy
+def test_proxy_errors_are_transport_errors_a_refused_login_and_a_certificate_final():
+    login = mp.ProxyAuthenticationError("refused", "http://proxy:3128")
+    certificate = mp.CertificateError("cannot verify")
+    assert isinstance(login, mp.ProxyError) and isinstance(certificate, TransportError)
+    assert not mp._is_retryable(login) and not mp._is_retryable(certificate)
+    assert mp._exit_status(login) == mp.EXIT_REJECTED == 3
+    assert mp._exit_status(certificate) == mp.EXIT_CERTIFICATE == 8
+    assert "EXIT_CERTIFICATE" in mp.__all__ and "8    a certificate" in mp._EPILOG
+
+
+@pytest.mark.proxy
+def test_a_proxy_that_is_down_is_named_with_its_cause_in_words(monkeypatch, tls_server):
+    clear_proxy_env(monkeypatch)
+    port = free_port()
+    monkeypatch.setenv(
+        "HTTPS_PROXY", "http://%s:%s@127.0.0.1:%d" % (PROXY_USER, PROXY_PASSWORD, port)
+    )
+    with pytest.raises(mp.ProxyError) as info:
+        wait_on(tls_server, retry=RetryPolicy(max_retries=0))
+    text = str(info.value)
+    assert text == "cannot reach the proxy http://127.0.0.1:%d (for %s): connection refused" % (
+        port,
+        mp._origin_text(tls_server.origin),
+    )
+    assert info.value.proxy == "http://127.0.0.1:%d" % port
+    assert mp._is_retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
+
+
+@pytest.mark.proxy
+def test_a_proxy_that_never_answers_connect_is_said_not_to_answer(monkeypatch, tls_server):
+    clear_proxy_env(monkeypatch)
+    silent = Server()
+    silent.serve(lambda conn, request, srv: hold(conn, srv, 20))
+    monkeypatch.setenv("HTTPS_PROXY", silent.origin)
+    started = time.monotonic()
+    try:
+        with pytest.raises(mp.ProxyError) as info:
+            wait_on(tls_server, connect_timeout=1, retry=RetryPolicy(max_retries=0))
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 5
+    assert str(info.value) == (
+        "the proxy http://127.0.0.1:%d did not answer within 1 s when asked to connect to %s"
+        % (silent.port, mp._origin_text(tls_server.origin))
+    )
+    assert silent.requests[0].method == "CONNECT"
+
+
+@pytest.mark.proxy
+def test_an_untrusted_certificate_exits_8_saying_how_to_trust_a_private_ca(monkeypatch, tls_server):
+    clear_proxy_env(monkeypatch)
+    import certifi  # requests' own bundle: it knows no private CA
+
+    result = run_cli(
+        JOB, "--base-url", tls_server.base_url, env={"REQUESTS_CA_BUNDLE": certifi.where()}
+    )
+    assert result.returncode == mp.EXIT_CERTIFICATE == 8, result.stderr
+    assert (
+        "cannot verify the certificate of %s" % mp._origin_text(tls_server.origin) in result.stderr
+    )
+    assert "set REQUESTS_CA_BUNDLE to that CA's certificate" in result.stderr
+    assert not tls_server.requests
+
+
+@pytest.mark.proxy
+@pytest.mark.skipif(TLS_IN_TLS, reason="only urllib3 1.25 lacks TLS in TLS")
+def test_an_https_proxy_for_https_without_tls_in_tls_is_a_configuration_error(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "https://127.0.0.1:%d" % free_port())
+    with pytest.raises(ConfigurationError, match="needs urllib3 1.26 or later"):
+        wait(JOB, api_key=KEY, base_url="https://127.0.0.1:%d/api/v1" % free_port())
