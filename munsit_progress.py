@@ -81,7 +81,7 @@ import urllib3
 if TYPE_CHECKING:  # the CLI imports argparse only when it runs
     import argparse
 
-__version__ = "0.5.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "APIError",
