@@ -2358,6 +2358,12 @@ class _Source:
         self.content = _Content(digest.hexdigest(), self.size)
         return self.content
 
+    def known_as(self, content: "_Content") -> None:
+        """Take the content a journal knew this file by (its stat matched),
+        without reading it; a change from now on is still caught."""
+        self.content = content
+        self._stamp_read = self._stamp()
+
     def check_unchanged(self) -> None:
         """Raise if the file changed since identify() read it: what is sent
         would not be the content its tag names."""
@@ -5542,7 +5548,8 @@ class _Batch:
                 return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
             source = _Source(path, self.check)
             try:
-                source.content = known
+                if known is not None:
+                    source.known_as(known)
                 content = source.identify(self._check_time)
                 if known is None and status is not None:
                     _remember_hashed(self.journal, real, status, content)
