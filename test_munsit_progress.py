@@ -3131,24 +3131,31 @@ def test_two_calls_at_once_without_a_lock_may_pay_twice_and_say_so(server, tmp_p
     assert warned and all(job["id"] in " ".join(warned) for job in api.jobs)
 
 
-def test_a_save_that_fails_after_the_job_was_taken_is_a_save_error_with_the_job(server, tmp_path):
-    (tmp_path / "a.wav").write_bytes(b"one recording")
-    out = tmp_path / "out"
-    out.mkdir()
-    api = FakeAPI("ok", echo=True)
+def denoise_paused_mid_download(server, api, source, target):
+    """denoise() on a thread, held by the fake API halfway through its
+    download; (the thread, the list that gets what it raised)."""
     api.pause_at = ("download-half", 1)
     server.serve(api)
     caught = []
 
     def run():
         try:
-            denoise_on(server, str(tmp_path / "a.wav"), str(out / "clean.wav"), check=False)
+            denoise_on(server, str(source), str(target), check=False)
         except BaseException as exc:
             caught.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
     assert api.hit.wait(10)
+    return thread, caught
+
+
+def test_a_save_that_fails_after_the_job_was_taken_is_a_save_error_with_the_job(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"one recording")
+    out = tmp_path / "out"
+    out.mkdir()
+    api = FakeAPI("ok", echo=True)
+    thread, caught = denoise_paused_mid_download(server, api, tmp_path / "a.wav", out / "clean.wav")
     import shutil
 
     shutil.rmtree(str(out))  # the folder is removed mid-download
@@ -4810,19 +4817,10 @@ def test_a_batch_sweeps_only_the_temporary_files_of_dead_runs(server, tmp_path):
     dead = out / ".old.wav.0123abcd.part"  # left by a killed run: nobody holds it
     dead.write_bytes(b"partial")
     api = FakeAPI("ok", echo=True)
-    api.pause_at = ("download-half", 1)
-    server.serve(api)
-    caught = []
-
-    def single():
-        try:
-            denoise_on(server, str(tmp_path / "a.wav"), str(out / "single.wav"), check=False)
-        except BaseException as exc:
-            caught.append(exc)
-
-    thread = threading.Thread(target=single)
-    thread.start()
-    assert api.hit.wait(10)  # its download is half done, its .part is open
+    # Its download is half done, its .part is open.
+    thread, caught = denoise_paused_mid_download(
+        server, api, tmp_path / "a.wav", out / "single.wav"
+    )
     live = [name for name in os.listdir(str(out)) if name.startswith(".single.wav.")]
     assert len(live) == 1
     api.pause_at = None
