@@ -6106,7 +6106,11 @@ _DEMO_FAILURE = "the audio could not be processed (تعذّرت معالجة ا�
 
 @contextlib.contextmanager
 def demo_server(
-    *, fail: bool = False, duration: float = 4.0, max_upload: int = MAX_UPLOAD_BYTES
+    *,
+    fail: bool = False,
+    duration: float = 4.0,
+    max_upload: int = MAX_UPLOAD_BYTES,
+    state_dir: Optional[str] = None,
 ) -> Iterator[str]:
     """Run a local simulator of the Munsit API; yield its base URL.
 
@@ -6114,7 +6118,7 @@ def demo_server(
     documented protocol:
 
     - ``POST /denoise`` parses the multipart body for real (streamed to a
-      temporary folder, removed at the end), refuses a file over
+      temporary folder removed at the end, or to ``state_dir``), refuses a file over
       ``max_upload`` bytes or a body without an ``audio`` file part with the
       documented 400 body, and answers ``{"jobId", "denoiseId"}``;
     - ``GET /denoise`` lists the jobs it has seen, newest first, with their
@@ -6129,6 +6133,15 @@ def demo_server(
     - the ``done`` URL serves the result: the uploaded file itself for a
       submitted job (under its own extension), a short WAV file otherwise.
 
+    Without ``state_dir`` the jobs live as long as the server.  With it,
+    the simulator keeps its jobs (their records and uploads) in that
+    folder, so that a later server given the same folder -- in this
+    process or another, even one running at the same time -- lists them,
+    follows them where they are and serves their results, as the real API
+    does across runs; it keeps the newest 50 jobs and drops older uploads.
+    A job sent to a ``fail`` server fails wherever it is followed.  The
+    command line's ``--demo`` uses ``<temp folder>/munsit-demo-<user id>``.
+
     Any non-empty API key is accepted; a missing one gets a 401.  Use it to
     try your integration without the real API::
 
@@ -6138,8 +6151,12 @@ def demo_server(
     import http.server  # only the demo needs it: keep it off the import path
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="munsit-demo-") as folder:
-        state = _DemoState(fail, duration, max_upload, folder)
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="munsit-demo-"))
+        else:
+            folder = _own_folder(state_dir)
+        state = _DemoState(fail, duration, max_upload, folder, state_dir is not None)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _demo_handler(state))
         server.daemon_threads = True
         server.request_queue_size = 64  # a batch connects many at once
@@ -6154,48 +6171,223 @@ def demo_server(
             thread.join(5)
 
 
+#: How many jobs a kept simulator remembers, and how many bytes of uploads it
+#: keeps (the newest job's upload is always kept): a bounded folder in /tmp.
+_DEMO_KEEP_JOBS = 50
+_DEMO_KEEP_BYTES = 2 * 1024**3
+_DEMO_STATE_FILE = "jobs.json"
+_DEMO_LOCK_FILE = "lock"
+# An upload file no record names is an upload still being received (by
+# another run) or one a killed run left: removed once this old.
+_DEMO_ORPHAN_SECONDS = 3600.0
+
+
+def _demo_folder() -> str:
+    """Where the command line's --demo keeps its simulator's jobs: one
+    folder per user under the temporary folder."""
+    import tempfile
+
+    if hasattr(os, "getuid"):
+        user = str(os.getuid())
+    else:  # Windows: no uid, and the temporary folder is the user's own
+        import getpass
+
+        try:
+            user = re.sub(r"[^A-Za-z0-9_.-]", "_", getpass.getuser())
+        except Exception:  # getuser() raises whatever its lookups raise
+            user = "user"
+    return os.path.join(tempfile.gettempdir(), "munsit-demo-%s" % user)
+
+
+def _own_folder(path: str) -> str:
+    """``path``, created private if missing; refused unless it is a real
+    folder of this user's (another user could plant one in a shared /tmp)."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigurationError("cannot use the demo folder %s: %s" % (path, exc)) from exc
+    if not _stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise ConfigurationError(
+            "the demo folder %s is not a folder of yours: remove it, or set TMPDIR" % path
+        )
+    return path
+
+
 class _DemoJob:
     """A job the simulator took: its record, and where its upload is kept."""
 
-    def __init__(self, job: str, name: str, size: int, path: str) -> None:
+    def __init__(
+        self,
+        job: str,
+        name: str,
+        size: int,
+        path: str,
+        fail: bool = False,
+        created: Optional[float] = None,
+    ) -> None:
         self.id = job
         self.name = name
         self.size = size
         self.path = path
-        self.created = time.time()
+        self.fail = fail
+        self.created = time.time() if created is None else created
 
 
 class _DemoState:
-    def __init__(self, fail: bool, duration: float, max_upload: int, folder: str) -> None:
+    """The simulator's jobs, and when each started (wall-clock seconds, so
+    that a kept job goes on where it was in another process).  When
+    ``keep``, every change is a read-modify-write of the folder's
+    jobs.json under the folder's lock, and every lookup reads it again:
+    simulators sharing the folder, even at once, see one set of jobs."""
+
+    def __init__(
+        self, fail: bool, duration: float, max_upload: int, folder: str, keep: bool = False
+    ) -> None:
         self.fail = fail
         self.duration = max(duration, 0.1)
         self.interval = self.duration / len(_DEMO_STEPS)
         self.max_upload = max_upload
         self.folder = folder
+        self.keep = keep
         self.started = {}  # type: Dict[str, float]
         self.jobs = {}  # type: Dict[str, _DemoJob]
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
-    def start_of(self, job: str) -> float:
+    @contextlib.contextmanager
+    def _state(self, change: bool) -> Iterator[None]:
+        """Hold the state: the thread lock, and when kept, the folder's lock
+        with the jobs read from the folder (and written back if ``change``)."""
         with self.lock:
-            return self.started.setdefault(job, time.monotonic())
+            if not self.keep:
+                yield
+                return
+            fd = os.open(os.path.join(self.folder, _DEMO_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # Held for a file read or write at most: a short wait, bounded
+                # so that a wedged holder cannot hang the demo.
+                waited = 0
+                while not _lock_descriptor(fd) and waited < 1000:
+                    time.sleep(0.01)
+                    waited += 1
+                self._load()
+                yield
+                if change:
+                    self._save()
+            finally:
+                os.close(fd)
+
+    def _load(self) -> None:
+        try:
+            with open(os.path.join(self.folder, _DEMO_STATE_FILE), encoding="utf-8") as file:
+                saved = json.load(file)
+            jobs = {}
+            for item in saved["jobs"]:
+                job = _DemoJob(
+                    str(item["id"]),
+                    str(item["name"]),
+                    int(item["size"]),
+                    os.path.join(self.folder, str(item["id"])),
+                    bool(item["fail"]),
+                    float(item["created"]),
+                )
+                jobs[job.id] = job
+            started = {str(k): float(v) for k, v in saved["started"].items()}
+        except FileNotFoundError:
+            jobs, started = {}, {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("demo: starting afresh, the kept jobs are unreadable: %s", exc)
+            jobs, started = {}, {}
+        self.jobs, self.started = jobs, started
+
+    def _save(self) -> None:
+        jobs = sorted(self.jobs.values(), key=lambda job: job.created, reverse=True)
+        kept = jobs[:_DEMO_KEEP_JOBS]
+        total = 0
+        for index, job in enumerate(kept):
+            total += job.size
+            if index and total > _DEMO_KEEP_BYTES:
+                kept = kept[:index]
+                break
+        dropped = [job.path for job in jobs[len(kept) :]]
+        self.jobs = {job.id: job for job in kept}
+        ids = sorted(self.started, key=self.started.__getitem__, reverse=True)
+        self.started = {job: self.started[job] for job in ids[: 2 * _DEMO_KEEP_JOBS]}
+        self.started.update((job.id, self.started.get(job.id, job.created)) for job in kept)
+        saved = {
+            "jobs": [
+                {
+                    "id": job.id,
+                    "name": job.name,
+                    "size": job.size,
+                    "fail": job.fail,
+                    "created": job.created,
+                }
+                for job in kept
+            ],
+            "started": self.started,
+        }
+        target = os.path.join(self.folder, _DEMO_STATE_FILE)
+        temporary = "%s.%s" % (target, _random_uuid()[:8])
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(saved, file)
+            os.replace(temporary, target)  # whole or not at all
+        except OSError as exc:
+            logger.warning("demo: cannot keep the jobs in %s: %s", self.folder, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            return
+        for path in dropped:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the uploads no kept job names, once old enough not to be
+        one still being received."""
+        now = time.time()
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            if name in self.jobs or _canonical_uuid(name) != name:
+                continue
+            path = os.path.join(self.folder, name)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime > _DEMO_ORPHAN_SECONDS:
+                    os.unlink(path)
+
+    def start_of(self, job: str) -> float:
+        """When ``job`` started: when it was sent, or first asked for."""
+        with self._state(change=False):
+            if job in self.started:
+                return self.started[job]
+        with self._state(change=True):
+            return self.started.setdefault(job, time.time())
 
     def add(self, record: _DemoJob) -> None:
-        with self.lock:
+        with self._state(change=True):
             self.jobs[record.id] = record
-            self.started[record.id] = time.monotonic()
+            self.started[record.id] = record.created
+
+    def job(self, job: str) -> Optional[_DemoJob]:
+        """The job sent as ``job``, or None."""
+        with self._state(change=False):
+            return self.jobs.get(job)
 
     def records(self) -> List[Dict[str, Any]]:
         """The jobs as GET /denoise shows them, newest first."""
-        with self.lock:
+        with self._state(change=False):
             jobs = sorted(self.jobs.values(), key=lambda job: job.created, reverse=True)
             started = dict(self.started)
-        now = time.monotonic()
+        now = time.time()
         out = []
         for job in jobs:
-            ended = now - started[job.id] >= self.duration
-            status = ("failed" if self.fail else "success") if ended else "pending"
+            ended = now - started.get(job.id, job.created) >= self.duration
+            status = ("failed" if job.fail else "success") if ended else "pending"
             extension = os.path.splitext(job.name)[1][1:].lower()
             out.append(
                 {
@@ -6386,7 +6578,7 @@ def _demo_handler(state: _DemoState) -> Any:
                     },
                 )
             else:
-                self.demo.add(_DemoJob(job, upload.name, upload.size, stored))
+                self.demo.add(_DemoJob(job, upload.name, upload.size, stored, self.demo.fail))
                 self._send_json(200, {"jobId": job, "denoiseId": job})
 
         def _discard(self, length: Optional[int]) -> None:
@@ -6439,7 +6631,7 @@ def _demo_handler(state: _DemoState) -> Any:
             self.wfile.write(body)
 
         def _send_result(self, name: str) -> None:
-            job = self.demo.jobs.get(name.split("_")[0])
+            job = self.demo.job(name.split("_")[0])
             self.close_connection = True
             if job is None:
                 body = _demo_wav()
@@ -6468,11 +6660,12 @@ def _demo_handler(state: _DemoState) -> Any:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             started = demo.start_of(job)
-            submitted = demo.jobs.get(job)
+            submitted = demo.job(job)
             last = len(_DEMO_STEPS)
-            failing_at = last // 2 if demo.fail else None
+            fail = submitted.fail if submitted is not None else demo.fail
+            failing_at = last // 2 if fail else None
             self._chunk("retry: 1000\n\n")
-            step = min(int((time.monotonic() - started) / demo.interval), last)
+            step = min(max(int((time.time() - started) / demo.interval), 0), last)
             while step <= last:  # at most one pass over the steps
                 if failing_at is not None and step >= failing_at:  # replayed to latecomers
                     self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
@@ -6488,8 +6681,8 @@ def _demo_handler(state: _DemoState) -> Any:
                 pct, message = _DEMO_STEPS[step]
                 self._event(step, {"stage": "processing", "pct": pct, "message": message})
                 due = started + (step + 1) * demo.interval
-                while time.monotonic() < due:
-                    if demo.stop.wait(min(demo.interval / 2, max(due - time.monotonic(), 0))):
+                while time.time() < due:
+                    if demo.stop.wait(min(demo.interval / 2, max(due - time.time(), 0))):
                         return
                     self._chunk(": keep-alive\n\n")
                 step += 1
@@ -6570,12 +6763,12 @@ exit status:
   8    a certificate could not be verified (the API's, a download's or an
        https proxy's); a private CA is trusted with REQUESTS_CA_BUNDLE=FILE
   130  interrupted (Ctrl-C or SIGTERM); no partial download is left
+  141  stdout was closed by its reader (| head); nothing more is written
 
 a batch (denoise FILE... -o DIR) exits 0 when every input is saved (now or
 by an earlier run), else with the most serious of its files' statuses, in
 this order: 3, 2, 8, 6, 5, 4, 1 (4 covers files a rerun will finish: the
 deadline, failing connections, a cap, an interrupted run)
-  141  stdout was closed by its reader (| head); nothing more is written
 
 environment:
   MUNSIT_API_KEY       the API key (or use --api-key-file)
@@ -6603,13 +6796,23 @@ examples:
 )
 
 
-def _parser() -> "argparse.ArgumentParser":
+_THIS_PAGE = "follow a job (this page)"
 
+
+def _epilog(command: Optional[str]) -> str:
+    """The help pages' shared epilog; only the DENOISE_ID page (no command)
+    is "this page"."""
+    if command is None:
+        return _EPILOG
+    return _EPILOG.replace(_THIS_PAGE, _THIS_PAGE[: -len(" (this page)")])
+
+
+def _parser() -> "argparse.ArgumentParser":
     parser = _argument_parser(
         prog="munsit-progress",
         description="Follow a Munsit denoise job until it ends: show its progress,\n"
         "print the URL of the denoised audio, optionally download it.",
-        epilog=_EPILOG,
+        epilog=_epilog(None),
     )
     parser.add_argument(
         "denoise_id",
@@ -6634,22 +6837,24 @@ def _parser() -> "argparse.ArgumentParser":
     demo.add_argument(
         "--demo",
         action="store_true",
-        help="follow a simulated job on a local server (no key, no network)",
+        help="follow a simulated job on a local simulator of the API (no key, no "
+        "network); it keeps its jobs in %s" % _demo_folder(),
     )
     demo.add_argument(
-        "--demo-fail", action="store_true", help="like --demo, but the simulated job fails"
+        "--demo-fail",
+        action="store_true",
+        help="like --demo, but the simulated job fails (unless it was sent by an earlier "
+        "--demo run)",
     )
     parser.add_argument("--version", action="version", version="munsit-progress " + __version__)
     return parser
 
 
-def _add_common_options(parser: "argparse.ArgumentParser") -> None:
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help="give up (exit 4) if the job has not ended within SECONDS",
-    )
+def _add_common_options(
+    parser: "argparse.ArgumentParser",
+    timeout_help: str = "give up (exit 4) if the job has not ended within SECONDS",
+) -> None:
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help=timeout_help)
     parser.add_argument(
         "--api-key-file",
         metavar="PATH",
@@ -6795,9 +7000,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.output is not None:
             _output_path(args.output)
         if demo:
-            with demo_server(fail=args.demo_fail, duration=_demo_seconds()) as base_url:
+            folder = _demo_folder()
+            with demo_server(
+                fail=args.demo_fail, duration=_demo_seconds(), state_dir=folder
+            ) as base_url:
                 job = args.denoise_id or _random_uuid()
-                console.note("demo: simulated job %s (local server, no key)" % job)
+                console.note(_demo_banner(folder, job))
                 return _follow_job(args, console, job, "demo", base_url, bar)
         api_key = _cli_key(args)
         return _follow_job(args, console, args.denoise_id, api_key, args.base_url, bar)
@@ -6892,7 +7100,7 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
             prog="munsit-progress denoise",
             description="Upload an audio or video file, follow its denoise job and print the\n"
             "URL of the result (or, with -o, save it and print the saved path).",
-            epilog=_EPILOG,
+            epilog=_epilog("denoise"),
         )
         parser.add_argument("command", choices=["denoise"], help=argparse.SUPPRESS)
         parser.add_argument(
@@ -6995,7 +7203,7 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
         parser = _argument_parser(
             prog="munsit-progress list",
             description="List the account's denoise jobs, newest first.",
-            epilog=_EPILOG,
+            epilog=_epilog("list"),
         )
         parser.add_argument("command", choices=["list"], help=argparse.SUPPRESS)
         parser.add_argument(
@@ -7009,12 +7217,27 @@ def _command_parser(command: str) -> "argparse.ArgumentParser":
         parser.add_argument(
             "--json", action="store_true", help="write each job as one JSON object per line"
         )
-    _add_common_options(parser)
-    parser.add_argument(
+    if command == "list":
+        _add_common_options(parser, "give up (exit 4) if the list has not been read within SECONDS")
+    else:
+        _add_common_options(
+            parser,
+            "give up (exit 4) if the upload, the job and the download have not ended "
+            "within SECONDS (a rerun goes on with the same job)",
+        )
+    demo = parser.add_mutually_exclusive_group()
+    demo.add_argument(
         "--demo",
         action="store_true",
-        help="run against a simulator on a local server (no key, no network)",
+        help="run against a simulator of the API on a local server (no key, no network); "
+        "it keeps its jobs in %s" % _demo_folder(),
     )
+    if command == "denoise":
+        demo.add_argument(
+            "--demo-fail",
+            action="store_true",
+            help="like --demo, but the simulated jobs sent in this run fail",
+        )
     return parser
 
 
@@ -7027,7 +7250,8 @@ def _main_command(command: str, argv: List[str]) -> int:
     if command == "journal":
         console = _Console(args.quiet, args.verbose)
         return _run_command(args, console, None, lambda: _journal_command(args, console))
-    if args.demo and (args.base_url or args.api_key_file):
+    demo = args.demo or getattr(args, "demo_fail", False)
+    if demo and (args.base_url or args.api_key_file):
         return _usage(parser, "--demo runs its own local server: drop --base-url/--api-key-file")
     if args.timeout is not None and not 0 < args.timeout < math.inf:
         return _usage(parser, "--timeout must be a positive number of seconds")
@@ -7063,11 +7287,27 @@ def _with_api(
     args: Any, console: _Console, run: Callable[[Optional[str], Optional[str]], int]
 ) -> int:
     """Run ``run(api_key, base_url)`` against the API, or the simulator."""
-    if args.demo:
-        with demo_server(duration=_demo_seconds()) as base_url:
-            console.note("demo: a local simulator of the API (no key, no network)")
+    if args.demo or getattr(args, "demo_fail", False):
+        folder = _demo_folder()
+        fail = getattr(args, "demo_fail", False)
+        with demo_server(fail=fail, duration=_demo_seconds(), state_dir=folder) as base_url:
+            console.note(_demo_banner(folder, None, fail))
             return run("demo", base_url)
     return run(_cli_key(args), args.base_url)
+
+
+def _demo_banner(folder: str, job: Optional[str], fail: bool = False) -> str:
+    """What --demo says first: what it simulates, and where its jobs are kept."""
+    if job is not None:
+        what = "following job %s on a simulator of the Munsit API" % job
+    elif fail:
+        what = "a simulator of the Munsit API whose new jobs fail"
+    else:
+        what = "a simulator of the Munsit API"
+    return "demo: %s, on a local server (no key, no network); its jobs are kept in %s" % (
+        what,
+        folder,
+    )
 
 
 _DEMO_SECONDS_ENV = "MUNSIT_DEMO_SECONDS"

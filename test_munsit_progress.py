@@ -6,6 +6,7 @@ bytes, their chunking and their timing.  Every server loop is bounded in
 count and in time and stops by itself.
 """
 
+import atexit
 import dataclasses
 import gc
 import gzip
@@ -23,6 +24,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid as uuid_module
@@ -4162,6 +4164,66 @@ def test_demo_server_takes_uploads_lists_them_and_serves_the_result(tmp_path, au
     assert jobs[0].audio_size == os.path.getsize(audio_file)
 
 
+def test_demo_server_forgets_its_jobs_unless_given_a_state_dir(tmp_path, audio_file):
+    with mp.demo_server(duration=0.3) as base_url:
+        mp.submit(audio_file, api_key="demo", base_url=base_url)
+    with mp.demo_server(duration=0.3) as base_url:
+        assert mp.list_jobs(api_key="demo", base_url=base_url) == []
+    kept = str(tmp_path / "kept")
+    with mp.demo_server(duration=0.3, state_dir=kept) as base_url:
+        job = mp.submit(audio_file, api_key="demo", base_url=base_url).denoise_id
+    with mp.demo_server(duration=0.3, state_dir=kept) as base_url:
+        assert [j.denoise_id for j in mp.list_jobs(api_key="demo", base_url=base_url)] == [job]
+        done = mp.wait(job, api_key="demo", base_url=base_url)
+        mp.download(done, str(tmp_path / "out.wav"), api_key="demo", base_url=base_url)
+    assert (tmp_path / "out.wav").read_bytes() == open(audio_file, "rb").read()
+
+
+def test_demo_servers_sharing_a_state_dir_at_once_see_each_other_s_jobs(tmp_path):
+    kept = str(tmp_path / "kept")
+    paths = make_inputs(tmp_path / "in", 6)
+    with mp.demo_server(duration=0.3, state_dir=kept) as one, mp.demo_server(
+        duration=0.3, state_dir=kept
+    ) as two:
+        sent = []
+
+        def send(path, base_url):
+            sent.append(mp.submit(path, api_key="demo", base_url=base_url).denoise_id)
+
+        threads = [
+            threading.Thread(target=send, args=(path, (one, two)[index % 2]))
+            for index, path in enumerate(paths)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(sent) == 6
+        for base_url in (one, two):
+            listed = mp.list_jobs(api_key="demo", base_url=base_url)
+            assert sorted(job.denoise_id for job in listed) == sorted(sent)
+
+
+def test_a_demo_state_dir_keeps_the_newest_jobs_only(tmp_path, audio_file, monkeypatch):
+    monkeypatch.setattr(mp, "_DEMO_KEEP_JOBS", 3)
+    kept = tmp_path / "kept"
+    with mp.demo_server(duration=0.3, state_dir=str(kept)) as base_url:
+        sent = [
+            mp.submit(audio_file, api_key="demo", base_url=base_url, reuse=False).denoise_id
+            for _ in range(5)
+        ]
+        listed = mp.list_jobs(api_key="demo", base_url=base_url)
+    assert [job.denoise_id for job in listed] == sent[:1:-1]
+    assert sorted(os.listdir(str(kept))) == sorted(sent[2:] + ["jobs.json", "lock"])
+
+
+def test_demo_server_refuses_a_state_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(mp.ConfigurationError):
+        with mp.demo_server(state_dir=str(tmp_path / "file")):
+            pass
+
+
 def test_demo_server_refuses_a_file_over_its_limit_with_the_documented_body(tmp_path):
     (tmp_path / "big.wav").write_bytes(os.urandom(300_000))
     with mp.demo_server(max_upload=100_000) as base_url:
@@ -4891,14 +4953,22 @@ def test_demo_server_refuses_a_missing_key():
 MODULE = os.path.abspath(mp.__file__)
 
 
-def run_cli(*args, env=None, stdin=None, timeout=30, module=False):
+_CLI_TEMP = tempfile.mkdtemp(prefix="munsit-test-")
+atexit.register(shutil.rmtree, _CLI_TEMP, True)
+
+
+def run_cli(*args, env=None, stdin=None, timeout=30, module=False, tmpdir=None):
     """Run the CLI; ``stdin`` is text to pipe in, or a file descriptor to
-    give the child as its standard input."""
+    give the child as its standard input.  Each run has its own temporary
+    folder, so that --demo's kept jobs do not leak from test to test; runs
+    given the same ``tmpdir`` share them."""
     environment = dict(os.environ)
     environment.pop("MUNSIT_BASE_URL", None)
     environment["MUNSIT_API_KEY"] = KEY
     environment["PYTHONIOENCODING"] = "utf-8"
     environment["MUNSIT_DEMO_SECONDS"] = "0.6"  # --demo's jobs, quick
+    folder = str(tmpdir) if tmpdir is not None else tempfile.mkdtemp(dir=_CLI_TEMP)
+    environment["TMPDIR"] = environment["TEMP"] = environment["TMP"] = folder
     environment.update(env or {})
     environment = {k: v for k, v in environment.items() if v is not None}
     command = [sys.executable, "-m", "munsit_progress"] if module else [sys.executable, MODULE]
@@ -5245,6 +5315,21 @@ def test_cli_interrupt_exits_130_without_a_traceback(server, signum):
     assert b"Traceback" not in stderr
     assert stderr.decode().splitlines()[-1].endswith(" munsit-progress: error: interrupted")
     assert server.client_closed.wait(2.0)
+
+
+def test_help_pages_say_which_page_they_are_and_what_timeout_means():
+    main = run_cli("--help").stdout
+    denoise = run_cli("denoise", "--help").stdout
+    listing = run_cli("list", "--help").stdout
+    assert "follow a job (this page)" in main
+    assert "(this page)" not in denoise and "(this page)" not in listing
+    assert "follow a job" in denoise
+    timeout = re.search(r"--timeout SECONDS\s+(.*?)\n  -", listing, re.DOTALL).group(1)
+    assert "job" not in timeout and "list" in timeout
+    assert "--demo-fail" in denoise and "munsit-demo-" in " ".join(denoise.split())
+    for page in (main, denoise, listing):
+        table = page[page.index("exit status:") : page.index("\n\n", page.index("exit status:"))]
+        assert re.search(r"\n  130 .*\n  141 ", table), table
 
 
 def test_cli_help_and_version():
@@ -6022,6 +6107,61 @@ def test_cli_demo_batch_runs_a_whole_batch(tmp_path):
     assert result.returncode == 0, result.stderr
     for path in paths:
         assert (tmp_path / "out" / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+
+
+def test_a_demo_batch_rerun_after_its_timeout_saves_each_input_s_own_audio(tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = ["--demo", "denoise", *paths, "-o", str(out)]
+    cut = run_cli(*args, "--timeout", "2", env={"MUNSIT_DEMO_SECONDS": "600"}, tmpdir=tmp_path)
+    assert cut.returncode == mp.EXIT_GAVE_UP, cut.stderr
+    assert "its jobs are kept in %s" % (tmp_path / "munsit-demo-") in cut.stderr
+    listed = run_cli(
+        "--demo", "list", "--json", env={"MUNSIT_DEMO_SECONDS": "600"}, tmpdir=tmp_path
+    )
+    assert listed.returncode == 0, listed.stderr
+    jobs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(jobs) == 2 and {job["status"] for job in jobs} == {"pending"}
+    # The jobs end as the rerun's simulator (0.6 s jobs) follows them.
+    again = run_cli(*args, env={"MUNSIT_DEMO_SECONDS": "0.6"}, tmpdir=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for path in paths:
+        assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+    listed = run_cli("--demo", "list", "--json", tmpdir=tmp_path)
+    assert sorted(json.loads(line)["id"] for line in listed.stdout.splitlines()) == sorted(
+        job["id"] for job in jobs
+    )
+
+
+def test_demo_list_shows_the_jobs_of_earlier_runs(tmp_path, audio_file):
+    first = run_cli("--demo", "denoise", audio_file, env={"MUNSIT_API_KEY": None}, tmpdir=tmp_path)
+    assert first.returncode == 0, first.stderr
+    listed = run_cli("--demo", "list", tmpdir=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "interview.wav" in listed.stdout and "success" in listed.stdout
+    again = run_cli("--demo", "denoise", audio_file, tmpdir=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "found its job" in again.stderr
+    assert len(run_cli("--demo", "list", tmpdir=tmp_path).stdout.splitlines()) == 2  # head, 1 job
+    elsewhere = run_cli("--demo", "list")
+    assert elsewhere.returncode == 0 and elsewhere.stdout == ""
+
+
+def test_demo_fail_works_with_denoise_and_its_jobs_stay_failed(tmp_path, audio_file):
+    failed = run_cli("--demo-fail", "denoise", audio_file, "-o", str(tmp_path / "x.wav"))
+    assert failed.returncode == mp.EXIT_JOB_FAILED, failed.stderr
+    assert "new jobs fail" in failed.stderr and not (tmp_path / "x.wav").exists()
+    paths = make_inputs(tmp_path / "in", 2)
+    batch = run_cli("--demo-fail", "denoise", *paths, "-o", str(tmp_path / "out"), tmpdir=tmp_path)
+    assert batch.returncode == mp.EXIT_JOB_FAILED, batch.stderr
+    listed = run_cli("--demo", "list", "--json", tmpdir=tmp_path)
+    assert [json.loads(line)["status"] for line in listed.stdout.splitlines()] == ["failed"] * 2
+    retried = run_cli(
+        "--demo", "denoise", *paths, "-o", str(tmp_path / "out"), "--retry-failed", tmpdir=tmp_path
+    )
+    assert retried.returncode == 0, retried.stderr
+    usage = run_cli("--demo", "--demo-fail", "denoise", audio_file)
+    assert usage.returncode == mp.EXIT_USAGE
 
 
 def test_the_cli_run_again_finds_its_job_and_pays_once(server, tmp_path):
