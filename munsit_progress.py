@@ -382,7 +382,7 @@ class DenoiseFailedError(MunsitError):
         return (type(self), (self.message,), self.__dict__)
 
     def _job_note(self, job: str) -> str:
-        return "job %s failed; retry_failed=True (--retry-failed) sends the file again" % job
+        return "job %s failed; retry_failed=True sends the file again" % job
 
 
 class ProtocolError(MunsitError):
@@ -2316,7 +2316,7 @@ class _Source:
         if extension not in _AUDIO_TYPES and extension not in _VIDEO_TYPES:
             raise ConfigurationError(
                 "cannot upload %s: .%s is not an audio (%s) or video (%s) type the API lists; "
-                "check=False (--no-check) sends it anyway"
+                "check=False sends it anyway"
                 % (shown, extension, ", ".join(_AUDIO_TYPES), ", ".join(_VIDEO_TYPES))
             )
         if extension == "wav":
@@ -3067,7 +3067,7 @@ def _adoptable(
     if chosen.status == "failed":
         if options.retry_failed:
             logger.info(
-                "job %s of this content failed; sending it again (retry_failed)",
+                "job %s of this content failed; sending it again (retry_failed=True)",
                 chosen.denoise_id,
             )
             return None
@@ -3545,6 +3545,39 @@ def _shown(text: str) -> str:
     return _printable(_redact(text))
 
 
+# Library messages name the Python parameter that changes a choice; the
+# command line shows its own flag instead (_cli_text), so that neither
+# audience reads the other's spelling.  Whole phrases, so that a file name
+# in a message is never reworded.
+_CLI_WORDS = (
+    ("check=False sends it anyway", "--no-check sends it anyway"),
+    ("reuse=False sends the file again", "--no-reuse sends the file again"),
+    ("retry_failed=True sends the file again", "--retry-failed sends the file again"),
+    ("(retry_failed=True)", "(--retry-failed)"),
+    ("(allow_http=True allows it)", "(--allow-http allows it)"),
+    ("this run's max_files cap", "this run's --max-files cap"),
+    ("this run's max_bytes cap", "this run's --max-bytes cap"),
+    (", or pass a session whose verify= names it", ""),
+    (
+        "pass lock= where callers may run together",
+        "do not send the same file from two commands at once",
+    ),
+)
+
+
+def _cli_text(text: str) -> str:
+    """A library message as the command line shows it: with its flags, not
+    the Python parameters."""
+    for python, flag in _CLI_WORDS:
+        if python in text:
+            text = text.replace(python, flag)
+    return text
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
 class ProgressBar:
     """A ready-made progress display for terminals, logs and notebooks.
 
@@ -3592,6 +3625,9 @@ class ProgressBar:
         self._state = _JobState(None if label is None else _shown(str(label)))
         self._view = None  # type: Optional[_View]
         self._finished = False
+        # How an error's text is worded: the command line's bar shows its
+        # flags instead of Python's parameters (_cli_text).
+        self._wording = _as_is  # type: Callable[[str], str]
 
     @property
     def mode(self) -> str:
@@ -3645,9 +3681,11 @@ class ProgressBar:
         elif isinstance(outcome, KeyboardInterrupt):
             state.outcome = "stopped: interrupted"
         elif isinstance(outcome, BaseException):
-            state.outcome = "stopped: %s" % _shown(str(outcome) or type(outcome).__name__)
+            state.outcome = "stopped: %s" % _shown(
+                self._wording(str(outcome)) or type(outcome).__name__
+            )
         elif outcome:
-            state.outcome = _shown(str(outcome))
+            state.outcome = _shown(self._wording(str(outcome)))
         elif state.phase in ("upload", "download") and state.total and state.sent == state.total:
             state.outcome = "%s %s" % (
                 "uploaded" if state.phase == "upload" else "downloaded",
@@ -3658,7 +3696,7 @@ class ProgressBar:
 
     def note(self, text: str) -> None:
         """Show a line of text (a warning, say) without garbling the display."""
-        self._view_for().note(_shown(text), self._state)
+        self._view_for().note(_shown(self._wording(text)), self._state)
 
     def _reached(self, done: DoneEvent) -> None:
         """The job is done and its download follows: show it, do not end."""
@@ -4556,7 +4594,7 @@ def _denoise_one(
                         raise
                     # A job found still running has failed since: send the
                     # file again, as asked, and never adopt that job again.
-                    logger.info("job %s failed; sending the file again (retry_failed)", job)
+                    logger.info("job %s failed; sending the file again (retry_failed=True)", job)
                     hooks.excluded = hooks.excluded | {job}
                     job = None
             chosen = hooks.output_for(done)
@@ -4610,7 +4648,7 @@ def _result_gone(error: APIError, job: str) -> APIError:
         error.status_code,
         error.error_code,
         "the result of job %s, found for this content, can no longer be downloaded (%s); "
-        "reuse=False (--no-reuse) sends the file again as a new job"
+        "reuse=False sends the file again as a new job"
         % (job, error.error_message or "HTTP %d" % error.status_code),
     )
     gone.denoise_id = job
@@ -5685,10 +5723,10 @@ class _Batch:
         with self._caps:
             if self._files_left is not None:
                 if self._files_left <= 0:
-                    raise NotSubmittedError("not sent: this run's --max-files is reached")
+                    raise NotSubmittedError("not sent: this run's max_files cap is reached")
             if self._bytes_left is not None:
                 if size > self._bytes_left:
-                    raise NotSubmittedError("not sent: this run's --max-bytes is reached")
+                    raise NotSubmittedError("not sent: this run's max_bytes cap is reached")
                 self._bytes_left -= size
             if self._files_left is not None:
                 self._files_left -= 1
@@ -5811,7 +5849,9 @@ class _BatchDisplay:
         self.started = time.monotonic()
         self._callback = None  # type: Optional[Callable[[str, ProcessingEvent], Any]]
         self._renderer = None  # type: Optional[_BatchRenderer]
+        self._wording = _as_is  # type: Callable[[str], str]
         if isinstance(on_progress, ProgressBar):
+            self._wording = on_progress._wording
             renderers = {"terminal": _BatchTerminal, "log": _BatchLog, "notebook": _BatchNotebook}
             self._renderer = renderers[on_progress.mode](on_progress._out, self)
         elif callable(on_progress):
@@ -5821,6 +5861,7 @@ class _BatchDisplay:
         """The display of one file: a ProgressBar drawn as a row of this one."""
         bar = _BatchEntry(label, path, self._callback, self.on_record)
         bar._view = _BatchRow(self)
+        bar._wording = self._wording
         return bar
 
     def draw(self, state: _JobState, important: bool) -> None:
@@ -6925,7 +6966,9 @@ class _Console:
         self.err_line("munsit-progress: " + _printable(text))
 
     def err_line(self, line: str) -> None:
-        """A line on stderr as it is (timestamped in a log)."""
+        """A line on stderr as it is (timestamped in a log), in the command
+        line's words."""
+        line = _cli_text(line)
         stderr = sys.stderr
         if self._stderr_gone or stderr is None:
             return
@@ -6955,7 +6998,9 @@ class _Console:
     def record(self, fields: Mapping[str, Any]) -> None:
         """One JSON object on its own line of stdout, secrets redacted."""
         self.out(
-            json.dumps({k: _redact(v) if isinstance(v, str) else v for k, v in fields.items()})
+            json.dumps(
+                {k: _redact(_cli_text(v)) if isinstance(v, str) else v for k, v in fields.items()}
+            )
         )
 
     def result(self, done: DoneEvent, as_json: bool, **fields: Any) -> None:
@@ -7010,8 +7055,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         api_key = _cli_key(args)
         return _follow_job(args, console, args.denoise_id, api_key, args.base_url, bar)
 
-    bar = None if args.quiet else ProgressBar()
+    bar = None if args.quiet else _cli_bar()
     return _run_command(args, console, bar, run)
+
+
+def _cli_bar() -> ProgressBar:
+    """The command line's progress display, worded with its flags."""
+    bar = ProgressBar()
+    bar._wording = _cli_text
+    return bar
 
 
 def _run_command(
@@ -7266,7 +7318,7 @@ def _main_command(command: str, argv: List[str]) -> int:
         args.output is not None
         and (os.path.isdir(args.output) or args.output.endswith(("/", os.sep)))
     )
-    bar = None if args.quiet else ProgressBar()
+    bar = None if args.quiet else _cli_bar()
     if many:
         if args.output is None:
             return _usage(parser, "several files need -o DIR, the folder to save them in")
@@ -7809,7 +7861,7 @@ class _NoteHandler(logging.Handler):
         self._console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = _printable(record.getMessage())
+        text = _printable(_cli_text(record.getMessage()))
         if self._bar is None:
             self._console.err(text)
         elif self._bar.mode == "log":

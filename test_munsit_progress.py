@@ -4699,6 +4699,7 @@ def test_max_files_and_max_bytes_cap_the_uploads(server, tmp_path):
     results = many_on(server, paths, tmp_path / "out", max_files=2, concurrency=1)
     assert len(api.posts) == 2
     assert sum(isinstance(r.error, mp.NotSubmittedError) for r in results) == 3
+    assert "max_files" in str(results[-1].error) and "--" not in str(results[-1].error)
     results = many_on(
         server, paths, tmp_path / "out", max_bytes=os.path.getsize(paths[2]), concurrency=1
     )
@@ -5576,12 +5577,32 @@ def test_cli_denoise_refuses_an_unlisted_type_unless_no_check(server, tmp_path):
     (tmp_path / "notes.txt").write_bytes(b"hello")
     server.serve(FakeAPI("ok"))
     result = run_cli("denoise", str(tmp_path / "notes.txt"), "--base-url", server.base_url)
-    assert result.returncode == 2 and "--no-check" in result.stderr
+    assert result.returncode == 2 and "--no-check sends it anyway" in result.stderr
+    assert "check=False" not in result.stderr  # a Python parameter, not the CLI's
     assert_nothing_sent(server)
+    with pytest.raises(mp.ConfigurationError) as caught:
+        submit_to(server, str(tmp_path / "notes.txt"))
+    assert "check=False sends it anyway" in str(caught.value)
+    assert "--no-check" not in str(caught.value)  # a CLI flag, not Python's
     result = run_cli(
         "denoise", str(tmp_path / "notes.txt"), "--no-check", "--base-url", server.base_url
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_messages_name_python_parameters_and_the_cli_shows_its_flags():
+    failed = mp.DenoiseFailedError("the audio could not be processed")
+    failed.denoise_id = JOB
+    gone = mp._result_gone(mp.APIError(404, None, "gone"), JOB)
+    for error, python, flag in (
+        (failed, "retry_failed=True", "--retry-failed"),
+        (gone, "reuse=False", "--no-reuse"),
+    ):
+        assert python in str(error) and "--" not in str(error)
+        assert flag in mp._cli_text(str(error)) and python not in mp._cli_text(str(error))
+    for python, flag in mp._CLI_WORDS:
+        assert mp._cli_text("x %s y" % python) == "x %s y" % flag
+        assert mp._cli_text(python) == mp._cli_text(mp._cli_text(python))
 
 
 def test_cli_denoise_failed_job_names_its_id(server, audio_file):
@@ -5975,6 +5996,7 @@ def test_cli_batch_dry_run_sends_nothing_and_max_files_caps(server, tmp_path):
     server.serve(api)
     result = batch_cli(server, paths, tmp_path / "out", "--max-files", "1", "--jobs", "1")
     assert result.returncode == 4 and len(api.posts) == 1
+    assert "--max-files" in result.stderr and "max_files" not in result.stderr
     requests_before = len(server.requests)
     result = batch_cli(server, paths, tmp_path / "out", "--dry-run", "--max-files", "2")
     assert result.returncode == 0, result.stderr
@@ -6198,6 +6220,7 @@ def test_the_cli_says_how_to_send_a_failed_job_s_file_again(server, tmp_path):
     again = run_cli(*args)
     assert failed.returncode == again.returncode == mp.EXIT_JOB_FAILED
     assert "--retry-failed" in again.stderr and len(api.posts) == 1
+    assert "retry_failed" not in failed.stderr + again.stderr
     api.by_name = {}
     retried = run_cli(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
