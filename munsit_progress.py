@@ -826,6 +826,33 @@ def _origin(url: str) -> Tuple[str, str, Optional[int]]:
     return scheme, (parts.host or "").lower(), port
 
 
+def _check_port(url: str) -> None:
+    """ConfigurationError unless ``url``'s port, if it has one, is a number
+    from 1 to 65535.  urllib3 reads an empty port ("http://host:/") as the
+    scheme's default and port 0 as none: a typo that would connect, and
+    retry, somewhere unmeant."""
+    authority = url.split("://", 1)[-1]
+    for end in "/?#":
+        authority = authority.split(end, 1)[0]
+    host_port = authority.rpartition("@")[2]
+    if host_port.startswith("["):  # an IPv6 literal: the port follows "]"
+        host_port = host_port.partition("]")[2]
+    if ":" not in host_port:
+        return
+    port = host_port.rpartition(":")[2]
+    shown = _clean(url, 100)
+    if not port:
+        raise ConfigurationError(
+            "the base URL %r has an empty port (nothing after ':'): give the port, "
+            "or drop the ':'" % shown
+        )
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise ConfigurationError(
+            "the base URL %r has a malformed port %r (a number from 1 to 65535)"
+            % (shown, _clean(port, 20))
+        )
+
+
 def _origin_text(url: str) -> str:
     scheme, host, port = _origin(url)
     return "%s://%s:%s" % (scheme, host, port)
@@ -1158,6 +1185,7 @@ class _Client:
             raise ConfigurationError(
                 "base_url must be an http(s) URL, got %r" % (_clean(str(base_url), 100),)
             )
+        _check_port(base_url)
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ConfigurationError("%s must be a positive number of seconds" % name)

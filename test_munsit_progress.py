@@ -1442,6 +1442,33 @@ def test_malformed_base_url_is_a_configuration_error(base_url):
         iter_events(JOB, api_key=KEY, base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:/api/v1",
+        "http://user:pw@127.0.0.1:/api/v1",
+        "http://[::1]:/api/v1",
+        "http://127.0.0.1:0/api/v1",
+        "http://127.0.0.1:abc/api/v1",
+        "http://127.0.0.1:65536/api/v1",
+    ],
+)
+def test_a_base_url_with_an_empty_or_malformed_port_is_refused_at_once(base_url):
+    # Before: an empty port (or 0) went to port 80 and was retried to the end.
+    with pytest.raises(ConfigurationError, match="port|http"):
+        mp.list_jobs(api_key=KEY, base_url=base_url, timeout=5)
+    started = time.monotonic()
+    result = run_cli("list", "--base-url", base_url, "--timeout", "5")
+    assert result.returncode == mp.EXIT_USAGE, result.stderr
+    assert "Traceback" not in result.stderr and "pw" not in result.stderr
+    assert time.monotonic() - started < 5
+
+
+def test_a_base_url_s_port_when_well_formed_is_taken(server):
+    server.serve(FakeAPI("ok"))
+    assert mp.list_jobs(api_key=KEY, base_url=server.base_url.replace("://", "://u:p@")) == []
+
+
 def test_key_never_appears_in_errors_or_logs(server, caplog):
     server.serve(
         stream(processing(5), end="cut"),
