@@ -168,8 +168,27 @@ _MAX_RETRY_MS = 86400 * 1000
 _MAX_SLEEP = 86400.0 * 365
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _BOM = codecs.BOM_UTF8
-_LINE_END = re.compile("\r\n|\r|\n")
-_BYTE_LINE_END = re.compile(b"\r\n|\r|\n")
+
+
+class _Regex:
+    """A regular expression compiled when it is first used: a module-level
+    re.compile() is paid by every import, and most runs use few of them."""
+
+    def __init__(self, pattern: Any, flags: int = 0) -> None:
+        self._pattern = pattern
+        self._flags = flags
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only until the first use: the compiled pattern's methods
+        # then sit on the instance, found as fast as a compiled pattern's.
+        compiled = re.compile(self._pattern, self._flags)
+        for method in ("match", "fullmatch", "search", "split", "sub"):
+            setattr(self, method, getattr(compiled, method))
+        return getattr(compiled, name)
+
+
+_LINE_END = _Regex("\r\n|\r|\n")
+_BYTE_LINE_END = _Regex(b"\r\n|\r|\n")
 
 logger = logging.getLogger("munsit_progress")
 
@@ -493,7 +512,7 @@ _secret_forms = ()  # type: Tuple[str, ...]
 _secrets_lock = threading.Lock()
 _MIN_SECRET = 6  # shorter values ("demo") would mangle ordinary words
 _REDACTED = "***"
-_URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+_URL_PASSWORD = _Regex(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 
 
 def _remember_secret(value: str) -> None:
@@ -617,7 +636,7 @@ class _LineSplitter:
         # Decoding whole lines at once: UTF-8 never puts CR or LF inside a
         # character, and the spec replaces invalid sequences.
         text = block.decode("utf-8", "replace")
-        lines = _LINE_END.split(text) if "\r" in text else text.split("\n")
+        lines = _LINE_END.split(text) if "\r" in text else text.split("\n")  # type: List[str]
         lines.pop()  # what follows the last line end
         return lines
 
@@ -789,7 +808,7 @@ def _warn_unknown_stage(stage: Any, warned: Optional[Set[Any]]) -> None:
 
 
 # 32 hex digits, hyphens optional (the uuid module costs an import of its own).
-_UUID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
+_UUID = _Regex(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 
 
 def _canonical_uuid(value: str) -> Optional[str]:
@@ -3401,7 +3420,7 @@ def _jobs_since(
     )
 
 
-_ISO_TIME = re.compile(
+_ISO_TIME = _Regex(
     r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d(?::?\d\d)?)?$", re.ASCII
 )
 
@@ -4214,8 +4233,8 @@ def _output_path(path: "Union[str, os.PathLike[str]]") -> str:
 
 
 # A download's temporary file: .NAME.XXXXXXXX.part beside its target.
-_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.part", re.DOTALL)
-_TEMPORARY_END = re.compile(r"\.[0-9a-f]{8}\.part")
+_TEMPORARY = _Regex(r"\..+\.[0-9a-f]{8}\.part", re.DOTALL)
+_TEMPORARY_END = _Regex(r"\.[0-9a-f]{8}\.part")
 
 
 def _sweep_temporaries(folder: str, prefix: str = ".") -> None:
@@ -4331,7 +4350,7 @@ def _save(
         ) from exc
 
 
-_CONTENT_RANGE = re.compile(r"bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)", re.ASCII)
+_CONTENT_RANGE = _Regex(r"bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)", re.ASCII)
 
 
 class _Body:
@@ -5326,7 +5345,7 @@ def _batch_inputs(paths: Any, realpath: Optional[_RealPaths] = None) -> List[Tup
     return inputs
 
 
-_RESULT_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+_RESULT_EXTENSION = _Regex(r"\.[A-Za-z0-9]{1,8}")
 
 
 def _result_extension(url: str) -> str:
