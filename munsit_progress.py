@@ -460,6 +460,17 @@ class SaveError(MunsitError, OSError):
         return "job %s is done and paid for: run again to fetch its result" % job
 
 
+class BatchBusyError(MunsitError):
+    """Another run holds the output folder's journal (an overlapping cron
+    job): nothing was done.  Exit status 7."""
+
+
+class NotSubmittedError(MunsitError):
+    """The file was not sent in this run: a cap (``max_files``,
+    ``max_bytes``) was reached, or the run was stopped first.  A later run
+    sends it."""
+
+
 class WaitTimeoutError(MunsitError, TimeoutError):
     """The overall ``timeout`` passed before the call was done."""
 
@@ -5164,17 +5175,6 @@ class FileResult:
     denoise_id: Optional[str] = None
     error: Optional[BaseException] = None
     skipped: bool = False
-
-
-class BatchBusyError(MunsitError):
-    """Another run holds the output folder's journal (an overlapping cron
-    job): nothing was done.  Exit status 7."""
-
-
-class NotSubmittedError(MunsitError):
-    """The file was not sent in this run: a cap (``max_files``,
-    ``max_bytes``) was reached, or the run was stopped first.  A later run
-    sends it."""
 
 
 def _file_stat(status: os.stat_result) -> str:
