@@ -7318,3 +7318,13 @@ def test_the_readme_examples_against_the_simulator_run(tmp_path, monkeypatch):
         code = block.replace("duration=1.0", "duration=0.2")
         exec(compile(code, "README.md", "exec"), {"__name__": "readme", "munsit_progress": mp})
     assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "in.wav").read_bytes()
+
+
+def test_a_client_can_be_sent_to_another_process(keep_alive):
+    # Task engines pickle what a task is given; the copy has the settings.
+    client = mp.Client("demo-key-0123", keep_alive.base_url, retry=FAST, read_timeout=7)
+    copy = pickle.loads(pickle.dumps(client))
+    assert copy.base_url == keep_alive.base_url and copy.retry == FAST
+    assert copy.list_jobs() == []
+    client.close()
+    copy.close()
