@@ -2962,7 +2962,8 @@ def test_a_failed_job_of_this_content_raises_with_its_id_unless_retry_failed(ser
     with pytest.raises(DenoiseFailedError) as info:
         submit_to(server, str(tmp_path / "a.wav"), check=False)
     assert info.value.denoise_id == failed["id"] and "corrupt" in str(info.value)
-    assert "--retry-failed" in str(info.value) and not api.posts
+    assert "retry_failed=True" in str(info.value) and not api.posts
+    assert "--retry-failed" not in str(info.value)  # the CLI's flag, not Python's
     job = submit_to(server, str(tmp_path / "a.wav"), check=False, retry_failed=True)
     assert len(api.posts) == 1 and job.denoise_id != failed["id"] and not job.adopted
 
