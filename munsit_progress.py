@@ -50,6 +50,7 @@ import socket
 import stat as _stat
 import threading
 import time
+import types
 import zlib
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -2067,30 +2068,19 @@ def wait(
     job = _job_id(denoise_id)
     policy = retry if retry is not None else RetryPolicy()
     client = _client_for(api_key, base_url, session, connect_timeout, read_timeout, timeout, policy)
-    finish = _finisher(on_progress)
+    observer = _observer(on_progress)
     try:
-        done = _follow(client, job, on_progress, policy)
+        done = _follow(client, job, None if on_progress is None else observer.progress, policy)
     except BaseException as exc:
         if isinstance(exc, MunsitError) and exc.denoise_id is None:
             exc.denoise_id = job
             exc._job_noted = False
-        if finish is not None:
-            finish(exc)
+        observer.ended(exc)
         raise
     finally:
         client.close()
-    if finish is not None:
-        finish(done)
+    observer.ended(done)
     return done
-
-
-def _finisher(on_progress: Any) -> Optional[Callable[[Any], Any]]:
-    """The ``finish`` of a display given as a callback (a ProgressBar, or
-    one of its bound methods), to tell it the outcome."""
-    finish = getattr(on_progress, "finish", None)
-    if finish is None:
-        finish = getattr(getattr(on_progress, "__self__", None), "finish", None)
-    return finish if callable(finish) else None
 
 
 class _News:
@@ -2834,7 +2824,8 @@ def submit(
     ) as client:
         source = _Source(path, check)
         try:
-            return _submit(client, source, _upload_callback(on_upload), policy, options, _Hooks())
+            upload = None if on_upload is None else _observer(on_upload, "uploading").uploading
+            return _submit(client, source, upload, policy, options, _Hooks())
         finally:
             source.close()
 
@@ -2858,15 +2849,6 @@ def content_tag(path: Any) -> str:
         return source.identify(lambda: None).tag
     finally:
         source.close()
-
-
-def _upload_callback(on_upload: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
-    """A display's ``upload`` method (also when given its ``transfer``), or
-    the callback itself."""
-    owner = getattr(on_upload, "__self__", on_upload)
-    upload = getattr(owner, "upload", None)
-    chosen = upload if callable(upload) else on_upload
-    return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
 
 
 class _JobOptions:
@@ -3504,12 +3486,78 @@ def _job_record(item: Any) -> JobRecord:
 # --------------------------------------------------------------------------
 
 
+# How a job's display ended: the outcome as data.  A batch's totals count
+# these kinds; a message is never read back to learn what happened.
+_DONE = "done"  # the job is done; nothing saved (yet)
+_SAVED = "saved"
+_ALREADY_SAVED = "already saved"  # by an earlier run: nothing sent or fetched
+_FAILED = "failed"
+_DEFERRED = "deferred"  # left for a later run: a cap, the deadline, a stop
+_REFUSED = "refused"  # refused before it could be a job: a check, a 4xx
+_ENDED = "ended"  # ended as it stood, or with a caller's line of text
+_SUCCEEDED = frozenset((_DONE, _SAVED, _ALREADY_SAVED))
+_UNSUCCESSFUL = frozenset((_FAILED, _DEFERRED, _REFUSED))
+
+
+class _Outcome:
+    """How a job ended, as a display shows it: its kind and its line."""
+
+    __slots__ = ("kind", "text", "url")
+
+    def __init__(self, kind: str, text: str, url: Optional[str] = None) -> None:
+        self.kind = kind
+        self.text = text
+        self.url = url
+
+    @classmethod
+    def of(cls, outcome: Any, kind: Optional[str] = None) -> "_Outcome":
+        """The outcome of a :class:`DoneEvent`, an exception, or a line of
+        text; ``kind`` overrides the one an exception implies."""
+        if isinstance(outcome, _Outcome):
+            return outcome
+        if isinstance(outcome, DoneEvent):
+            url = _shown(outcome.url)
+            return cls(_DONE, "done: %s" % url, url)
+        if isinstance(outcome, DenoiseFailedError):
+            return cls(kind or _FAILED, "failed: %s" % _shown(outcome.message))
+        if isinstance(outcome, KeyboardInterrupt):
+            return cls(kind or _DEFERRED, "stopped: interrupted")
+        if isinstance(outcome, BaseException):
+            text = _shown(str(outcome) or type(outcome).__name__)
+            kind = kind or _kind_of(outcome)
+            return cls(kind, "%s: %s" % ("refused" if kind == _REFUSED else "stopped", text))
+        return cls(kind or _ENDED, _shown(str(outcome)))
+
+
+def _kind_of(error: BaseException) -> str:
+    """The kind of outcome an exception means: what a later run does
+    (deferred), what it cannot do either (refused), or a failure."""
+    if isinstance(error, (NotSubmittedError, WaitTimeoutError, _Aborted, KeyboardInterrupt)):
+        return _DEFERRED
+    if isinstance(error, (ConfigurationError, ProxyAuthenticationError, CertificateError)):
+        return _REFUSED
+    if isinstance(error, APIError) and not _is_retryable(error):
+        return _REFUSED
+    return _FAILED
+
+
 class _JobState:
     """What a display shows of one job, apart from how it is drawn: the
     phase (upload, processing, download), how far it is, and its outcome.
     Every text in it is already redacted and printable."""
 
-    __slots__ = ("label", "phase", "pct", "message", "sent", "total", "url", "outcome", "started")
+    __slots__ = (
+        "label",
+        "phase",
+        "pct",
+        "message",
+        "sent",
+        "total",
+        "url",
+        "kind",
+        "outcome",
+        "started",
+    )
 
     def __init__(self, label: Optional[str]) -> None:
         self.label = label
@@ -3520,8 +3568,20 @@ class _JobState:
         self.sent = 0
         self.total = None  # type: Optional[int]
         self.url = None  # type: Optional[str]
-        #: The final line ("done: URL", "saved PATH", "failed: ..."), once ended.
+        #: The outcome's kind (``_SAVED``, ``_FAILED``...) and line, once ended.
+        self.kind = None  # type: Optional[str]
         self.outcome = None  # type: Optional[str]
+
+    def fraction(self) -> Optional[float]:
+        """How far the job is, 0 to 1, or None when unknown or when it
+        ended without success (a bar full of a refused file would lie)."""
+        if self.kind in _SUCCEEDED:
+            return 1.0
+        if self.kind in _UNSUCCESSFUL:
+            return None
+        if self.phase in ("upload", "download"):
+            return min(self.sent / self.total, 1.0) if self.total else None
+        return None if self.pct is None else min(max(self.pct, 0.0), 100.0) / 100.0
 
     def text(self) -> str:
         """The state as a short line, without the bar."""
@@ -3545,6 +3605,229 @@ def _shown(text: str) -> str:
     return _printable(_redact(text))
 
 
+class _Observer:
+    """What the pipeline tells whoever watches a job, in order: the upload,
+    the job's id, its progress, its end on the server, the download, and
+    how it all ended.  Each does nothing here.  Called with an event, it
+    is an ``on_progress``."""
+
+    def __call__(self, event: ProcessingEvent) -> None:
+        self.progress(event)
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        """``sent`` of ``total`` bytes of the file are out."""
+
+    def submitted(self, submission: Submission) -> None:
+        """The file's job is known: sent now, or found (``adopted``)."""
+
+    def progress(self, event: ProcessingEvent) -> None:
+        """The job advanced on the server."""
+
+    def done(self, done: DoneEvent) -> None:
+        """The job is done on the server; its download follows."""
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        """``received`` of ``total`` bytes of the result are in."""
+
+    def ended(self, outcome: Any) -> None:
+        """The end: a :class:`DoneEvent`, an exception, or an :class:`_Outcome`."""
+
+
+class _Callback(_Observer):
+    """A plain callable as an observer: ``on_progress(event)``, or a
+    transfer's ``(done, total)`` for ``slot="uploading"``/``"downloading"``.
+    The callable is set as the method itself: no extra call per event."""
+
+    def __init__(self, function: Callable[..., Any], slot: str, finish: Any = None) -> None:
+        setattr(self, slot, function)
+        self._finish = finish
+
+    def ended(self, outcome: Any) -> None:
+        if self._finish is not None:
+            self._finish(outcome.text if isinstance(outcome, _Outcome) else outcome)
+
+
+class _Observers(_Observer):
+    """Several observers told the same, in turn (a display and JSON lines)."""
+
+    def __init__(self, *observers: _Observer) -> None:
+        self._all = observers
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        for observer in self._all:
+            observer.uploading(sent, total)
+
+    def submitted(self, submission: Submission) -> None:
+        for observer in self._all:
+            observer.submitted(submission)
+
+    def progress(self, event: ProcessingEvent) -> None:
+        for observer in self._all:
+            observer.progress(event)
+
+    def done(self, done: DoneEvent) -> None:
+        for observer in self._all:
+            observer.done(done)
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        for observer in self._all:
+            observer.downloading(received, total)
+
+    def ended(self, outcome: Any) -> None:
+        for observer in self._all:
+            observer.ended(outcome)
+
+
+def _observer(on_progress: Any, slot: str = "progress") -> _Observer:
+    """``on_progress`` as an observer, whatever it is: None, an observer, a
+    :class:`ProgressBar` or one of its bound methods (the whole display),
+    or a plain callable for ``slot``.  The one place that tells them apart."""
+    if on_progress is None:
+        return _Observer()
+    if isinstance(on_progress, _Observer):
+        return on_progress
+    if isinstance(on_progress, ProgressBar):
+        return on_progress._watch
+    if isinstance(on_progress, types.MethodType) and isinstance(on_progress.__self__, ProgressBar):
+        return on_progress.__self__._watch
+    # wait()'s documented contract: a callable with a finish() is told the end.
+    finish = getattr(on_progress, "finish", None)
+    return _Callback(on_progress, slot, finish if callable(finish) else None)
+
+
+class _JsonLines(_Observer):
+    """The command line's ``--json``: a JSON object per step, through
+    ``record`` (stdout), with the file's name and its job when known."""
+
+    def __init__(
+        self,
+        record: Callable[[Dict[str, Any]], Any],
+        name: Optional[str] = None,
+        job: Optional[str] = None,
+        *,
+        done: bool,
+        error: bool,
+    ) -> None:
+        self._record = record
+        self._name = name
+        self._job = job
+        #: Whether the done event and a failed job's error get a line here
+        #: (the command line may print them as its result instead).
+        self._done = done
+        self._error = error
+
+    def _emit(self, fields: Dict[str, Any], **more: Any) -> None:
+        if self._name is not None:
+            fields.update(file=self._name, denoiseId=self._job)
+        fields.update(more)
+        self._record(fields)
+
+    def submitted(self, submission: Submission) -> None:
+        self._job = submission.denoise_id
+        self._emit({"stage": "submitted"}, **({"adopted": True} if submission.adopted else {}))
+
+    def progress(self, event: ProcessingEvent) -> None:
+        self._emit(event.to_dict())
+
+    def done(self, done: DoneEvent) -> None:
+        if self._done:
+            self._emit(done.to_dict())
+
+    def ended(self, outcome: Any) -> None:
+        if self._error and isinstance(outcome, DenoiseFailedError):
+            self._job = self._job or outcome.denoise_id
+            self._emit(ErrorEvent(outcome.message).to_dict())
+
+
+class _Watch(_Observer):
+    """An observer that keeps one job's state and has a display draw it."""
+
+    def __init__(self, display: Callable[[], "_Display"], label: Optional[str]) -> None:
+        self._display = display
+        self.state = _JobState(label)
+        self._finished = False
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        if self._finished:
+            self._new_job()  # a reused display: the next job
+        self._transfer("upload", sent, total)
+
+    def submitted(self, submission: Submission) -> None:
+        text = "submitted as job %s" % submission.denoise_id
+        if submission.adopted:
+            text = "found its job %s (sent earlier): not sent again" % submission.denoise_id
+        self._display().line(self.state, text)
+
+    def progress(self, event: ProcessingEvent) -> None:
+        if self._finished:
+            self._new_job()
+        state = self._resume("processing")
+        message = _shown(event.message) if event.message else None
+        changed = message != state.message or state.pct is None
+        state.pct = float(event.pct)
+        state.message = message
+        self._display().changed(state, changed or state.pct >= 100)
+
+    def done(self, done: DoneEvent) -> None:
+        state = self._resume("processing")
+        state.url = _shown(done.url)
+        state.pct = 100.0
+        self._display().milestone(state, "done: %s" % state.url)
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        self._transfer("download", received, total)
+
+    def ended(self, outcome: Any) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        state = self._state_at_end(outcome)
+        if state.phase is not None or state.outcome is not None:
+            self._display().end(state)
+
+    def note(self, text: str) -> None:
+        self._display().line(self.state, _shown(text))
+
+    def _state_at_end(self, outcome: Any) -> _JobState:
+        state = self.state
+        if outcome is not None and outcome != "":
+            end = _Outcome.of(outcome)
+            state.kind, state.outcome = end.kind, end.text
+            if end.url is not None:
+                state.url = end.url
+                state.pct = 100.0
+        elif state.phase in ("upload", "download") and state.total and state.sent == state.total:
+            state.kind = _ENDED
+            state.outcome = "%s %s" % (
+                "uploaded" if state.phase == "upload" else "downloaded",
+                _size(state.sent),
+            )
+        else:
+            state.kind = _ENDED
+        return state
+
+    def _transfer(self, phase: str, done: int, total: Optional[int]) -> None:
+        changed = self.state.phase != phase
+        state = self._resume(phase)
+        state.sent = done
+        state.total = total if total else None
+        self._display().changed(state, changed or done == total)
+
+    def _resume(self, phase: str) -> _JobState:
+        """The state, moved to ``phase``: an ended display goes on when the
+        same job enters a later phase (a download after ``done``)."""
+        state = self.state
+        if self._finished:
+            self._finished = False
+            state.kind = state.outcome = None
+        state.phase = phase
+        return state
+
+    def _new_job(self) -> None:
+        self.state = _JobState(self.state.label)
+        self._finished = False
+
+
 class ProgressBar:
     """A ready-made progress display for terminals, logs and notebooks.
 
@@ -3553,12 +3836,14 @@ class ProgressBar:
         done = wait(denoise_id, on_progress=ProgressBar())
 
     It shows a job's whole life as one display: the upload (``upload``,
-    or ``transfer`` given as ``submit``'s ``on_upload``), the processing
-    events (call it with each :class:`ProcessingEvent`), the download
-    (``transfer``), then the outcome.
+    or ``transfer`` given as ``submit``'s ``on_upload``), the job's id on a
+    line of its own once it is known, the processing events (call it with
+    each :class:`ProcessingEvent`), the download (``transfer``), then the
+    outcome.
 
     - On a terminal: one line updated in place (bar, percent, message,
-      elapsed time), ended with a newline when the job ends.
+      elapsed time), ended with a newline when the job ends.  The bar
+      shrinks on a narrow terminal, so that the message keeps some room.
     - Not a terminal (cron, a file, a pipe): no carriage returns; one
       timestamped line for each new phase, message or 10-percent step, and
       one for the outcome.
@@ -3589,9 +3874,8 @@ class ProgressBar:
             raise ConfigurationError("mode must be one of %s" % ", ".join(self._MODES))
         self._stream = stream
         self._mode = mode
-        self._state = _JobState(None if label is None else _shown(str(label)))
-        self._view = None  # type: Optional[_View]
-        self._finished = False
+        self._shown_on = None  # type: Optional[_Display]
+        self._watch = _Watch(self._display, None if label is None else _shown(str(label)))
 
     @property
     def mode(self) -> str:
@@ -3609,63 +3893,25 @@ class ProgressBar:
 
     def __call__(self, event: ProcessingEvent) -> None:
         """Show one processing event."""
-        if self._finished:
-            self._new_job()  # a reused display: the next job
-        state = self._resume("processing")
-        message = _shown(event.message) if event.message else None
-        changed = message != state.message or state.pct is None
-        state.pct = float(event.pct)
-        state.message = message
-        self._draw(changed or state.pct >= 100)
+        self._watch.progress(event)
 
     def upload(self, sent: int, total: Optional[int]) -> None:
         """Show an upload's progress: ``sent`` of ``total`` bytes."""
-        if self._finished:
-            self._new_job()
-        self._transfer("upload", sent, total)
+        self._watch.uploading(sent, total)
 
     def transfer(self, received: int, total: Optional[int]) -> None:
         """Show a download's progress: ``received`` of ``total`` bytes."""
-        self._transfer("download", received, total)
+        self._watch.downloading(received, total)
 
     def finish(self, outcome: Union[DoneEvent, BaseException, str, None] = None) -> None:
         """End the display with the outcome: a :class:`DoneEvent`, an
         exception, a line of text (``"saved clean.wav"``), or ``None`` to
         end it as it stands."""
-        if self._finished:
-            return
-        self._finished = True
-        state = self._state
-        if isinstance(outcome, DoneEvent):
-            state.url = _shown(outcome.url)
-            state.pct = 100.0
-            state.outcome = "done: %s" % state.url
-        elif isinstance(outcome, DenoiseFailedError):
-            state.outcome = "failed: %s" % _shown(outcome.message)
-        elif isinstance(outcome, KeyboardInterrupt):
-            state.outcome = "stopped: interrupted"
-        elif isinstance(outcome, BaseException):
-            state.outcome = "stopped: %s" % _shown(str(outcome) or type(outcome).__name__)
-        elif outcome:
-            state.outcome = _shown(str(outcome))
-        elif state.phase in ("upload", "download") and state.total and state.sent == state.total:
-            state.outcome = "%s %s" % (
-                "uploaded" if state.phase == "upload" else "downloaded",
-                _size(state.sent),
-            )
-        if state.phase is not None or state.outcome is not None:
-            self._view_for().end(state)
+        self._watch.ended(outcome)
 
     def note(self, text: str) -> None:
         """Show a line of text (a warning, say) without garbling the display."""
-        self._view_for().note(_shown(text), self._state)
-
-    def _reached(self, done: DoneEvent) -> None:
-        """The job is done and its download follows: show it, do not end."""
-        state = self._resume("processing")
-        state.url = _shown(done.url)
-        state.pct = 100.0
-        self._view_for().milestone(state, "done: %s" % state.url)
+        self._watch.note(text)
 
     def __enter__(self) -> "ProgressBar":
         return self
@@ -3673,88 +3919,159 @@ class ProgressBar:
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.finish(exc)
 
-    def _transfer(self, phase: str, done: int, total: Optional[int]) -> None:
-        state = self._resume(phase)
-        changed = state.phase != phase
-        state.sent = done
-        state.total = total if total else None
-        self._draw(changed or done == total)
-
-    def _resume(self, phase: str) -> _JobState:
-        """The state, moved to ``phase``: a finished display goes on when
-        the same job enters a later phase (a download after ``done``)."""
-        state = self._state
-        if self._finished:
-            self._finished = False
-            state.outcome = None
-            self._view_for().restart()
-        if state.phase != phase:
-            state.phase = phase
-            self._view_for().phase_changed()
-        return state
-
-    def _new_job(self) -> None:
-        self._state = _JobState(self._state.label)
-        self._finished = False
-        self._view_for().restart()
-
-    def _draw(self, important: bool) -> None:
-        self._view_for().update(self._state, important)
-
     def _out(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
 
-    def _view_for(self) -> "_View":
-        if self._view is None:
-            mode = self.mode
-            if mode == "notebook":
-                self._view = _NotebookView(self._out)
-            elif mode == "terminal":
-                self._view = _TerminalView(self._out)
-            else:
-                self._view = _LogView(self._out)
-        return self._view
+    def _display(self, total: Optional[int] = None) -> "_Display":
+        """This bar's display; a batch (``total`` files) gets its own."""
+        if total is not None:
+            return _Display(_renderer(self.mode, self._out), total)
+        if self._shown_on is None:
+            self._shown_on = _Display(_renderer(self.mode, self._out))
+        return self._shown_on
 
 
-class _View:
-    """How a display draws: the base writes to a stream, safely."""
+class _Display:
+    """The states of the jobs shown on one stream, drawn by one renderer,
+    and for a batch (``total`` files) the totals of their outcomes.  Each
+    change comes here from a :class:`_Watch`, from any thread."""
+
+    def __init__(self, renderer: "_Renderer", total: Optional[int] = None) -> None:
+        self.renderer = renderer
+        self.total = total
+        self.live = []  # type: List[_JobState]
+        self.ended = []  # type: List[_JobState]
+        self.counts = dict.fromkeys(
+            (_DONE, _SAVED, _ALREADY_SAVED, _FAILED, _DEFERRED, _REFUSED, _ENDED), 0
+        )
+        self.started = time.monotonic()
+        self._lock = threading.RLock()
+        self._last = 0.0
+
+    def watch(self, label: Optional[str]) -> _Watch:
+        """An observer of one more job, drawn here."""
+        return _Watch(lambda: self, label)
+
+    def changed(self, state: _JobState, important: bool) -> None:
+        with self._lock:
+            if self._enter(state):
+                important = True
+            if self.renderer.throttled and not important:
+                # At most ten redraws a second: a fast stream must not
+                # spend its time drawing.
+                now = time.monotonic()
+                if now - self._last < 0.1:
+                    return
+                self._last = now
+            self.renderer.draw(self, state)
+
+    def milestone(self, state: _JobState, text: str) -> None:
+        with self._lock:
+            self._enter(state)
+            self.renderer.milestone(self, state, text)
+
+    def _enter(self, state: _JobState) -> bool:
+        """Show ``state`` among the jobs in flight; whether it was not."""
+        if state in self.live:
+            return False
+        self.live.append(state)
+        if state in self.ended:
+            self.ended.remove(state)  # the same job goes on (its download)
+        return True
+
+    def line(self, state: Optional[_JobState], text: str) -> None:
+        with self._lock:
+            self.renderer.line(self, state, text)
+
+    def end(self, state: _JobState) -> None:
+        with self._lock:
+            if state in self.live:
+                self.live.remove(state)
+            self.ended = [other for other in self.ended[-49:] if other is not state] + [state]
+            self.counts[state.kind or _ENDED] += 1
+            self.renderer.ended(self, state)
+
+    def close(self) -> None:
+        with self._lock:
+            self.live = []
+            self.renderer.close(self)
+
+    def rows(self) -> List[_JobState]:
+        """What an in-place display shows: the jobs in flight, and the
+        ended ones of a batch (of a single job, its last state)."""
+        if self.total is not None:
+            return self.live + self.ended
+        return self.live or self.ended[-1:]
+
+    def totals(self) -> Optional[str]:
+        """A batch's totals line; None for a single job."""
+        if self.total is None:
+            return None
+        counts = self.counts
+        done = counts[_DONE] + counts[_SAVED] + counts[_ALREADY_SAVED]
+        failed = counts[_FAILED] + counts[_ENDED]
+        parts = ["%d done" % done, "%d failed" % failed]
+        # Deferred and refused files are not failures: a rerun finishes the
+        # first, and the second need the user's hand, not a rerun.
+        for kind in (_DEFERRED, _REFUSED):
+            if counts[kind]:
+                parts.append("%d %s" % (counts[kind], kind))
+        left = self.total - sum(counts.values())
+        elapsed = "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
+        return "%s, %d left  %s" % (", ".join(parts), left, elapsed)
+
+
+def _renderer(mode: str, out: Callable[[], TextIO]) -> "_Renderer":
+    if mode == "terminal":
+        return _TerminalRenderer(out)
+    if mode == "notebook":
+        try:
+            display = importlib.import_module("IPython.display").display
+        except ImportError:  # mode="notebook" forced outside IPython
+            return _LogRenderer(out)
+        return _NotebookRenderer(out, display)
+    return _LogRenderer(out)
+
+
+class _Renderer:
+    """How a display is drawn on one stream; the base writes safely.  Its
+    methods are called under the display's lock."""
+
+    #: Whether in-place redraws are limited to ten a second.
+    throttled = True
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         self._out = out
         self._dead = False
 
-    def update(self, state: _JobState, important: bool) -> None:
+    def draw(self, display: _Display, state: _JobState) -> None:
+        """``state`` changed."""
         raise NotImplementedError
 
-    def end(self, state: _JobState) -> None:
-        raise NotImplementedError
-
-    def note(self, text: str, state: _JobState) -> None:
-        raise NotImplementedError
-
-    def milestone(self, state: _JobState, text: str) -> None:
+    def milestone(self, display: _Display, state: _JobState, text: str) -> None:
         """A step worth its own line in a log (the job done, before its
         download); elsewhere the display just moves on."""
-        self.update(state, True)
+        self.draw(display, state)
 
-    def restart(self) -> None:
-        """The display goes on after an end (a new phase or a new job)."""
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        """A line of its own: a note, a job's id."""
+        raise NotImplementedError
 
-    def phase_changed(self) -> None:
-        """The job entered a new phase."""
+    def ended(self, display: _Display, state: _JobState) -> None:
+        raise NotImplementedError
+
+    def close(self, display: _Display) -> None:
+        """The batch is over."""
 
     def unicode_ok(self) -> bool:
         encoding = getattr(self._out(), "encoding", None) or ""
         return encoding.lower().replace("-", "").startswith("utf")
 
     def bar(self, state: _JobState, width: int = 24) -> str:
-        if state.phase in ("upload", "download"):
-            pct = 100.0 * state.sent / state.total if state.total else None
-        else:
-            pct = state.pct
-        if pct is None:
+        fraction = state.fraction()
+        if fraction is None or width < 4:
             return ""
-        filled = int(round(width * min(max(pct, 0.0), 100.0) / 100.0))
+        filled = int(round(width * fraction))
         full, empty = ("\u2588", "\u2591") if self.unicode_ok() else ("#", "-")
         return "[%s%s]" % (full * filled, empty * (width - filled))
 
@@ -3775,53 +4092,86 @@ class _View:
             self._dead = True
 
 
-class _TerminalView(_View):
-    """One line, redrawn in place, at most ten times a second."""
+class _TerminalRenderer(_Renderer):
+    """The jobs in flight, a line each, and the totals under them, redrawn
+    in place; an ended job's line and the notes stay above.  One line (a
+    single job) is redrawn with a carriage return and blanked with spaces,
+    which every console shows right; a block needs ANSI cursor moves."""
+
+    _MAX_ROWS = 20
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         super().__init__(out)
-        self._width = 0  # terminal columns of the line now shown
-        self._shown = None  # type: Optional[_JobState]
-        self._last = 0.0
+        self._drawn = 0  # lines of the block now on screen
+        self._width = 0  # terminal columns of its last line
 
-    def update(self, state: _JobState, important: bool) -> None:
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._draw(state, self.bar(state), state.text())
+    def draw(self, display: _Display, state: _JobState) -> None:
+        self._redraw(display, [])
 
-    def end(self, state: _JobState) -> None:
-        text = state.outcome
-        if text is not None and text.startswith("done: "):
-            text = "100%  done"  # the URL follows on stdout, not in the bar
-        if text:
-            self._draw(state, self.bar(state), text)
-        if self._width:
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        # Never cut: it may be the job's id, the line a user needs.
+        label = state.label + "  " if state is not None and state.label else ""
+        self._redraw(display, [_encodable(self._out(), label + text)])
+
+    def ended(self, display: _Display, state: _JobState) -> None:
+        if (
+            state.outcome is None
+            and self._drawn == 1
+            and not display.live
+            and display.total is None
+        ):
+            # Ended as it stands: its line is on screen already.
             self.write("\n")
-            self._width = 0
-        self._shown = None
+            self._drawn = self._width = 0
+            return
+        self._redraw(display, [self._row(state, self._columns())[0]])
 
-    def note(self, text: str, state: _JobState) -> None:
-        shown = self._width
-        self.write(("\r" + " " * shown + "\r" if shown else "") + text + "\n")
-        self._width = 0
-        if shown and self._shown is not None:
-            self._draw(self._shown, self.bar(self._shown), self._shown.text())
+    def close(self, display: _Display) -> None:
+        self._redraw(display, [])
+        if self._drawn:
+            self.write("\n")
+        self._drawn = self._width = 0
 
-    def _draw(self, state: _JobState, bar: str, text: str) -> None:
-        self._shown = state
-        line = "%s %s" % (bar, text) if bar else text
-        if state.label:
-            line = "%s  %s" % (state.label, line)
-        line = _encodable(self._out(), line)
+    def _row(self, state: _JobState, columns: int) -> Tuple[str, int]:
+        """One job's line, fit to the terminal, and the columns it takes."""
+        text = state.text()
+        if state.kind == _DONE:
+            text = "100%  done"  # the URL follows on stdout, not in the bar
+        label = state.label + "  " if state.label else ""
         tail = "  " + state.elapsed()
+        room = columns - 1 - len(tail)
+        # The bar gives way first: a narrow terminal keeps the message.
+        bar = self.bar(state, min(24, room - _fit(label, room)[1] - 22))
+        line = _encodable(self._out(), label + (bar + " " if bar else "") + text)
         # The message is what gets cut, not the elapsed time after it.
-        line, width = _fit(line, self._columns() - 1 - len(tail))
-        line += tail
-        width += len(tail)
-        padding = " " * max(self._width - width, 0)
-        self._width = width
-        self.write("\r" + line + padding)
+        line, width = _fit(line, room)
+        return line + tail, width + len(tail)
+
+    def _redraw(self, display: _Display, above: List[str]) -> None:
+        columns = self._columns()
+        rows = [self._row(state, columns) for state in display.live[: self._MAX_ROWS]]
+        if len(display.live) > self._MAX_ROWS:
+            more = "... and %d more in flight" % (len(display.live) - self._MAX_ROWS)
+            rows.append(_fit(more, columns - 1))
+        totals = display.totals()
+        if totals is not None and (rows or sum(display.counts.values())):
+            rows.append(_fit(totals, columns - 1))
+        if self._drawn > 1 or len(rows) > 1:
+            # Up to the block's first line, clear to the end of the screen,
+            # and write it again: rows never wrap, so the count is exact.
+            text = "\r" + ("\x1b[%dA" % (self._drawn - 1) if self._drawn > 1 else "") + "\x1b[J"
+            text += "".join(line + "\n" for line in above)
+            text += "\n".join(row for row, _ in rows)
+        else:
+            text = "\r"
+            for line in above:
+                text += line + " " * max(self._width - _fit(line, columns)[1], 0) + "\n"
+                self._width = 0
+            if rows:
+                text += rows[0][0] + " " * max(self._width - rows[0][1], 0)
+        self._drawn = len(rows)
+        self._width = rows[-1][1] if rows else 0
+        self.write(text)
 
     def _columns(self) -> int:
         # The stream's own terminal: stdout may well be a pipe ($(...)).
@@ -3833,24 +4183,19 @@ class _TerminalView(_View):
         return columns or shutil.get_terminal_size((80, 24)).columns
 
 
-class _LogView(_View):
-    """Timestamped lines, no carriage returns: one per new phase, message or
-    10-percent step (10 MB when a transfer's size is unknown), and one for
-    the outcome."""
+class _LogRenderer(_Renderer):
+    """Timestamped lines, no carriage returns, prefixed with the job's
+    label: one per new phase, message or 10-percent step (10 MB when a
+    transfer's size is unknown), one for each job's id and outcome, and in
+    a batch the totals after each outcome."""
+
+    throttled = False  # it writes news only
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         super().__init__(out)
-        self.phase_of = None  # type: Optional[str]
-        self.restart()
+        self._logged = {}  # type: Dict[int, Tuple[Optional[str], int, Optional[str]]]
 
-    def restart(self) -> None:
-        self._step = -1
-        self._message = None  # type: Optional[str]
-
-    def phase_changed(self) -> None:
-        self.restart()
-
-    def update(self, state: _JobState, important: bool) -> None:
+    def draw(self, display: _Display, state: _JobState) -> None:
         if state.phase in ("upload", "download"):
             if state.total:
                 step = int(100 * state.sent / state.total) // 10
@@ -3860,89 +4205,93 @@ class _LogView(_View):
         else:
             step = int((state.pct or 0) // 10)
             message = state.message
-        if step > self._step or (message and message != self._message):
-            self._step = max(step, self._step)
-            self._message = message
-            self.line(state, state.text())
+        phase, last_step, last_message = self._logged.get(id(state), (None, -1, None))
+        if phase != state.phase:
+            last_step, last_message = -1, None
+        if step > last_step or (message and message != last_message):
+            self._logged[id(state)] = (state.phase, max(step, last_step), message)
+            self.line(display, state, state.text())
 
-    def end(self, state: _JobState) -> None:
+    def milestone(self, display: _Display, state: _JobState, text: str) -> None:
+        self.line(display, state, text)
+
+    def ended(self, display: _Display, state: _JobState) -> None:
+        self._logged.pop(id(state), None)
         if state.outcome:
-            self.line(state, state.outcome)
+            self.line(display, state, state.outcome)
+        totals = display.totals()
+        if totals is not None:
+            self.line(display, None, totals)
 
-    def note(self, text: str, state: _JobState) -> None:
-        self.line(state, text)
-
-    def milestone(self, state: _JobState, text: str) -> None:
-        self.line(state, text)
-
-    def line(self, state: Optional[_JobState], text: str) -> None:
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
         label = state.label + ": " if state is not None and state.label else ""
         self.write("%s munsit: %s%s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), label, text))
 
 
-class _NotebookView(_View):
-    """One IPython display, updated in place (at most ten times a second)."""
+class _NotebookRenderer(_Renderer):
+    """One IPython display, updated in place: a row per job (a note shown
+    in its row until the job moves on), and a batch's totals."""
 
-    def __init__(self, out: Callable[[], TextIO]) -> None:
+    def __init__(self, out: Callable[[], TextIO], display: Callable[..., Any]) -> None:
         super().__init__(out)
+        self._display = display
         self._handle = None  # type: Any
-        self._last = 0.0
-        self._fallback = None  # type: Optional[_LogView]
+        self._notes = {}  # type: Dict[int, str]
 
-    def update(self, state: _JobState, important: bool) -> None:
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._show(state, state.text())
+    def draw(self, display: _Display, state: _JobState) -> None:
+        self._notes.pop(id(state), None)
+        self._show(display)
 
-    def end(self, state: _JobState) -> None:
-        self._show(state, state.text())
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        if state is not None:
+            self._notes[id(state)] = text
+        self._show(display)
 
-    def note(self, text: str, state: _JobState) -> None:
-        self._show(state, text)
+    def ended(self, display: _Display, state: _JobState) -> None:
+        self.draw(display, state)
 
-    def _show(self, state: _JobState, text: str) -> None:
+    def close(self, display: _Display) -> None:
+        self._show(display)
+
+    def _show(self, display: _Display) -> None:
         import html
 
-        if self._fallback is not None:
-            self._fallback.line(state, text)
-            return
-        try:
-            display = importlib.import_module("IPython.display").display
-        except ImportError:  # mode="notebook" forced outside IPython
-            self._fallback = _LogView(self._out)
-            self._fallback.line(state, text)
-            return
-        url = state.url
-        body = '<span dir="auto">%s</span>' % html.escape(text)
-        # A link only to a plain http(s) URL: never javascript: or data:.
-        if url and state.outcome is not None and _is_web_url(url):
-            link = '<a href="%s" target="_blank" rel="noopener">%s</a>' % (
-                html.escape(url, quote=True),
-                html.escape(url),
+        rows, plain = [], []
+        for state in display.rows():
+            text = self._notes.get(id(state), state.text())
+            body = html.escape(text)
+            url = state.url
+            # A link only to a plain http(s) URL: never javascript: or data:.
+            if url and state.outcome is not None and _is_web_url(url):
+                link = '<a href="%s" target="_blank" rel="noopener">%s</a>' % (
+                    html.escape(url, quote=True),
+                    html.escape(url),
+                )
+                body = "done: " + link if state.kind == _DONE else body + " (%s)" % link
+            fraction = state.fraction()
+            progress = (
+                ""
+                if fraction is None
+                else '<progress value="%.1f" max="100" style="width: 16em; vertical-align: '
+                'middle"></progress>' % (100.0 * fraction)
             )
-            if state.outcome.startswith("done: "):
-                body = "done: " + link
-            else:
-                body += " (%s)" % link
-        label = '<b dir="auto">%s</b> ' % html.escape(state.label) if state.label else ""
-        pct = (
-            100.0 * state.sent / state.total
-            if state.phase in ("upload", "download") and state.total
-            else state.pct
+            rows.append(
+                '<tr><td dir="auto"><b>%s</b></td><td>%s</td><td dir="auto">%s</td>'
+                '<td style="color: gray">%s</td></tr>'
+                % (html.escape(state.label or ""), progress, body, html.escape(state.elapsed()))
+            )
+            parts = (state.label, self.bar(state), text, state.elapsed())
+            plain.append(" ".join(part for part in parts if part))
+        totals = display.totals()
+        markup = '<div style="font-family: monospace"><table>%s</table>%s</div>' % (
+            "".join(rows),
+            "" if totals is None else "<div>%s</div>" % html.escape(totals),
         )
-        markup = (
-            '<div style="font-family: monospace">%s'
-            '<progress value="%.1f" max="100" style="width: 16em; vertical-align: middle">'
-            '</progress> %s <span style="color: gray">%s</span></div>'
-            % (label, pct or 0.0, body, html.escape(state.elapsed()))
-        )
-        plain = " ".join(
-            part for part in (state.label, self.bar(state), text, state.elapsed()) if part
-        )
-        bundle = {"text/plain": plain, "text/html": markup}
+        if totals is not None:
+            plain.append(totals)
+        bundle = {"text/plain": "\n".join(plain), "text/html": markup}
         if self._handle is None:
-            self._handle = display(bundle, raw=True, display_id=True)
+            self._handle = self._display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
 
@@ -4071,8 +4420,8 @@ def download(
     policy = retry if retry is not None else RetryPolicy()
     if not isinstance(max_size, int) or max_size < 0:
         raise ConfigurationError("max_size must be a number of bytes >= 0")
-    finish = _finisher(on_progress)
-    report = _transfer_callback(on_progress)
+    observer = _observer(on_progress, "downloading")
+    report = None if on_progress is None else observer.downloading
     try:
         target = _output_path(path)
         with _client_for(
@@ -4091,19 +4440,10 @@ def download(
             except WaitTimeoutError as exc:
                 raise WaitTimeoutError("the deadline passed before the download finished") from exc
     except BaseException as exc:
-        if finish is not None:
-            finish(exc)
+        observer.ended(exc)
         raise
-    if finish is not None:
-        finish("saved %s" % path)
+    observer.ended(_Outcome(_SAVED, _shown("saved %s" % path)))
     return path
-
-
-def _transfer_callback(on_progress: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
-    """A display's ``transfer`` method, or the callback itself."""
-    transfer = getattr(on_progress, "transfer", None)
-    chosen = transfer if callable(transfer) else on_progress
-    return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
 
 
 def _output_path(path: "Union[str, os.PathLike[str]]") -> str:
@@ -4504,7 +4844,8 @@ def denoise(
             target = (_shown_path(output), _output_path(output))
         source = _Source(path, check)
         try:
-            return _denoise_one(client, source, target, on_progress, policy, options, _Hooks())
+            observer = _observer(on_progress)
+            return _denoise_one(client, source, target, observer, policy, options, _Hooks())
         finally:
             source.close()
 
@@ -4518,7 +4859,7 @@ def _denoise_one(
     client: _Client,
     source: _Source,
     target: Optional[Tuple[str, str]],
-    on_progress: Any,
+    observer: _Observer,
     policy: RetryPolicy,
     options: _JobOptions,
     hooks: _Hooks,
@@ -4526,30 +4867,20 @@ def _denoise_one(
     """One file's pipeline: submit (or adopt), follow, save.  The one way a
     file is uploaded, followed and saved; the batch and the command line
     add to it through ``hooks``.  ``target`` is where to save the result
-    (the path to show, the file to write), if anywhere."""
-    finish = _finisher(on_progress)
-    upload = getattr(on_progress, "upload", None)
-    transfer = getattr(on_progress, "transfer", None)
+    (the path to show, the file to write), if anywhere; ``observer`` is
+    told each step."""
     job = hooks.known_id
     adopted = job is not None
     try:
         try:
             for attempt in range(2):
                 if job is None:
-                    submission = _submit(
-                        client,
-                        source,
-                        upload if callable(upload) else None,
-                        policy,
-                        options,
-                        hooks,
-                    )
+                    submission = _submit(client, source, observer.uploading, policy, options, hooks)
                     job, adopted = submission.denoise_id, submission.adopted
                     hooks.submitted(submission)
+                    observer.submitted(submission)
                 try:
-                    done = _follow(
-                        client, job, on_progress if callable(on_progress) else None, policy
-                    )
+                    done = _follow(client, job, observer.progress, policy)
                     break
                 except DenoiseFailedError:
                     if attempt or not adopted or not options.retry_failed:
@@ -4563,18 +4894,15 @@ def _denoise_one(
             if chosen is not None:
                 target = chosen
             if target is None:
-                if finish is not None:
-                    finish(done)
+                observer.ended(done)
                 return done
-            reached = getattr(on_progress, "_reached", None)
-            if callable(reached):
-                reached(done)
+            observer.done(done)
             try:
                 _save(
                     client,
                     done.url,
                     target[1],
-                    transfer if callable(transfer) else None,
+                    observer.downloading,
                     options.max_size,
                     policy,
                     sweep=not hooks.swept,
@@ -4596,11 +4924,9 @@ def _denoise_one(
             saving.denoise_id = job
             raise saving from exc
     except BaseException as exc:
-        if finish is not None:
-            finish(exc)
+        observer.ended(exc)
         raise
-    if finish is not None:
-        finish("saved %s" % target[0])
+    observer.ended(_Outcome(_SAVED, _shown("saved %s" % target[0])))
     return done
 
 
@@ -5433,7 +5759,11 @@ class _Batch:
         self._clients = set()  # type: Set[_Client]
         self._clients_lock = threading.Lock()
         self.on_record = on_record
-        self.display = _BatchDisplay(on_progress, len(inputs), on_record)
+        self.on_progress = on_progress
+        #: The batch's display, when it is drawn (on_progress a ProgressBar).
+        self.display = None  # type: Optional[_Display]
+        if isinstance(on_progress, ProgressBar):
+            self.display = on_progress._display(len(inputs))
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
@@ -5511,7 +5841,8 @@ class _Batch:
             client.abort()
         for worker in workers:
             worker.join(10)
-        self.display.close()
+        if self.display is not None:
+            self.display.close()
         self.journal.close()
 
     def _work(self, pending: "Any", done: "Any") -> None:
@@ -5539,12 +5870,12 @@ class _Batch:
 
     def _one(self, path: str, stem: str, session: requests.Session) -> FileResult:
         """Denoise one input, as the journal says it stands."""
-        entry = self.display.entry(os.path.basename(path), path)
+        entry = self._watch(path)
         try:
             self._check_time()
             real, status, known, saved = self._known_input(path, stem)
             if saved is not None:  # saved since the run began (the same content twice)
-                entry.finish("already saved as %s" % _short_path(saved[0]))
+                entry.ended(_already_saved(saved[0]))
                 return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
             source = _Source(path, self.check)
             try:
@@ -5558,7 +5889,7 @@ class _Batch:
             finally:
                 source.close()
         except DenoiseFailedError as exc:
-            entry.finish(exc)
+            entry.ended(exc)
             return FileResult(path, denoise_id=exc.denoise_id, error=exc)
         except (MunsitError, OSError) as exc:
             error = exc  # type: BaseException
@@ -5572,7 +5903,7 @@ class _Batch:
                 # Each further file would be one more failed login at the
                 # company's directory: the files not yet begun wait.
                 self.held_back = "not sent: the proxy refused its login for another file"
-            entry.finish(error)
+            entry.ended(_Outcome.of(error, _kind_of(exc)))
             return FileResult(path, denoise_id=job, error=error)
 
     def _skipped(self, path: str, stem: str) -> Optional[FileResult]:
@@ -5581,8 +5912,7 @@ class _Batch:
         saved = self._known_input(path, stem)[3]
         if saved is None:
             return None
-        entry = self.display.entry(os.path.basename(path), path)
-        entry.finish("already saved as %s" % _short_path(saved[0]))
+        self._watch(path).ended(_already_saved(saved[0]))
         return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
 
     def _known_input(
@@ -5606,13 +5936,13 @@ class _Batch:
         return real, status, _content_of(noted[1]), None
 
     def _saved_already(
-        self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
+        self, path: str, stem: str, content: _Content, entry: _Observer
     ) -> Optional[FileResult]:
         """The result for an input whose output is saved already, if it is."""
         saved = self.journal.saved_output(content.key, stem)
         if saved is None:
             return None
-        entry.finish("already saved as %s" % _short_path(saved[0]))
+        entry.ended(_already_saved(saved[0]))
         return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
 
     def _check_time(self) -> None:
@@ -5633,7 +5963,7 @@ class _Batch:
         source: _Source,
         content: _Content,
         session: requests.Session,
-        entry: "_BatchEntry",
+        entry: _Observer,
     ) -> FileResult:
         skipped = self._saved_already(path, stem, content, entry)
         if skipped is not None:
@@ -5652,12 +5982,16 @@ class _Batch:
         if state is not None and state.failed is not None and not self.options.retry_failed:
             error = DenoiseFailedError(state.failed)
             error.denoise_id = known
-            entry.finish(error)
+            entry.ended(error)
             return FileResult(path, denoise_id=known, error=error)
         if state is not None and state.failed is not None:
             known = None  # send it again, as asked
-        entry._job = known
-        hooks = _BatchHooks(self, path, stem, content, state, entry)
+        if self.on_record is not None:
+            records = _JsonLines(
+                self.on_record, os.path.basename(path), known, done=True, error=False
+            )
+            entry = _Observers(entry, records)
+        hooks = _BatchHooks(self, path, stem, content, state)
         hooks.known_id = known
         client = _Client(session=session, deadline=self.deadline, **self.settings)
         with self._clients_lock:
@@ -5679,6 +6013,16 @@ class _Batch:
             "saved", content, denoiseId=done.denoise_id, output=os.path.basename(output)
         )
         return FileResult(path, output=output, denoise_id=done.denoise_id)
+
+    def _watch(self, path: str) -> _Observer:
+        """An observer of one input: its row in the batch's display, or the
+        caller's ``on_progress(path, event)``."""
+        if self.display is not None:
+            return self.display.watch(_shown(os.path.basename(path)))
+        on_progress = self.on_progress
+        if on_progress is None:
+            return _Observer()
+        return _Callback(lambda event: on_progress(path, event), "progress")
 
     def _reserve(self, size: int) -> None:
         """Count a new upload against the run's caps, or raise."""
@@ -5705,13 +6049,11 @@ class _BatchHooks(_Hooks):
         stem: str,
         content: _Content,
         state: "Optional[_Progress]",
-        entry: "_BatchEntry",
     ) -> None:
         self._batch = batch
         self._name = os.path.basename(path)
         self._stem = stem
         self._content = content
-        self._entry = entry
         self._reserved = False
         self.swept = True  # by the batch, as it began
         if state is not None:
@@ -5744,16 +6086,6 @@ class _BatchHooks(_Hooks):
 
     def submitted(self, submission: Submission) -> None:
         self._batch.journal.record("submitted", self._content, denoiseId=submission.denoise_id)
-        self._entry._job = submission.denoise_id
-        if self._batch.on_record is not None:
-            fields = {
-                "stage": "submitted",
-                "file": self._name,
-                "denoiseId": submission.denoise_id,
-            }  # type: Dict[str, Any]
-            if submission.adopted:
-                fields["adopted"] = True
-            self._batch.on_record(fields)
 
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
         output = os.path.join(self._batch.folder, self._stem + _result_extension(done.url))
@@ -5776,6 +6108,10 @@ def _remember_hashed(
     journal.remember(real, after, content)
 
 
+def _already_saved(output: str) -> _Outcome:
+    return _Outcome(_ALREADY_SAVED, _shown("already saved as %s" % _short_path(output)))
+
+
 def _short_path(path: str) -> str:
     """``path`` relative to the working folder when it is inside it: what a
     display has room for."""
@@ -5790,298 +6126,6 @@ def _short_path(path: str) -> str:
     except ValueError:  # another drive
         return path
     return path if relative.startswith(os.pardir) else relative
-
-
-class _BatchDisplay:
-    """A batch's display: a ProgressBar state for each file, drawn together
-    by one renderer (a block of lines in place on a terminal, prefixed
-    lines in a log, one table in a notebook), plus the totals."""
-
-    def __init__(
-        self,
-        on_progress: Any,
-        total: int,
-        on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
-    ) -> None:
-        self.on_record = on_record
-        self.lock = threading.RLock()
-        self.total = total
-        self.saved = 0
-        self.failed = 0
-        self.started = time.monotonic()
-        self._callback = None  # type: Optional[Callable[[str, ProcessingEvent], Any]]
-        self._renderer = None  # type: Optional[_BatchRenderer]
-        if isinstance(on_progress, ProgressBar):
-            renderers = {"terminal": _BatchTerminal, "log": _BatchLog, "notebook": _BatchNotebook}
-            self._renderer = renderers[on_progress.mode](on_progress._out, self)
-        elif callable(on_progress):
-            self._callback = on_progress
-
-    def entry(self, label: str, path: str) -> "_BatchEntry":
-        """The display of one file: a ProgressBar drawn as a row of this one."""
-        bar = _BatchEntry(label, path, self._callback, self.on_record)
-        bar._view = _BatchRow(self)
-        return bar
-
-    def draw(self, state: _JobState, important: bool) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.update(state, important)
-
-    def line(self, state: _JobState, text: str) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.line(state, text)
-
-    def end(self, state: _JobState, ok: bool) -> None:
-        with self.lock:
-            if ok:
-                self.saved += 1
-            else:
-                self.failed += 1
-            if self._renderer is not None:
-                self._renderer.end(state)
-
-    def totals(self) -> str:
-        left = self.total - self.saved - self.failed
-        elapsed = "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
-        return "%d done, %d failed, %d left  %s" % (self.saved, self.failed, left, elapsed)
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.close()
-
-
-class _BatchEntry(ProgressBar):
-    """One file's state in a batch; also hands its events to a callback,
-    and its steps to ``on_record`` (the command line's JSON lines)."""
-
-    def __init__(
-        self,
-        label: str,
-        path: str,
-        callback: Optional[Callable[[str, ProcessingEvent], Any]],
-        on_record: Optional[Callable[[Dict[str, Any]], Any]],
-    ) -> None:
-        super().__init__(mode="log", label=label)
-        self._path = path
-        self._callback = callback
-        self._on_record = on_record
-        self._job = None  # type: Optional[str]
-
-    def _record(self, fields: Dict[str, Any]) -> None:
-        if self._on_record is not None:
-            fields.update(file=os.path.basename(self._path), denoiseId=self._job)
-            self._on_record(fields)
-
-    def __call__(self, event: ProcessingEvent) -> None:
-        super().__call__(event)
-        self._record(event.to_dict())
-        if self._callback is not None:
-            self._callback(self._path, event)
-
-    def _reached(self, done: DoneEvent) -> None:
-        super()._reached(done)
-        self._record(done.to_dict())
-
-
-class _BatchRow(_View):
-    """A file's view: every change goes to the batch's display."""
-
-    def __init__(self, display: _BatchDisplay) -> None:
-        super().__init__(lambda: sys.stderr)
-        self._display = display
-
-    def update(self, state: _JobState, important: bool) -> None:
-        self._display.draw(state, important)
-
-    def end(self, state: _JobState) -> None:
-        outcome = state.outcome or ""
-        ok = outcome.startswith(("saved ", "already saved ", "done: "))
-        self._display.end(state, ok)
-
-    def note(self, text: str, state: _JobState) -> None:
-        self._display.line(state, text)
-
-    def milestone(self, state: _JobState, text: str) -> None:
-        self._display.line(state, text)
-
-
-class _BatchRenderer(_View):
-    """How a batch is drawn on one stream (under the display's lock)."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out)
-        self.display = display
-
-    def line(self, state: _JobState, text: str) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _BatchTerminal(_BatchRenderer):
-    """The files in flight, a line each, and the totals under them, redrawn
-    in place at most ten times a second; a finished file's line stays above."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._live = []  # type: List[_JobState]
-        self._drawn = 0  # lines of the block now on screen
-        self._last = 0.0
-
-    def update(self, state: _JobState, important: bool) -> None:
-        if state not in self._live:
-            self._live.append(state)
-            important = True
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._redraw()
-
-    def end(self, state: _JobState) -> None:
-        if state in self._live:
-            self._live.remove(state)
-        self._redraw(above=self._row(state, state.outcome or ""))
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._redraw(above=self._row(state, text))
-
-    def close(self) -> None:
-        self._live = []
-        self._redraw()
-
-    def _row(self, state: _JobState, text: str) -> str:
-        columns = self._columns() - 1
-        label = "%s  " % state.label if state.label else ""
-        bar = self.bar(state) if state.outcome is None else ""
-        body = _encodable(self._out(), "%s%s%s" % (label, bar + " " if bar else "", text))
-        return _fit(body, columns)[0]
-
-    def _redraw(self, above: Optional[str] = None) -> None:
-        # Up to the block's first line, clear to the end of the screen, and
-        # write it again: rows never wrap, so the count of lines is exact.
-        text = "\x1b[%dF\x1b[J" % self._drawn if self._drawn else "\r\x1b[J"
-        if above is not None:
-            text += above + "\n"
-        rows = [self._row(state, state.text()) for state in self._live[:20]]
-        if len(self._live) > 20:
-            rows.append("... and %d more in flight" % (len(self._live) - 20))
-        if self._live or self.display.saved or self.display.failed:
-            rows.append(_fit(self.display.totals(), self._columns() - 1)[0])
-        self._drawn = len(rows)
-        self.write(text + "".join(row + "\n" for row in rows))
-
-    def _columns(self) -> int:
-        try:
-            columns = os.get_terminal_size(self._out().fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-        return columns or shutil.get_terminal_size((80, 24)).columns
-
-
-class _BatchLog(_BatchRenderer):
-    """Timestamped lines, each prefixed with its file's name, throttled per
-    file as a single job's log is; the totals when a file ends."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._files = {}  # type: Dict[int, _LogView]
-
-    def _view(self, state: _JobState) -> _LogView:
-        view = self._files.get(id(state))
-        if view is None:
-            view = self._files[id(state)] = _LogView(self._out)
-        return view
-
-    def update(self, state: _JobState, important: bool) -> None:
-        view = self._view(state)
-        if view.phase_of != state.phase:
-            view.phase_of = state.phase
-            view.restart()
-        view.update(state, important)
-
-    def end(self, state: _JobState) -> None:
-        view = self._files.pop(id(state), None) or _LogView(self._out)
-        if state.outcome:
-            view.line(state, state.outcome)
-        view.line(None, self.display.totals())
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._view(state).line(state, text)
-
-    def close(self) -> None:
-        self._files.clear()
-
-
-class _BatchNotebook(_BatchRenderer):
-    """One IPython display: a row per file in flight, and the totals."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._live = []  # type: List[_JobState]
-        self._ended = []  # type: List[_JobState]
-        self._handle = None  # type: Any
-        self._last = 0.0
-
-    def update(self, state: _JobState, important: bool) -> None:
-        if state not in self._live:
-            self._live.append(state)
-        now = time.monotonic()
-        if important or now - self._last >= 0.2:
-            self._last = now
-            self._show()
-
-    def end(self, state: _JobState) -> None:
-        if state in self._live:
-            self._live.remove(state)
-        self._ended.append(state)
-        self._show()
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._show()
-
-    def close(self) -> None:
-        self._live = []
-        self._show()
-
-    def _show(self) -> None:
-        import html
-
-        try:
-            display = importlib.import_module("IPython.display").display
-        except ImportError:
-            return
-        rows = []
-        for state in self._live + self._ended[-50:]:
-            if state.phase in ("upload", "download") and state.total:
-                pct = 100.0 * state.sent / state.total
-            else:
-                pct = state.pct or 0.0
-            rows.append(
-                '<tr><td dir="auto">%s</td><td><progress value="%.1f" max="100"></progress></td>'
-                '<td dir="auto">%s</td></tr>'
-                % (
-                    html.escape(state.label or ""),
-                    100.0 if state.outcome else pct,
-                    html.escape(state.text()),
-                )
-            )
-        markup = '<div style="font-family: monospace"><table>%s</table><div>%s</div></div>' % (
-            "".join(rows),
-            html.escape(self.display.totals()),
-        )
-        plain = "\n".join(
-            ["%s  %s" % (state.label, state.text()) for state in self._live]
-            + [self.display.totals()]
-        )
-        bundle = {"text/plain": plain, "text/html": markup}
-        if self._handle is None:
-            self._handle = display(bundle, raw=True, display_id=True)
-        else:
-            self._handle.update(bundle, raw=True)
 
 
 # --------------------------------------------------------------------------
@@ -6744,9 +6788,6 @@ class _Console:
                 traceback.print_exc(file=sys.stderr)
         self.err("error: " + text)
 
-    def json(self, event: Event) -> None:
-        self.record(event.to_dict())
-
     def record(self, fields: Mapping[str, Any]) -> None:
         """One JSON object on its own line of stdout, secrets redacted."""
         self.out(
@@ -7087,50 +7128,11 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
     path = args.files[0]
     name = os.path.basename(path)
 
-    class Reporter:
-        """The display, and the JSON lines on stdout with --json."""
-
-        job = None  # type: Optional[str]
-
-        def __call__(self, event: ProcessingEvent) -> None:
-            if args.json:
-                console.record(dict(event.to_dict(), file=name, denoiseId=self.job))
-            if bar is not None:
-                bar(event)
-
-        def upload(self, sent: int, total: Optional[int]) -> None:
-            if bar is not None:
-                bar.upload(sent, total)
-
-        def transfer(self, received: int, total: Optional[int]) -> None:
-            if bar is not None:
-                bar.transfer(received, total)
-
-        def _reached(self, done: DoneEvent) -> None:
-            if bar is not None:
-                bar._reached(done)
-
-        def finish(self, outcome: Any) -> None:
-            if bar is not None:
-                bar.finish(outcome)
-
-    reporter = Reporter()
-
-    class Hooks(_Hooks):
-        def submitted(self, submission: Submission) -> None:
-            reporter.job = submission.denoise_id
-            if submission.adopted:
-                console.note(
-                    "%s: found its job %s (sent earlier): not sent again"
-                    % (name, submission.denoise_id)
-                )
-            else:
-                console.note("%s: submitted as job %s" % (name, submission.denoise_id))
-            if args.json:
-                fields = {"stage": "submitted", "file": name, "denoiseId": submission.denoise_id}
-                if submission.adopted:
-                    fields["adopted"] = True
-                console.record(fields)
+    # The display and --json's lines both watch the job.
+    watchers = [] if bar is None else [bar._watch]  # type: List[_Observer]
+    if args.json:
+        watchers.append(_JsonLines(console.record, name, done=False, error=True))
+    observer = _Observers(*watchers)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
         policy = RetryPolicy()
@@ -7147,18 +7149,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
                 target = (args.output, _output_path(args.output))
             source = _Source(path, not args.no_check)
             try:
-                done = _denoise_one(client, source, target, reporter, policy, options, Hooks())
-            except DenoiseFailedError as exc:
-                if args.json:
-                    console.record(
-                        {
-                            "stage": "error",
-                            "message": exc.message,
-                            "file": name,
-                            "denoiseId": reporter.job or exc.denoise_id,
-                        }
-                    )
-                raise
+                done = _denoise_one(client, source, target, observer, policy, options, _Hooks())
             finally:
                 source.close()
         if args.json:
@@ -7588,23 +7579,16 @@ def _follow_job(
 ) -> int:
     """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save."""
     started = time.monotonic()
-
-    def on_progress(event: ProcessingEvent) -> None:
-        if args.json:
-            console.json(event)
-        if bar is not None:
-            bar(event)
-
-    try:
-        done = wait(
-            job, on_progress=on_progress, timeout=args.timeout, api_key=api_key, base_url=base_url
-        )
-    except DenoiseFailedError as exc:
-        if args.json:
-            console.json(ErrorEvent(exc.message))
-        raise
-    if bar is not None:
-        bar.finish(done)
+    watchers = [] if bar is None else [bar._watch]  # type: List[_Observer]
+    if args.json:
+        watchers.append(_JsonLines(console.record, done=False, error=True))
+    done = wait(
+        job,
+        on_progress=_Observers(*watchers),
+        timeout=args.timeout,
+        api_key=api_key,
+        base_url=base_url,
+    )
     console.result(done, args.json)
     if args.output is not None:
         remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)

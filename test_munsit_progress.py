@@ -3429,6 +3429,16 @@ def test_display_falls_back_to_ascii_on_a_non_utf8_stream():
     assert "?????" in out.getvalue()
 
 
+def test_terminal_bar_shrinks_so_that_a_narrow_terminal_keeps_the_message(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="terminal")
+    bar(ProcessingEvent(50, "Running noise reduction"))
+    line = out.getvalue().split("\r")[-1]
+    assert "Running" in line and "\u2588" in line
+    assert mp._fit(line, 200)[1] <= 39
+
+
 def test_text_is_measured_in_terminal_columns():
     assert mp._fit("\u062c\u0627\u0631\u064d", 10) == ("\u062c\u0627\u0631\u064d", 3)  # a mark
     assert mp._fit("\u65e5\u672c\u8a9e" * 10, 11) == ("\u65e5\u672c\u8a9e\u65e5\u672c\u2026", 11)
@@ -4739,6 +4749,61 @@ def test_batch_notebook_display_is_one_display_updated(server, tmp_path, fake_ip
     assert all(os.path.basename(p) in final["text/html"] for p in paths)
 
 
+def test_batch_log_has_a_line_per_file_with_its_job_when_it_is_submitted(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = Utf8Stream()
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(out, mode="log"), concurrency=1
+    )
+    lines = out.getvalue().splitlines()
+    assert len(api.jobs) == 2
+    for job in api.jobs:
+        name = api.name_of(job["id"])
+        submitted = [
+            n
+            for n, line in enumerate(lines)
+            if line.endswith(" munsit: %s: submitted as job %s" % (name, job["id"]))
+        ]
+        saved = [n for n, line in enumerate(lines) if " munsit: %s: saved " % name in line]
+        assert len(submitted) == 1 and submitted[0] < saved[0]
+
+
+def test_batch_totals_count_deferred_and_refused_files_apart_from_failed(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    server.serve(FakeAPI("ok", "400", echo=True))
+    out = Utf8Stream()
+    results = many_on(
+        server,
+        paths,
+        tmp_path / "out",
+        on_progress=mp.ProgressBar(out, mode="log"),
+        concurrency=1,
+        max_files=2,
+    )
+    assert sorted(type(result.error).__name__ for result in results) == [
+        "APIError",
+        "NoneType",
+        "NotSubmittedError",
+        "NotSubmittedError",
+    ]
+    assert "1 done, 0 failed, 2 deferred, 1 refused, 0 left" in out.getvalue().splitlines()[-1]
+
+
+def test_batch_notebook_shows_no_full_bar_for_a_refused_file(server, tmp_path, fake_ipython):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", "400", echo=True))
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(mode="notebook"), concurrency=1
+    )
+    rows = fake_ipython.shown[-1]["text/html"].split("<tr>")[1:]
+    refused = [row for row in rows if "in1.wav" in row]
+    saved = [row for row in rows if "in0.wav" in row]
+    assert len(refused) == len(saved) == 1
+    assert 'value="100.0"' in saved[0] and 'value="100.0"' not in refused[0]
+
+
 def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
@@ -5158,6 +5223,20 @@ def test_cli_terminal_display_under_a_pty(server):
     assert "جارٍ تقليل الضوضاء" in text
     assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
     assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_cli_terminal_shows_the_job_id_whole_on_a_line_of_its_own(server, audio_file):
+    api = FakeAPI("ok")
+    server.serve(api)
+    returncode, _, text = run_with_stderr_on_a_pty(
+        ["denoise", audio_file, "--base-url", server.base_url], columns=100, limit=20
+    )
+    assert returncode == 0
+    # What the terminal shows of each line: what follows its last return.
+    shown = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    lines = [line.rstrip() for line in shown if "submitted as job" in line]
+    assert lines == ["submitted as job %s" % api.jobs[0]["id"]]
 
 
 def test_cli_quiet_still_warns_on_stderr_about_repeated_failures(server):
