@@ -3546,19 +3546,6 @@ class _JobState:
     phase (upload, processing, download), how far it is, and its outcome.
     Every text in it is already redacted and printable."""
 
-    __slots__ = (
-        "label",
-        "phase",
-        "pct",
-        "message",
-        "sent",
-        "total",
-        "url",
-        "kind",
-        "outcome",
-        "started",
-    )
-
     def __init__(self, label: Optional[str]) -> None:
         self.label = label
         self.started = time.monotonic()
@@ -3923,11 +3910,10 @@ class ProgressBar:
         return self._stream if self._stream is not None else sys.stderr
 
     def _display(self, total: Optional[int] = None) -> "_Display":
-        """This bar's display; a batch (``total`` files) gets its own."""
-        if total is not None:
-            return _Display(_renderer(self.mode, self._out), total)
-        if self._shown_on is None:
-            self._shown_on = _Display(_renderer(self.mode, self._out))
+        """This bar's display; a batch (``total`` files) gets a new one,
+        which the bar's notes share until the batch is over."""
+        if total is not None or self._shown_on is None or self._shown_on.closed:
+            self._shown_on = _Display(_renderer(self.mode, self._out), total)
         return self._shown_on
 
 
@@ -3945,6 +3931,7 @@ class _Display:
             (_DONE, _SAVED, _ALREADY_SAVED, _FAILED, _DEFERRED, _REFUSED, _ENDED), 0
         )
         self.started = time.monotonic()
+        self.closed = False
         self._lock = threading.RLock()
         self._last = 0.0
 
@@ -3994,6 +3981,7 @@ class _Display:
     def close(self) -> None:
         with self._lock:
             self.live = []
+            self.closed = True
             self.renderer.close(self)
 
     def rows(self) -> List[_JobState]:
