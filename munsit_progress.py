@@ -4373,6 +4373,7 @@ class _Watch(_Observer):
         self._display = display
         self.state = _JobState(label)
         self._finished = False
+        self._raw = None  # type: Optional[str]  # the message as sent, of state.message
 
     def uploading(self, sent: int, total: Optional[int]) -> None:
         if self._finished:
@@ -4389,7 +4390,10 @@ class _Watch(_Observer):
         if self._finished:
             self._new_job()
         state = self._resume("processing")
-        message = _shown(event.message) if event.message else None
+        message = state.message
+        if event.message != self._raw:  # cleaned once, not at each event
+            self._raw = event.message
+            message = _shown(event.message) if event.message else None
         changed = message != state.message or state.pct is None
         state.pct = float(event.pct)
         state.message = message
@@ -4453,6 +4457,7 @@ class _Watch(_Observer):
     def _new_job(self) -> None:
         self.state = _JobState(self.state.label)
         self._finished = False
+        self._raw = None
 
 
 class ProgressBar:
@@ -4552,9 +4557,10 @@ class ProgressBar:
     def _display(self, total: Optional[int] = None) -> "_Display":
         """This bar's display; a batch (``total`` files) gets a new one,
         which the bar's notes share until the batch is over."""
-        if total is not None or self._shown_on is None or self._shown_on.closed:
-            self._shown_on = _Display(_renderer(self.mode, self._out), total)
-        return self._shown_on
+        shown = self._shown_on
+        if total is not None or shown is None or shown.closed:
+            shown = self._shown_on = _Display(_renderer(self.mode, self._out), total)
+        return shown
 
 
 class _Display:
@@ -4581,8 +4587,8 @@ class _Display:
 
     def changed(self, state: _JobState, important: bool) -> None:
         with self._lock:
-            if self._enter(state):
-                important = True
+            if state not in self.live:
+                important = self._enter(state)
             if self.renderer.throttled and not important:
                 # At most ten redraws a second: a fast stream must not
                 # spend its time drawing.
