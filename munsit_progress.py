@@ -4374,6 +4374,9 @@ class _Watch(_Observer):
         self.state = _JobState(label)
         self._finished = False
         self._raw = None  # type: Optional[str]  # the message as sent, of state.message
+        #: Whether an error ends the display with its message; the command
+        #: line ends it as it stands, and its error line says the rest.
+        self.shows_errors = True
 
     def uploading(self, sent: int, total: Optional[int]) -> None:
         if self._finished:
@@ -4412,6 +4415,8 @@ class _Watch(_Observer):
         if self._finished:
             return
         self._finished = True
+        if isinstance(outcome, BaseException) and not self.shows_errors:
+            outcome = None
         state = self._state_at_end(outcome)
         if state.phase is not None or state.outcome is not None:
             self._display().end(state)
@@ -7221,7 +7226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         api_key = _cli_key(args)
         return _follow_job(args, console, args.denoise_id, api_key, args.base_url, bar)
 
-    bar = None if args.quiet else ProgressBar()
+    bar = _cli_bar(args)
     return _run_command(args, console, bar, run)
 
 
@@ -7461,7 +7466,7 @@ def _main_command(command: str, argv: List[str]) -> int:
         args.output is not None
         and (os.path.isdir(args.output) or args.output.endswith(("/", os.sep)))
     )
-    bar = None if args.quiet else ProgressBar()
+    bar = _cli_bar(args)
     if many:
         if args.output is None:
             return _usage(parser, "several files need -o DIR, the folder to save them in")
@@ -7921,6 +7926,15 @@ def _usage(parser: "argparse.ArgumentParser", text: str) -> int:
         console.err_line(line)
     console.err("error: %s" % text)
     return EXIT_USAGE
+
+
+def _cli_bar(args: Any) -> Optional[ProgressBar]:
+    """The command line's display of one job, unless ``--quiet``."""
+    if args.quiet:
+        return None
+    bar = ProgressBar()
+    bar._watch.shows_errors = False  # the error line says it, once
+    return bar
 
 
 def _end_display(bar: Optional[ProgressBar]) -> None:

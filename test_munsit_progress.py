@@ -5040,6 +5040,13 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_denoise_of_a_job_that_failed_says_so_once(server, audio_file):
+    server.serve(FakeAPI("ok", progress=stream(processing(5), FAILED)))
+    result = run_cli("denoise", audio_file, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_JOB_FAILED
+    assert result.stderr.count("corrupt") == 1  # by the error line, not by the display too
+
+
 @pytest.mark.parametrize(
     "args, env",
     [
