@@ -4651,7 +4651,7 @@ class _Display:
         failed = counts[_FAILED] + counts[_ENDED]
         parts = ["%d done" % done, "%d failed" % failed]
         # Deferred and refused files are not failures: a rerun finishes the
-        # first, and the second need the user's hand, not a rerun.
+        # first, and the second needs the user's hand, not a rerun.
         for kind in (_DEFERRED, _REFUSED):
             if counts[kind]:
                 parts.append("%d %s" % (counts[kind], kind))
