@@ -4804,6 +4804,47 @@ def test_batch_notebook_shows_no_full_bar_for_a_refused_file(server, tmp_path, f
     assert 'value="100.0"' in saved[0] and 'value="100.0"' not in refused[0]
 
 
+def terminal_screen(text):
+    """The lines a terminal shows after ``text``: carriage returns, line
+    feeds, cursor up (ESC [n A) and clear to the end (ESC [J), as the
+    terminal display uses them."""
+    lines, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[\d*[AJ]|.|\n", text):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token.endswith("A"):
+            row -= int(token[2:-1] or 1)
+        elif token.endswith("J"):
+            lines[row] = lines[row][:col]
+            del lines[row + 1 :]
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + token + line[col + 1 :]
+            col += 1
+    return [line.rstrip() for line in lines]
+
+
+def test_batch_terminal_keeps_notes_and_ended_files_above_the_block(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = io.StringIO()
+    bar = mp.ProgressBar(out, mode="terminal")
+    display = bar._display(3)
+    first, second = display.watch("a.wav"), display.watch("b.wav")
+    first.progress(ProcessingEvent(10, "one"))
+    second.progress(ProcessingEvent(20, "two"))
+    bar.note("reconnecting in 1 s")
+    first.ended(DenoiseFailedError("corrupt"))
+    second.progress(ProcessingEvent(30, "three"))
+    screen = terminal_screen(out.getvalue())
+    assert screen[0] == "reconnecting in 1 s"
+    assert screen[1].startswith("a.wav  failed: corrupt")
+    assert re.match(r"b\.wav  \[#+-+\]  30%  three  0:00$", screen[2])
+    assert screen[3].startswith("0 done, 1 failed, 2 left") and len(screen) == 4
+
+
 def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
