@@ -5388,6 +5388,153 @@ def denoise_many(
     return batch.results()
 
 
+# What a batch does with each input.  One planner decides it, for the run
+# and for --dry-run alike, so that the dry run cannot drift from the run.
+_SEND = "send"
+_LOOK_UP = "look up"
+_FOLLOW = "follow"
+_SKIP = "skip"
+_REFUSE = "refuse"
+_FAILED = "failed"
+_LATER = "later"
+
+
+class _Decision:
+    """One input's action: ``send`` (or ``look up`` first, an earlier
+    upload's answer lost), ``follow`` (its job is known: ``job``, or the
+    one an earlier input of the same content gets), ``skip`` (``output``
+    is saved already), or ``refuse``, ``failed`` or ``later`` (over the
+    run's caps), which end with ``error``.  ``state`` is what the journal
+    says of its content."""
+
+    __slots__ = ("action", "detail", "job", "output", "error", "state")
+
+    def __init__(
+        self,
+        action: str,
+        detail: str = "",
+        job: Optional[str] = None,
+        output: Optional[str] = None,
+        error: Optional[MunsitError] = None,
+        state: "Optional[_Progress]" = None,
+    ) -> None:
+        self.action = action
+        self.detail = detail
+        self.job = job
+        self.output = output
+        self.error = error
+        self.state = state
+
+    def result(self, path: str) -> FileResult:
+        """The input's result when the decision ends it (skip, refuse,
+        failed, later)."""
+        return FileResult(
+            path,
+            output=self.output,
+            denoise_id=self.job,
+            error=self.error,
+            skipped=self.action == _SKIP,
+        )
+
+
+class _Caps:
+    """What is left of a run's ``max_files`` and ``max_bytes``."""
+
+    def __init__(self, max_files: Optional[int], max_bytes: Optional[int]) -> None:
+        self._files = max_files
+        self._bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> Optional[str]:
+        """Count one upload of ``size`` bytes; or why it is over a cap."""
+        with self._lock:
+            if self._files is not None and self._files <= 0:
+                return "not sent: this run's --max-files is reached"
+            if self._bytes is not None and size > self._bytes:
+                return "not sent: this run's --max-bytes is reached"
+            if self._bytes is not None:
+                self._bytes -= size
+            if self._files is not None:
+                self._files -= 1
+            return None
+
+
+class _Planner:
+    """Decides each input's action from the journal (see :class:`_Decision`).
+
+    The run asks it under the content's lock, once any earlier input of the
+    same content has ended, so that the journal has that input's outcome;
+    the dry run asks it in input order.  Only the caps are counted at
+    different moments: the run reserves them right before an upload (an
+    adopted job costs nothing), the dry run when it plans one
+    (:meth:`admit`), since it cannot know what the account has."""
+
+    def __init__(self, journal: _JournalView, options: _JobOptions) -> None:
+        self._journal = journal
+        self._retry_failed = options.retry_failed
+        self._looks = options.tag and options.reuse
+        self._first = {}  # type: Dict[str, str]  # content key -> first input with it
+        self._lock = threading.Lock()
+
+    def decide(self, path: str, stem: str, content: "_Content") -> _Decision:
+        journal = self._journal
+        saved = journal.saved_output(content.key, stem)
+        if saved is not None:
+            shown = _short_path(saved[0])
+            return _Decision(_SKIP, "already saved as %s" % shown, saved[1], saved[0])
+        taken = journal.taken_output(content.key, stem)
+        if taken is not None:
+            # Last night's input of this name had other content: its result
+            # is paid for and must not be replaced.
+            return _Decision(
+                _REFUSE,
+                "%s holds another content's result: move it away first" % os.path.basename(taken),
+                error=ConfigurationError(
+                    "not sent: %s already holds the result of another file of this name, "
+                    "with other content; move that result away (or rename this input) and run "
+                    "again" % _short_path(taken)
+                ),
+            )
+        state = journal.state(content.key)
+        with self._lock:
+            first = self._first.setdefault(content.key, path)
+        if state is not None and state.failed is not None and not self._retry_failed:
+            error = DenoiseFailedError(state.failed)
+            error.denoise_id = state.denoise_id
+            detail = "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id
+            return _Decision(_FAILED, detail, state.denoise_id, error=error, state=state)
+        if state is not None and state.denoise_id is not None and state.failed is None:
+            detail = "job %s, submitted earlier: no upload" % state.denoise_id
+            return _Decision(_FOLLOW, detail, state.denoise_id, state=state)
+        if first != path:
+            # The run does this one once the first has ended: by then the
+            # journal has its job, or its result.
+            return _Decision(_FOLLOW, "same content as %s: one job for both" % first, state=state)
+        if state is not None and state.sent_at is not None and state.denoise_id is None:
+            detail = "sent by an earlier run without an answer: looked up first"
+            return _Decision(_LOOK_UP, detail, state=state)
+        detail = "unless the account has its job (looked for first)" if self._looks else ""
+        return _Decision(_SEND, detail, state=state)
+
+    @staticmethod
+    def refused(error: MunsitError) -> _Decision:
+        """The decision for an input that cannot be read or sent."""
+        return _Decision(_REFUSE, str(error), error=error)
+
+    @staticmethod
+    def admit(decision: _Decision, size: int, caps: _Caps) -> _Decision:
+        """``decision``, or ``later`` when the upload it plans is over the
+        caps (the dry run's count; the run's is right before its upload)."""
+        if decision.action not in (_SEND, _LOOK_UP):
+            return decision
+        why = caps.reserve(size)
+        if why is None:
+            return decision
+        return _Decision(
+            _LATER, "over this run's --max-files/--max-bytes", error=NotSubmittedError(why)
+        )
+
+
 class _Batch:
     """One run over a folder: the inputs, the journal, the workers."""
 
@@ -5425,8 +5572,7 @@ class _Batch:
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
-        self._files_left = max_files
-        self._bytes_left = max_bytes
+        self.caps = _Caps(max_files, max_bytes)
         self._caps = threading.Lock()
         self._identities = {}  # type: Dict[str, threading.Lock]
         self.gate = _Gate()
@@ -5451,6 +5597,7 @@ class _Batch:
                     "would pay for it again; save into another folder" % _printable(path)
                 )
         self.journal = _Journal(self.folder)
+        self.planner = _Planner(self.journal, options)
         #: What the journal noted of the inputs' files (--rehash: nothing).
         self._known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
         _sweep_temporaries(self.folder)
@@ -5605,16 +5752,6 @@ class _Batch:
                 return real, status, None, (output, job)
         return real, status, _content_of(noted[1]), None
 
-    def _saved_already(
-        self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
-    ) -> Optional[FileResult]:
-        """The result for an input whose output is saved already, if it is."""
-        saved = self.journal.saved_output(content.key, stem)
-        if saved is None:
-            return None
-        entry.finish("already saved as %s" % _short_path(saved[0]))
-        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
-
     def _check_time(self) -> None:
         """Raise if the run was stopped or its deadline passed."""
         if self.stop.is_set():
@@ -5635,27 +5772,13 @@ class _Batch:
         session: requests.Session,
         entry: "_BatchEntry",
     ) -> FileResult:
-        skipped = self._saved_already(path, stem, content, entry)
-        if skipped is not None:
-            return skipped
-        state = self.journal.state(content.key)
-        other = self.journal.taken_output(content.key, stem)
-        if other is not None:
-            # Last night's input of this name had other content: its result
-            # is paid for and must not be replaced.
-            raise ConfigurationError(
-                "not sent: %s already holds the result of another file of this name, with "
-                "other content; move that result away (or rename this input) and run again"
-                % _short_path(other)
-            )
-        known = state.denoise_id if state is not None else None
-        if state is not None and state.failed is not None and not self.options.retry_failed:
-            error = DenoiseFailedError(state.failed)
-            error.denoise_id = known
-            entry.finish(error)
-            return FileResult(path, denoise_id=known, error=error)
-        if state is not None and state.failed is not None:
-            known = None  # send it again, as asked
+        decision = self.planner.decide(path, stem, content)
+        if decision.action == _REFUSE:
+            raise cast(MunsitError, decision.error)
+        if decision.action in (_SKIP, _FAILED):
+            entry.finish(decision.error or decision.detail)
+            return decision.result(path)
+        state, known = decision.state, decision.job
         entry._job = known
         hooks = _BatchHooks(self, path, stem, content, state, entry)
         hooks.known_id = known
@@ -5682,16 +5805,9 @@ class _Batch:
 
     def _reserve(self, size: int) -> None:
         """Count a new upload against the run's caps, or raise."""
-        with self._caps:
-            if self._files_left is not None:
-                if self._files_left <= 0:
-                    raise NotSubmittedError("not sent: this run's --max-files is reached")
-            if self._bytes_left is not None:
-                if size > self._bytes_left:
-                    raise NotSubmittedError("not sent: this run's --max-bytes is reached")
-                self._bytes_left -= size
-            if self._files_left is not None:
-                self._files_left -= 1
+        why = self.caps.reserve(size)
+        if why is not None:
+            raise NotSubmittedError(why)
 
 
 class _BatchHooks(_Hooks):
@@ -7302,73 +7418,54 @@ def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> No
 
 def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int:
     """What a batch would do, from the journal, without sending anything
-    (nor taking the folder's lock: another run may be using it)."""
+    (nor taking the folder's lock: another run may be using it).  Exits as
+    the run would for what the journal decides: 2 when an input would be
+    refused, 1 when a job failed earlier (without --retry-failed); what
+    the caps hold back is planned, not an error."""
     folder = os.path.abspath(args.output)
     journal = _JournalView.reading(folder)
     try:
-        return _dry_run_with(args, console, inputs, journal)
+        planned = _dry_run_plan(args, inputs, journal)
     finally:
         journal.close()
+    _dry_run_table(console, planned)
+    return _batch_status(
+        [
+            FileResult(path, error=decision.error)
+            for decision, _, path in planned
+            if decision.action != _LATER
+        ]
+    )
 
 
-def _dry_run_with(
-    args: Any, console: _Console, inputs: List[Tuple[str, str]], journal: _JournalView
-) -> int:
-    files_left = args.max_files
-    bytes_left = args.max_bytes
+def _dry_run_plan(
+    args: Any, inputs: List[Tuple[str, str]], journal: _JournalView
+) -> List[Tuple[_Decision, Optional[int], str]]:
+    """Each input's decision, its size if known, and its path."""
+    planner = _Planner(journal, _cli_options(args))
+    caps = _Caps(args.max_files, args.max_bytes)
+    realpath = _RealPaths()
+    planned = []  # type: List[Tuple[_Decision, Optional[int], str]]
+    for path, stem in inputs:
+        content = _dry_run_content(journal, path, args, realpath)
+        if isinstance(content, ConfigurationError):
+            planned.append((planner.refused(content), None, path))
+            continue
+        decision = planner.admit(planner.decide(path, stem, content), content.size, caps)
+        planned.append((decision, content.size, path))
+    return planned
+
+
+def _dry_run_table(console: _Console, planned: List[Tuple[_Decision, Optional[int], str]]) -> None:
+    """The dry run's table, then the line that sums it up."""
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
-    planned = {}  # type: Dict[str, str]  # identity -> the first input with it
-    realpath = _RealPaths()
     to_send = 0
-    for path, stem in inputs:
-        identity = _dry_run_content(journal, path, args, realpath)
-        if isinstance(identity, ConfigurationError):
-            rows.append(("refuse", "-", path, str(identity)))
-            counts["refuse"] = counts.get("refuse", 0) + 1
-            continue
-        state = journal.state(identity.key)
-        detail = ""
-        found = journal.saved_output(identity.key, stem)
-        saved = found[0] if found is not None else None
-        taken = journal.taken_output(identity.key, stem) if saved is None else None
-        first = planned.setdefault(identity.key, path)
-        if saved is not None:
-            action, detail = "skip", "already saved as %s" % os.path.basename(saved)
-        elif taken is not None:
-            action, detail = (
-                "refuse",
-                "%s holds another content's result: move it away first" % os.path.basename(taken),
-            )
-        elif first != path:
-            action, detail = "follow", "same content as %s: one job for both" % first
-        elif state is not None and state.failed is not None and not args.retry_failed:
-            action, detail = (
-                "failed",
-                "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id,
-            )
-        elif state is not None and state.denoise_id is not None and state.failed is None:
-            action, detail = "follow", "job %s, submitted earlier: no upload" % state.denoise_id
-        else:
-            looked = state is not None and state.sent_at is not None and state.denoise_id is None
-            fits = (files_left is None or files_left > 0) and (
-                bytes_left is None or identity.size <= bytes_left
-            )
-            if not fits:
-                action, detail = "later", "over this run's --max-files/--max-bytes"
-            else:
-                action = "look up" if looked else "send"
-                if looked:
-                    detail = "sent by an earlier run without an answer: looked up first"
-                elif not args.no_tag and not args.no_reuse:
-                    detail = "unless the account has its job (looked for first)"
-                to_send += identity.size
-                if files_left is not None:
-                    files_left -= 1
-                if bytes_left is not None:
-                    bytes_left -= identity.size
-        counts[action] = counts.get(action, 0) + 1
-        rows.append((action, _size(identity.size), path, detail))
+    for decision, size, path in planned:
+        rows.append((decision.action, "-" if size is None else _size(size), path, decision.detail))
+        counts[decision.action] = counts.get(decision.action, 0) + 1
+        if decision.action in (_SEND, _LOOK_UP):
+            to_send += size or 0
     widths = [max(len(_printable(row[column])) for row in rows) for column in range(3)]
     for row in rows:
         cells = [_printable(cell) for cell in row]
@@ -7378,12 +7475,11 @@ def _dry_run_with(
     console.out(
         "would send %d file(s), %s; %s"
         % (
-            counts.get("send", 0) + counts.get("look up", 0),
+            counts.get(_SEND, 0) + counts.get(_LOOK_UP, 0),
             _size(to_send),
             ", ".join("%s %d" % (action, count) for action, count in sorted(counts.items())),
         )
     )
-    return EXIT_OK
 
 
 def _dry_run_content(
