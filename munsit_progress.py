@@ -431,6 +431,11 @@ class _Aborted(TransportError):
     never shown to a caller, who gets the KeyboardInterrupt."""
 
 
+class _StoppedWhileFollowed(TransportError):
+    """A batch was stopped (Ctrl-C, SIGTERM) while this input's job was
+    followed: the job goes on on the server, and a rerun follows it."""
+
+
 class SaveError(MunsitError, OSError):
     """The result could not be written: a full disk, a folder removed, a
     permission refused.  The job succeeded and is paid for: ``denoise_id``
@@ -5225,6 +5230,12 @@ class _RealPaths:
         return real
 
 
+def _new_queue() -> Any:
+    import queue
+
+    return queue.Queue()
+
+
 def _batch_inputs(paths: Any, realpath: Optional[_RealPaths] = None) -> List[Tuple[str, str]]:
     """The inputs as (path, output stem), the same file given twice kept
     once; ConfigurationError, before anything is sent, when two inputs
@@ -5579,6 +5590,9 @@ class _Batch:
         self._clients = set()  # type: Set[_Client]
         self._clients_lock = threading.Lock()
         self.on_record = on_record
+        # The workers' results; what they give on their way out, once the
+        # run is stopped, is read by leftovers().
+        self._done = _new_queue()  # type: Any
         self.display = _BatchDisplay(on_progress, len(inputs), on_record)
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -5609,7 +5623,7 @@ class _Batch:
         import queue
 
         pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
-        done = queue.Queue()  # type: queue.Queue[FileResult]
+        done = self._done
         workers = []  # type: List[threading.Thread]
         try:
             # The inputs the journal knows saved, by their stat, end here,
@@ -5649,6 +5663,21 @@ class _Batch:
                     yield result
         finally:
             self._shut_down(workers)
+
+    def leftovers(self) -> List[FileResult]:
+        """Once :meth:`results` was stopped (Ctrl-C, SIGTERM): the results
+        its workers gave on their way out, which it did not yield: the jobs
+        they were following, the files they had not sent."""
+        import queue
+
+        found = []  # type: List[FileResult]
+        while True:
+            try:
+                result = self._done.get_nowait()
+            except queue.Empty:
+                return found
+            if result is not None:
+                found.append(result)
 
     def _shut_down(self, workers: List[threading.Thread]) -> None:
         self.stop.set()
@@ -5713,7 +5742,7 @@ class _Batch:
             if isinstance(exc, _Aborted):  # never shown as such: it is ours
                 error = NotSubmittedError("the run was stopped first")
                 if job is not None:
-                    error = TransportError("the run was stopped while the job was followed")
+                    error = _StoppedWhileFollowed("the run was stopped while the job was followed")
                     error.denoise_id = job
             if isinstance(exc, ProxyAuthenticationError):
                 # Each further file would be one more failed login at the
@@ -7329,6 +7358,8 @@ def _outcome(result: FileResult) -> Tuple[int, str]:
     status = _exit_status(error) if isinstance(error, MunsitError) else EXIT_GAVE_UP
     if isinstance(error, NotSubmittedError):
         return status, "not sent yet"
+    if isinstance(error, _StoppedWhileFollowed):
+        return status, "pending"
     return status, dict(_OUTCOMES).get(status, "gave up")
 
 
@@ -7370,16 +7401,52 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             realpath=realpath,
         )
         finished = {}  # type: Dict[str, FileResult]
-        for result in batch.results():
-            finished[result.path] = result
-        results = [
-            finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
-            for path, _ in inputs
-        ]
+        try:
+            for result in batch.results():
+                finished[result.path] = result
+        except KeyboardInterrupt:
+            # Stopped (Ctrl-C, SIGTERM): what is saved, what is pending and
+            # under which job, and that a rerun finishes it.
+            for result in batch.leftovers():
+                finished.setdefault(result.path, result)
+            _batch_report(args, console, _in_order(inputs, finished))
+            console.error(
+                "interrupted; run the same command again to finish: what is saved is kept, "
+                "and the jobs pending are followed, not sent again"
+            )
+            return EXIT_INTERRUPTED
+        results = _in_order(inputs, finished)
         _batch_report(args, console, results)
+        _failed_hint(console, results)
         return _batch_status(results)
 
     return _with_api(args, console, run)
+
+
+def _in_order(inputs: List[Tuple[str, str]], finished: Dict[str, FileResult]) -> List[FileResult]:
+    """Each input's result, in the order given (one never reached: not
+    sent)."""
+    return [
+        finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
+        for path, _ in inputs
+    ]
+
+
+def _failed_hint(console: _Console, results: List[FileResult]) -> None:
+    """After a batch, the way to send again the files whose job failed on
+    the server: following those jobs would only replay their error."""
+    failed = [
+        os.path.basename(result.path)
+        for result in results
+        if isinstance(result.error, DenoiseFailedError)
+    ]
+    if not failed:
+        return
+    shown = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+    console.note(
+        "%d file(s) failed on the server (%s): following their jobs only replays the error; "
+        "--retry-failed sends them again, each as a new job" % (len(failed), shown)
+    )
 
 
 def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> None:

@@ -5845,8 +5845,10 @@ def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(s
     server.serve(api)
     result = batch_cli(server, paths, tmp_path / "out", "--timeout", "4", "--jobs", "4")
     assert result.returncode == mp.EXIT_GAVE_UP == 4, result.stderr  # 4 wins over 1
-    summary = [STAMP.sub("", line, count=1) for line in result.stderr.splitlines()[-5:]]
+    lines = result.stderr.splitlines()
+    summary = [STAMP.sub("", line, count=1) for line in lines[-6:-1]]
     assert summary[0].split()[:2] == ["FILE", "OUTCOME"]
+    assert "in1.wav" in lines[-1] and "--retry-failed" in lines[-1]
     assert [line.split()[0] for line in summary[1:]] == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
     assert [line.split()[1] for line in summary[1:]] == ["saved", "failed", "gave", "saved"]
     ids = {untagged(job["file_name"]): job["id"] for job in api.jobs}
