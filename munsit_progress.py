@@ -301,7 +301,9 @@ class MunsitError(Exception):
     it): the job exists, and is paid for; follow it with
     ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``, or run the same
     call again (it finds the job by the file's content), rather than
-    sending the file as new.  ``None`` otherwise.
+    sending the file as new.  ``None`` otherwise.  A job that failed on
+    the server (:class:`DenoiseFailedError`) is the exception: following
+    it only replays its error; ``retry_failed=True`` sends the file again.
     """
 
     denoise_id = None  # type: Optional[str]
@@ -382,7 +384,10 @@ class DenoiseFailedError(MunsitError):
         return (type(self), (self.message,), self.__dict__)
 
     def _job_note(self, job: str) -> str:
-        return "job %s failed; retry_failed=True (--retry-failed) sends the file again" % job
+        return (
+            "job %s failed on the server: following it again only replays this error; "
+            "retry_failed=True (--retry-failed) sends the file again, as a new job" % job
+        )
 
 
 class ProtocolError(MunsitError):
@@ -2395,6 +2400,29 @@ class _Source:
             self._handle.close()
 
 
+class _NoFile(_Source):
+    """No file at hand: the pipeline follows a job given by its id, and has
+    nothing to send (asked to, it says so)."""
+
+    __slots__ = ()
+
+    def __init__(self, job: str) -> None:  # nothing to open
+        self.name = job
+        self.size = 0
+        self.content_type = ""
+        self.content = None
+        self._handle = cast(Any, None)
+        self._start = 0
+        self._owned = False
+        self._stamp_read = None
+
+    def identify(self, check: Callable[[], None]) -> "_Content":
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+    def read(self, amount: int) -> bytes:
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+
 def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
     """How long a WAV file says it is, from its header; None if it does not
     say (another format, a streamed WAV without sizes, a damaged header).
@@ -2935,9 +2963,15 @@ class _Hooks:
         """The file's job is known: sent now, or found (``adopted``)."""
 
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
-        """Where to save the result, once its URL is known: (the path to
-        show, the file to write), or None for the pipeline's own target."""
+        """The job is done, its result not saved yet: where to save it (the
+        path to show, the file to write), or None for the pipeline's own
+        target."""
         return None
+
+    def result_gone(self, error: "APIError", job: str) -> "APIError":
+        """The error for a known job's result that cannot be fetched any
+        more (403, 404, 410)."""
+        return _result_gone(error, job)
 
 
 def _submit(
@@ -4586,7 +4620,7 @@ def _denoise_one(
                 )
             except APIError as exc:
                 if adopted and job is not None and exc.status_code in (403, 404, 410):
-                    raise _result_gone(exc, job) from exc
+                    raise hooks.result_gone(exc, job) from exc
                 raise
         except MunsitError as exc:
             if job is not None:
@@ -7749,37 +7783,62 @@ def _follow_job(
     base_url: Optional[str],
     bar: Optional[ProgressBar],
 ) -> int:
-    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save."""
-    started = time.monotonic()
+    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save.
+    The one-file pipeline, from a known job: one deadline, one session."""
 
-    def on_progress(event: ProcessingEvent) -> None:
-        if args.json:
-            console.json(event)
-        if bar is not None:
-            bar(event)
+    class Reporter:
+        """The display, and the JSON lines on stdout with --json."""
 
-    try:
-        done = wait(
-            job, on_progress=on_progress, timeout=args.timeout, api_key=api_key, base_url=base_url
-        )
-    except DenoiseFailedError as exc:
-        if args.json:
-            console.json(ErrorEvent(exc.message))
-        raise
-    if bar is not None:
-        bar.finish(done)
-    console.result(done, args.json)
+        def __call__(self, event: ProcessingEvent) -> None:
+            if args.json:
+                console.json(event)
+            if bar is not None:
+                bar(event)
+
+        def transfer(self, received: int, total: Optional[int]) -> None:
+            if bar is not None:
+                bar.transfer(received, total)
+
+        def _reached(self, done: DoneEvent) -> None:
+            if bar is not None:
+                bar.finish(done)
+
+        def finish(self, outcome: Any) -> None:
+            # An error is said once, by the error line that ends the command.
+            if bar is not None and not isinstance(outcome, BaseException):
+                bar.finish(outcome)
+
+    class Hooks(_Hooks):
+        known_id = job
+
+        def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+            console.result(done, args.json)  # the URL, before its download
+            return None
+
+        def result_gone(self, error: APIError, job: str) -> APIError:
+            return error  # named by the caller: not one found for a file
+
+    policy = RetryPolicy()
+    target = None  # type: Optional[Tuple[str, str]]
     if args.output is not None:
-        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
-        download(
-            done,
-            args.output,
-            api_key=api_key,
-            base_url=base_url,
-            timeout=remaining,
-            on_progress=bar,
-            allow_http=args.allow_http,
-        )
+        target = (args.output, _output_path(args.output))
+    with _Client(
+        api_key,
+        base_url,
+        None,
+        deadline=_deadline(args.timeout, policy.clock),
+        clock=policy.clock,
+        allow_http=args.allow_http,
+    ) as client:
+        try:
+            _denoise_one(client, _NoFile(job), target, Reporter(), policy, _JobOptions(), Hooks())
+        except DenoiseFailedError as exc:
+            if args.json:
+                console.json(ErrorEvent(exc.message))
+            raise  # its note says how to send the file again
+        except MunsitError as exc:
+            exc._job_noted = False  # the job is the one the command names
+            raise
     return EXIT_OK
 
 

@@ -4968,9 +4968,9 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == mp.EXIT_JOB_FAILED == 1
     assert result.stdout == ""
-    assert last_line(result) == (
-        "munsit-progress: error: denoise job failed: audio file is corrupt"
-    )
+    assert last_line(result).startswith(
+        "munsit-progress: error: denoise job failed: audio file is corrupt [job %s failed" % JOB
+    )  # and says how to send the file again: following it only replays this
     assert result.stderr.count("corrupt") == 1  # said once, not by the display too
     assert "Traceback" not in result.stderr
 
