@@ -5158,6 +5158,32 @@ def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
                 _note_output(database, name, _content_id(database, key), values[1], at or 0.0)
 
 
+@contextlib.contextmanager
+def _batch_folder_held(target: Optional[str]) -> Iterator[None]:
+    """Hold the lock of the batch folder that ``target`` is saved in, if it
+    is one (its lock file is there), for as long as one file is denoised
+    into it: a batch running there raises BatchBusyError at once, before
+    anything is sent, and a batch started meanwhile exits as busy.  A
+    folder no batch used gets no lock file; no target, nothing to hold."""
+    if target is None:
+        yield
+        return
+    folder = os.path.dirname(target) or os.curdir
+    try:
+        handle = open(os.path.join(folder, _LOCK_NAME), "r+b")  # noqa: SIM115
+    except OSError:  # no batch's folder, or not ours to lock: nothing to keep
+        yield
+        return
+    with handle:
+        if not _lock_file(handle):
+            raise BatchBusyError(
+                "a batch is running in %s (its journal %s is locked): saving into it now "
+                "could replace a result the batch is writing; nothing was sent"
+                % (_printable(folder), JOURNAL_NAME)
+            )
+        yield
+
+
 def _lock_file(handle: Any) -> bool:
     """Take the OS's exclusive lock on an open file without waiting;
     whether it was free.  The OS drops it when the holder dies."""
@@ -7326,7 +7352,8 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
                 target = (args.output, _output_path(args.output))
             source = _Source(path, not args.no_check)
             try:
-                done = _denoise_one(client, source, target, reporter, policy, options, Hooks())
+                with _batch_folder_held(None if target is None else target[1]):
+                    done = _denoise_one(client, source, target, reporter, policy, options, Hooks())
             except DenoiseFailedError as exc:
                 if args.json:
                     console.record(
