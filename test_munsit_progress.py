@@ -5886,6 +5886,66 @@ def test_cli_batch_colliding_names_are_refused_before_any_upload(server, tmp_pat
     assert_nothing_sent(server)
 
 
+PLAN_A = mp._Content("a" * 64, 100)
+PLAN_B = mp._Content("b" * 64, 200)
+PLAN_JOB = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.mark.parametrize(
+    "steps, retry_failed, expected",
+    [
+        ([], False, [("send", None), ("follow", None)]),  # a.wav, then c.wav: same content
+        ([("submitted", {"denoiseId": PLAN_JOB})], False, [("follow", PLAN_JOB)] * 2),
+        ([("sending", {"file": "a.wav"})], False, [("look up", None), ("follow", None)]),
+        ([("failed", {"denoiseId": PLAN_JOB, "error": "x"})], False, [("failed", PLAN_JOB)] * 2),
+        (
+            [("failed", {"denoiseId": PLAN_JOB, "error": "x"})],
+            True,
+            [("send", None), ("follow", None)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav"})],
+            False,
+            [("skip", PLAN_JOB), ("follow", PLAN_JOB)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav", "other": True})],
+            False,
+            [("refuse", None), ("send", None)],
+        ),
+    ],
+)
+def test_the_planner_decides_each_input_from_the_journal(tmp_path, steps, retry_failed, expected):
+    """One table for the decision a batch and its dry run share: a.wav,
+    then c.wav of the same content."""
+    (tmp_path / "a.wav").write_bytes(b"result")
+    journal = mp._Journal(str(tmp_path))
+    try:
+        for event, fields in steps:
+            content = PLAN_B if fields.pop("other", False) else PLAN_A
+            journal.record(event, content, **fields)
+        planner = mp._Planner(journal, mp._JobOptions(retry_failed=retry_failed))
+        decisions = [
+            planner.decide(str(tmp_path / name), stem, PLAN_A)
+            for name, stem in (("in/a.wav", "a"), ("in/c.wav", "c"))
+        ]
+    finally:
+        journal.close()
+    assert [(d.action, d.job) for d in decisions] == expected
+    ends = {"skip": type(None), "refuse": ConfigurationError, "failed": DenoiseFailedError}
+    for decision in decisions:
+        assert isinstance(decision.error, ends.get(decision.action, type(None)))
+
+
+def test_the_caps_hold_back_what_the_planner_would_send_over_them():
+    caps = mp._Caps(max_files=2, max_bytes=250)
+    send = mp._Decision("send")
+    admitted = [mp._Planner.admit(send, size, caps).action for size in (100, 200, 100, 10)]
+    assert admitted == ["send", "later", "send", "later"]  # 200 over the bytes; then the files
+    assert mp._Planner.admit(mp._Decision("follow"), 10**9, caps).action == "follow"
+    assert isinstance(mp._Planner.admit(send, 1, caps).error, mp.NotSubmittedError)
+
+
 def test_cli_batch_dry_run_sends_nothing_and_max_files_caps(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 4)
     api = FakeAPI("ok", echo=True)
