@@ -7466,22 +7466,32 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             for result in batch.results():
                 finished[result.path] = result
         except KeyboardInterrupt:
-            # Stopped (Ctrl-C, SIGTERM): what is saved, what is pending and
-            # under which job, and that a rerun finishes it.
-            for result in batch.leftovers():
-                finished.setdefault(result.path, result)
-            _batch_report(args, console, _in_order(inputs, finished))
-            console.error(
-                "interrupted; run the same command again to finish: what is saved is kept, "
-                "and the jobs pending are followed, not sent again"
-            )
-            return EXIT_INTERRUPTED
+            return _batch_stopped(args, console, batch, inputs, finished)
         results = _in_order(inputs, finished)
         _batch_report(args, console, results)
         _failed_hint(console, results)
         return _batch_status(results)
 
     return _with_api(args, console, run)
+
+
+def _batch_stopped(
+    args: Any,
+    console: _Console,
+    batch: _Batch,
+    inputs: List[Tuple[str, str]],
+    finished: Dict[str, FileResult],
+) -> int:
+    """A batch stopped by Ctrl-C or SIGTERM: what is saved, what is pending
+    and under which job, and that a rerun finishes it."""
+    for result in batch.leftovers():
+        finished.setdefault(result.path, result)
+    _batch_report(args, console, _in_order(inputs, finished))
+    console.error(
+        "interrupted; run the same command again to finish: what is saved is kept, "
+        "and the jobs pending are followed, not sent again"
+    )
+    return EXIT_INTERRUPTED
 
 
 def _in_order(inputs: List[Tuple[str, str]], finished: Dict[str, FileResult]) -> List[FileResult]:
@@ -7802,6 +7812,52 @@ class _NoteHandler(logging.Handler):
             self._bar.note("munsit-progress: " + text)
 
 
+class _FollowReporter:
+    """``munsit-progress DENOISE_ID``'s display, and its JSON lines on
+    stdout with --json."""
+
+    def __init__(self, args: Any, console: _Console, bar: Optional[ProgressBar]) -> None:
+        self._json = args.json
+        self._console = console
+        self._bar = bar
+
+    def __call__(self, event: ProcessingEvent) -> None:
+        if self._json:
+            self._console.json(event)
+        if self._bar is not None:
+            self._bar(event)
+
+    def transfer(self, received: int, total: Optional[int]) -> None:
+        if self._bar is not None:
+            self._bar.transfer(received, total)
+
+    def _reached(self, done: DoneEvent) -> None:
+        if self._bar is not None:
+            self._bar.finish(done)
+
+    def finish(self, outcome: Any) -> None:
+        # An error is said once, by the error line that ends the command.
+        if self._bar is not None and not isinstance(outcome, BaseException):
+            self._bar.finish(outcome)
+
+
+class _FollowHooks(_Hooks):
+    """``munsit-progress DENOISE_ID``'s part in the pipeline: the job, and
+    its URL on stdout before its result is saved."""
+
+    def __init__(self, job: str, args: Any, console: _Console) -> None:
+        self.known_id = job
+        self._json = args.json
+        self._console = console
+
+    def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+        self._console.result(done, self._json)
+        return None
+
+    def result_gone(self, error: APIError, job: str) -> APIError:
+        return error  # named by the caller: not one found for a file
+
+
 def _follow_job(
     args: Any,
     console: _Console,
@@ -7812,39 +7868,6 @@ def _follow_job(
 ) -> int:
     """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save.
     The one-file pipeline, from a known job: one deadline, one session."""
-
-    class Reporter:
-        """The display, and the JSON lines on stdout with --json."""
-
-        def __call__(self, event: ProcessingEvent) -> None:
-            if args.json:
-                console.json(event)
-            if bar is not None:
-                bar(event)
-
-        def transfer(self, received: int, total: Optional[int]) -> None:
-            if bar is not None:
-                bar.transfer(received, total)
-
-        def _reached(self, done: DoneEvent) -> None:
-            if bar is not None:
-                bar.finish(done)
-
-        def finish(self, outcome: Any) -> None:
-            # An error is said once, by the error line that ends the command.
-            if bar is not None and not isinstance(outcome, BaseException):
-                bar.finish(outcome)
-
-    class Hooks(_Hooks):
-        known_id = job
-
-        def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
-            console.result(done, args.json)  # the URL, before its download
-            return None
-
-        def result_gone(self, error: APIError, job: str) -> APIError:
-            return error  # named by the caller: not one found for a file
-
     policy = RetryPolicy()
     target = None  # type: Optional[Tuple[str, str]]
     if args.output is not None:
@@ -7858,7 +7881,15 @@ def _follow_job(
         allow_http=args.allow_http,
     ) as client:
         try:
-            _denoise_one(client, _NoFile(job), target, Reporter(), policy, _JobOptions(), Hooks())
+            _denoise_one(
+                client,
+                _NoFile(job),
+                target,
+                _FollowReporter(args, console, bar),
+                policy,
+                _JobOptions(),
+                _FollowHooks(job, args, console),
+            )
         except DenoiseFailedError as exc:
             if args.json:
                 console.json(ErrorEvent(exc.message))
