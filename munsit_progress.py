@@ -5773,12 +5773,6 @@ class _RealPaths:
         return real
 
 
-def _new_queue() -> Any:
-    import queue
-
-    return queue.Queue()
-
-
 def _batch_inputs(paths: Any, realpath: Optional[_RealPaths] = None) -> List[Tuple[str, str]]:
     """The inputs as (path, output stem), the same file given twice kept
     once; ConfigurationError, before anything is sent, when two inputs
@@ -6030,15 +6024,17 @@ class _Batch:
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
         self.caps = _Caps(max_files, max_bytes)
-        self._caps = threading.Lock()
+        self._shared = threading.Lock()  # the realpath cache, the identities' locks
         self._identities = {}  # type: Dict[str, threading.Lock]
         self.gate = _Gate()
         self._clients = set()  # type: Set[_Client]
         self._clients_lock = threading.Lock()
         self.on_record = on_record
+        import queue
+
         # The workers' results; what they give on their way out, once the
         # run is stopped, is read by leftovers().
-        self._done = _new_queue()  # type: Any
+        self._done = queue.Queue()  # type: queue.Queue[Optional[FileResult]]
         self.display = _BatchDisplay(on_progress, len(inputs), on_record)
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -6213,7 +6209,7 @@ class _Batch:
     ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content], Optional[_SavedOutput]]":
         """(its real path, its stat, its content and saved output if the
         journal knows the file by that stat); --rehash knows nothing."""
-        with self._caps:
+        with self._shared:
             real = self._realpath(path)
         try:
             status = os.stat(real)
@@ -6236,7 +6232,7 @@ class _Batch:
             raise NotSubmittedError("not sent: the run's deadline passed first")
 
     def _identity_lock(self, key: str) -> threading.Lock:
-        with self._caps:
+        with self._shared:
             return self._identities.setdefault(key, threading.Lock())
 
     def _follow_through(
@@ -8266,7 +8262,7 @@ def _follow_job(
         deadline=_deadline(args.timeout, policy.clock),
         clock=policy.clock,
         allow_http=args.allow_http,
-    ) as client:
+    ) as client, _batch_folder_held(None if target is None else target[1]):
         try:
             _denoise_one(
                 client,

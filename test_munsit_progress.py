@@ -6184,10 +6184,13 @@ def test_a_single_file_saved_into_a_batch_s_folder_waits_for_no_batch(server, tm
     holder = mp._Journal(str(tmp_path / "out"))  # a batch, running there
     try:
         busy = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
+        followed = run_cli(
+            JOB, "--base-url", server.base_url, "-o", str(tmp_path / "out" / "a.wav")
+        )
     finally:
         holder.close()
-    assert busy.returncode == mp.EXIT_BUSY, busy.stderr
-    assert "batch" in last_line(busy)
+    assert busy.returncode == followed.returncode == mp.EXIT_BUSY, busy.stderr
+    assert "batch" in last_line(busy) and "batch" in last_line(followed)
     assert_nothing_sent(server)
     done = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
     assert done.returncode == 0, done.stderr
