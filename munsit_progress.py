@@ -317,7 +317,9 @@ class MunsitError(Exception):
     it): the job exists, and is paid for; follow it with
     ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``, or run the same
     call again (it finds the job by the file's content), rather than
-    sending the file as new.  ``None`` otherwise.
+    sending the file as new.  ``None`` otherwise.  A job that failed on
+    the server (:class:`DenoiseFailedError`) is the exception: following
+    it only replays its error; ``retry_failed=True`` sends the file again.
     """
 
     denoise_id = None  # type: Optional[str]
@@ -398,7 +400,10 @@ class DenoiseFailedError(MunsitError):
         return (type(self), (self.message,), self.__dict__)
 
     def _job_note(self, job: str) -> str:
-        return "job %s failed; retry_failed=True (--retry-failed) sends the file again" % job
+        return (
+            "job %s failed on the server: following it again only replays this error; "
+            "retry_failed=True (--retry-failed) sends the file again, as a new job" % job
+        )
 
 
 class ProtocolError(MunsitError):
@@ -445,6 +450,11 @@ class CertificateError(TransportError):
 class _Aborted(TransportError):
     """A batch's worker was stopped (Ctrl-C, SIGTERM): never retried, and
     never shown to a caller, who gets the KeyboardInterrupt."""
+
+
+class _StoppedWhileFollowed(TransportError):
+    """A batch was stopped (Ctrl-C, SIGTERM) while this input's job was
+    followed: the job goes on on the server, and a rerun follows it."""
 
 
 class SaveError(MunsitError, OSError):
@@ -3150,6 +3160,29 @@ class _Source:
             self._handle.close()
 
 
+class _NoFile(_Source):
+    """No file at hand: the pipeline follows a job given by its id, and has
+    nothing to send (asked to, it says so)."""
+
+    __slots__ = ()
+
+    def __init__(self, job: str) -> None:  # nothing to open
+        self.name = job
+        self.size = 0
+        self.content_type = ""
+        self.content = None
+        self._handle = cast(Any, None)
+        self._start = 0
+        self._owned = False
+        self._stamp_read = None
+
+    def identify(self, check: Callable[[], None]) -> "_Content":
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+    def read(self, amount: int) -> bytes:
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+
 def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
     """How long a WAV file says it is, from its header; None if it does not
     say (another format, a streamed WAV without sizes, a damaged header).
@@ -3591,9 +3624,15 @@ class _Hooks:
         """The file's job is known: sent now, or found (``adopted``)."""
 
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
-        """Where to save the result, once its URL is known: (the path to
-        show, the file to write), or None for the pipeline's own target."""
+        """The job is done, its result not saved yet: where to save it (the
+        path to show, the file to write), or None for the pipeline's own
+        target."""
         return None
+
+    def result_gone(self, error: "APIError", job: str) -> "APIError":
+        """The error for a known job's result that cannot be fetched any
+        more (403, 404, 410)."""
+        return _result_gone(error, job)
 
 
 def _submit(
@@ -4172,7 +4211,8 @@ class _Outcome:
 def _kind_of(error: BaseException) -> str:
     """The kind of outcome an exception means: what a later run does
     (deferred), what it cannot do either (refused), or a failure."""
-    if isinstance(error, (NotSubmittedError, WaitTimeoutError, _Aborted, KeyboardInterrupt)):
+    deferred = (NotSubmittedError, WaitTimeoutError, _Aborted, _StoppedWhileFollowed)
+    if isinstance(error, deferred + (KeyboardInterrupt,)):
         return _DEFERRED
     if isinstance(error, (ConfigurationError, ProxyAuthenticationError, CertificateError)):
         return _REFUSED
@@ -5399,7 +5439,7 @@ def _denoise_one(
                 )
             except APIError as exc:
                 if adopted and job is not None and exc.status_code in (403, 404, 410):
-                    raise _result_gone(exc, job) from exc
+                    raise hooks.result_gone(exc, job) from exc
                 raise
         except MunsitError as exc:
             if job is not None:
@@ -5924,6 +5964,32 @@ def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
                 _note_output(database, name, _content_id(database, key), values[1], at or 0.0)
 
 
+@contextlib.contextmanager
+def _batch_folder_held(target: Optional[str]) -> Iterator[None]:
+    """Hold the lock of the batch folder that ``target`` is saved in, if it
+    is one (its lock file is there), for as long as one file is denoised
+    into it: a batch running there raises BatchBusyError at once, before
+    anything is sent, and a batch started meanwhile exits as busy.  A
+    folder no batch used gets no lock file; no target, nothing to hold."""
+    if target is None:
+        yield
+        return
+    folder = os.path.dirname(target) or os.curdir
+    try:
+        handle = open(os.path.join(folder, _LOCK_NAME), "r+b")  # noqa: SIM115
+    except OSError:  # no batch's folder, or not ours to lock: nothing to keep
+        yield
+        return
+    with handle:
+        if not _lock_file(handle):
+            raise BatchBusyError(
+                "a batch is running in %s (its journal %s is locked): saving into it now "
+                "could replace a result the batch is writing; nothing was sent"
+                % (_printable(folder), JOURNAL_NAME)
+            )
+        yield
+
+
 def _lock_file(handle: Any) -> bool:
     """Take the OS's exclusive lock on an open file without waiting;
     whether it was free.  The OS drops it when the holder dies."""
@@ -6093,6 +6159,153 @@ def _parse_size(text: str) -> int:
     return int(float(number) * scale)
 
 
+# What a batch does with each input.  One planner decides it, for the run
+# and for --dry-run alike, so that the dry run cannot drift from the run.
+_SEND = "send"
+_LOOK_UP = "look up"
+_FOLLOW = "follow"
+_SKIP = "skip"
+_REFUSE = "refuse"
+_FAILED_JOB = "failed"  # its job failed earlier: not sent again unless asked
+_LATER = "later"
+
+
+class _Decision:
+    """One input's action: ``send`` (or ``look up`` first, an earlier
+    upload's answer lost), ``follow`` (its job is known: ``job``, or the
+    one an earlier input of the same content gets), ``skip`` (``output``
+    is saved already), or ``refuse``, ``failed`` or ``later`` (over the
+    run's caps), which end with ``error``.  ``state`` is what the journal
+    says of its content."""
+
+    __slots__ = ("action", "detail", "job", "output", "error", "state")
+
+    def __init__(
+        self,
+        action: str,
+        detail: str = "",
+        job: Optional[str] = None,
+        output: Optional[str] = None,
+        error: Optional[MunsitError] = None,
+        state: "Optional[_Progress]" = None,
+    ) -> None:
+        self.action = action
+        self.detail = detail
+        self.job = job
+        self.output = output
+        self.error = error
+        self.state = state
+
+    def result(self, path: str) -> FileResult:
+        """The input's result when the decision ends it (skip, refuse,
+        failed, later)."""
+        return FileResult(
+            path,
+            output=self.output,
+            denoise_id=self.job,
+            error=self.error,
+            skipped=self.action == _SKIP,
+        )
+
+
+class _Caps:
+    """What is left of a run's ``max_files`` and ``max_bytes``."""
+
+    def __init__(self, max_files: Optional[int], max_bytes: Optional[int]) -> None:
+        self._files = max_files
+        self._bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> Optional[str]:
+        """Count one upload of ``size`` bytes; or why it is over a cap."""
+        with self._lock:
+            if self._files is not None and self._files <= 0:
+                return "not sent: this run's --max-files is reached"
+            if self._bytes is not None and size > self._bytes:
+                return "not sent: this run's --max-bytes is reached"
+            if self._bytes is not None:
+                self._bytes -= size
+            if self._files is not None:
+                self._files -= 1
+            return None
+
+
+class _Planner:
+    """Decides each input's action from the journal (see :class:`_Decision`).
+
+    The run asks it under the content's lock, once any earlier input of the
+    same content has ended, so that the journal has that input's outcome;
+    the dry run asks it in input order.  Only the caps are counted at
+    different moments: the run reserves them right before an upload (an
+    adopted job costs nothing), the dry run when it plans one
+    (:meth:`admit`), since it cannot know what the account has."""
+
+    def __init__(self, journal: _JournalView, options: _JobOptions) -> None:
+        self._journal = journal
+        self._retry_failed = options.retry_failed
+        self._looks = options.tag and options.reuse
+        self._first = {}  # type: Dict[str, str]  # content key -> first input with it
+        self._lock = threading.Lock()
+
+    def decide(self, path: str, stem: str, content: "_Content") -> _Decision:
+        journal = self._journal
+        saved = journal.saved_output(content.key, stem)
+        if saved is not None:
+            shown = _short_path(saved[0])
+            return _Decision(_SKIP, "already saved as %s" % shown, saved[1], saved[0])
+        taken = journal.taken_output(content.key, stem)
+        if taken is not None:
+            # Last night's input of this name had other content: its result
+            # is paid for and must not be replaced.
+            return _Decision(
+                _REFUSE,
+                "%s holds another content's result: move it away first" % os.path.basename(taken),
+                error=ConfigurationError(
+                    "not sent: %s already holds the result of another file of this name, "
+                    "with other content; move that result away (or rename this input) and run "
+                    "again" % _short_path(taken)
+                ),
+            )
+        state = journal.state(content.key)
+        with self._lock:
+            first = self._first.setdefault(content.key, path)
+        if state is not None and state.failed is not None and not self._retry_failed:
+            error = DenoiseFailedError(state.failed)
+            error.denoise_id = state.denoise_id
+            detail = "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id
+            return _Decision(_FAILED_JOB, detail, state.denoise_id, error=error, state=state)
+        if state is not None and state.denoise_id is not None and state.failed is None:
+            detail = "job %s, submitted earlier: no upload" % state.denoise_id
+            return _Decision(_FOLLOW, detail, state.denoise_id, state=state)
+        if first != path:
+            # The run does this one once the first has ended: by then the
+            # journal has its job, or its result.
+            return _Decision(_FOLLOW, "same content as %s: one job for both" % first, state=state)
+        if state is not None and state.sent_at is not None and state.denoise_id is None:
+            detail = "sent by an earlier run without an answer: looked up first"
+            return _Decision(_LOOK_UP, detail, state=state)
+        detail = "unless the account has its job (looked for first)" if self._looks else ""
+        return _Decision(_SEND, detail, state=state)
+
+    @staticmethod
+    def refused(error: MunsitError) -> _Decision:
+        """The decision for an input that cannot be read or sent."""
+        return _Decision(_REFUSE, str(error), error=error)
+
+    @staticmethod
+    def admit(decision: _Decision, size: int, caps: _Caps) -> _Decision:
+        """``decision``, or ``later`` when the upload it plans is over the
+        caps (the dry run's count; the run's is right before its upload)."""
+        if decision.action not in (_SEND, _LOOK_UP):
+            return decision
+        why = caps.reserve(size)
+        if why is None:
+            return decision
+        return _Decision(
+            _LATER, "over this run's --max-files/--max-bytes", error=NotSubmittedError(why)
+        )
+
+
 class _Batch:
     """One run over a folder: the inputs, the journal, the workers."""
 
@@ -6133,9 +6346,8 @@ class _Batch:
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
-        self._files_left = max_files
-        self._bytes_left = max_bytes
-        self._caps = threading.Lock()
+        self.caps = _Caps(max_files, max_bytes)
+        self._shared = threading.Lock()  # the realpath cache, the identities' locks
         self._identities = {}  # type: Dict[str, threading.Lock]
         self.gate = _Gate()
         self._clients = set()  # type: Set[_Client]
@@ -6146,6 +6358,11 @@ class _Batch:
         self.display = None  # type: Optional[_Display]
         if isinstance(on_progress, ProgressBar):
             self.display = on_progress._display(len(inputs))
+        import queue
+
+        # The workers' results; what they give on their way out, once the
+        # run is stopped, is read by leftovers().
+        self._done = queue.Queue()  # type: queue.Queue[Optional[FileResult]]
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
@@ -6163,6 +6380,7 @@ class _Batch:
                     "would pay for it again; save into another folder" % _printable(path)
                 )
         self.journal = _Journal(self.folder)
+        self.planner = _Planner(self.journal, options)
         #: What the journal noted of the inputs' files (--rehash: nothing).
         self._known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
         _sweep_temporaries(self.folder)
@@ -6174,7 +6392,7 @@ class _Batch:
         import queue
 
         pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
-        done = queue.Queue()  # type: queue.Queue[FileResult]
+        done = self._done
         workers = []  # type: List[threading.Thread]
         try:
             # The inputs the journal knows saved, by their stat, end here,
@@ -6214,6 +6432,21 @@ class _Batch:
                     yield result
         finally:
             self._shut_down(workers)
+
+    def leftovers(self) -> List[FileResult]:
+        """Once :meth:`results` was stopped (Ctrl-C, SIGTERM): the results
+        its workers gave on their way out, which it did not yield: the jobs
+        they were following, the files they had not sent."""
+        import queue
+
+        found = []  # type: List[FileResult]
+        while True:
+            try:
+                result = self._done.get_nowait()
+            except queue.Empty:
+                return found
+            if result is not None:
+                found.append(result)
 
     def _shut_down(self, workers: List[threading.Thread]) -> None:
         self.stop.set()
@@ -6280,7 +6513,7 @@ class _Batch:
             if isinstance(exc, _Aborted):  # never shown as such: it is ours
                 error = NotSubmittedError("the run was stopped first")
                 if job is not None:
-                    error = TransportError("the run was stopped while the job was followed")
+                    error = _StoppedWhileFollowed("the run was stopped while the job was followed")
                     error.denoise_id = job
             if isinstance(exc, ProxyAuthenticationError):
                 # Each further file would be one more failed login at the
@@ -6303,7 +6536,7 @@ class _Batch:
     ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content], Optional[_SavedOutput]]":
         """(its real path, its stat, its content and saved output if the
         journal knows the file by that stat); --rehash knows nothing."""
-        with self._caps:
+        with self._shared:
             real = self._realpath(path)
         try:
             status = os.stat(real)
@@ -6318,16 +6551,6 @@ class _Batch:
                 return real, status, None, (output, job)
         return real, status, _content_of(noted[1]), None
 
-    def _saved_already(
-        self, path: str, stem: str, content: _Content, entry: _Observer
-    ) -> Optional[FileResult]:
-        """The result for an input whose output is saved already, if it is."""
-        saved = self.journal.saved_output(content.key, stem)
-        if saved is None:
-            return None
-        entry.ended(_already_saved(saved[0]))
-        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
-
     def _check_time(self) -> None:
         """Raise if the run was stopped or its deadline passed."""
         if self.stop.is_set():
@@ -6336,7 +6559,7 @@ class _Batch:
             raise NotSubmittedError("not sent: the run's deadline passed first")
 
     def _identity_lock(self, key: str) -> threading.Lock:
-        with self._caps:
+        with self._shared:
             return self._identities.setdefault(key, threading.Lock())
 
     def _follow_through(
@@ -6348,27 +6571,16 @@ class _Batch:
         session: requests.Session,
         entry: _Observer,
     ) -> FileResult:
-        skipped = self._saved_already(path, stem, content, entry)
-        if skipped is not None:
-            return skipped
-        state = self.journal.state(content.key)
-        other = self.journal.taken_output(content.key, stem)
-        if other is not None:
-            # Last night's input of this name had other content: its result
-            # is paid for and must not be replaced.
-            raise ConfigurationError(
-                "not sent: %s already holds the result of another file of this name, with "
-                "other content; move that result away (or rename this input) and run again"
-                % _short_path(other)
-            )
-        known = state.denoise_id if state is not None else None
-        if state is not None and state.failed is not None and not self.options.retry_failed:
-            error = DenoiseFailedError(state.failed)
-            error.denoise_id = known
-            entry.ended(error)
-            return FileResult(path, denoise_id=known, error=error)
-        if state is not None and state.failed is not None:
-            known = None  # send it again, as asked
+        decision = self.planner.decide(path, stem, content)
+        if decision.action == _REFUSE:
+            raise cast(MunsitError, decision.error)
+        if decision.action == _SKIP:
+            entry.ended(_already_saved(cast(str, decision.output)))
+            return decision.result(path)
+        if decision.action == _FAILED_JOB:
+            entry.ended(cast(MunsitError, decision.error))
+            return decision.result(path)
+        state, known = decision.state, decision.job
         if self.on_record is not None:
             records = _JsonLines(
                 self.on_record, os.path.basename(path), known, done=True, error=False
@@ -6409,16 +6621,9 @@ class _Batch:
 
     def _reserve(self, size: int) -> None:
         """Count a new upload against the run's caps, or raise."""
-        with self._caps:
-            if self._files_left is not None:
-                if self._files_left <= 0:
-                    raise NotSubmittedError("not sent: this run's --max-files is reached")
-            if self._bytes_left is not None:
-                if size > self._bytes_left:
-                    raise NotSubmittedError("not sent: this run's --max-bytes is reached")
-                self._bytes_left -= size
-            if self._files_left is not None:
-                self._files_left -= 1
+        why = self.caps.reserve(size)
+        if why is not None:
+            raise NotSubmittedError(why)
 
 
 class _BatchHooks(_Hooks):
@@ -7532,7 +7737,8 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
                 target = (args.output, _output_path(args.output))
             source = _Source(path, not args.no_check)
             try:
-                done = _denoise_one(client, source, target, observer, policy, options, _Hooks())
+                with _batch_folder_held(None if target is None else target[1]):
+                    done = _denoise_one(client, source, target, observer, policy, options, _Hooks())
             finally:
                 source.close()
         if args.json:
@@ -7587,6 +7793,8 @@ def _outcome(result: FileResult) -> Tuple[int, str]:
     status = _exit_status(error) if isinstance(error, MunsitError) else EXIT_GAVE_UP
     if isinstance(error, NotSubmittedError):
         return status, "not sent yet"
+    if isinstance(error, _StoppedWhileFollowed):
+        return status, "pending"
     return status, dict(_OUTCOMES).get(status, "gave up")
 
 
@@ -7628,16 +7836,62 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             realpath=realpath,
         )
         finished = {}  # type: Dict[str, FileResult]
-        for result in batch.results():
-            finished[result.path] = result
-        results = [
-            finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
-            for path, _ in inputs
-        ]
+        try:
+            for result in batch.results():
+                finished[result.path] = result
+        except KeyboardInterrupt:
+            return _batch_stopped(args, console, batch, inputs, finished)
+        results = _in_order(inputs, finished)
         _batch_report(args, console, results)
+        _failed_hint(console, results)
         return _batch_status(results)
 
     return _with_api(args, console, run)
+
+
+def _batch_stopped(
+    args: Any,
+    console: _Console,
+    batch: _Batch,
+    inputs: List[Tuple[str, str]],
+    finished: Dict[str, FileResult],
+) -> int:
+    """A batch stopped by Ctrl-C or SIGTERM: what is saved, what is pending
+    and under which job, and that a rerun finishes it."""
+    for result in batch.leftovers():
+        finished.setdefault(result.path, result)
+    _batch_report(args, console, _in_order(inputs, finished))
+    console.error(
+        "interrupted; run the same command again to finish: what is saved is kept, "
+        "and the jobs pending are followed, not sent again"
+    )
+    return EXIT_INTERRUPTED
+
+
+def _in_order(inputs: List[Tuple[str, str]], finished: Dict[str, FileResult]) -> List[FileResult]:
+    """Each input's result, in the order given (one never reached: not
+    sent)."""
+    return [
+        finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
+        for path, _ in inputs
+    ]
+
+
+def _failed_hint(console: _Console, results: List[FileResult]) -> None:
+    """After a batch, the way to send again the files whose job failed on
+    the server: following those jobs would only replay their error."""
+    failed = [
+        os.path.basename(result.path)
+        for result in results
+        if isinstance(result.error, DenoiseFailedError)
+    ]
+    if not failed:
+        return
+    shown = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+    console.note(
+        "%d file(s) failed on the server (%s): following their jobs only replays the error; "
+        "--retry-failed sends them again, each as a new job" % (len(failed), shown)
+    )
 
 
 def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> None:
@@ -7676,73 +7930,54 @@ def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> No
 
 def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int:
     """What a batch would do, from the journal, without sending anything
-    (nor taking the folder's lock: another run may be using it)."""
+    (nor taking the folder's lock: another run may be using it).  Exits as
+    the run would for what the journal decides: 2 when an input would be
+    refused, 1 when a job failed earlier (without --retry-failed); what
+    the caps hold back is planned, not an error."""
     folder = os.path.abspath(args.output)
     journal = _JournalView.reading(folder)
     try:
-        return _dry_run_with(args, console, inputs, journal)
+        planned = _dry_run_plan(args, inputs, journal)
     finally:
         journal.close()
+    _dry_run_table(console, planned)
+    return _batch_status(
+        [
+            FileResult(path, error=decision.error)
+            for decision, _, path in planned
+            if decision.action != _LATER
+        ]
+    )
 
 
-def _dry_run_with(
-    args: Any, console: _Console, inputs: List[Tuple[str, str]], journal: _JournalView
-) -> int:
-    files_left = args.max_files
-    bytes_left = args.max_bytes
+def _dry_run_plan(
+    args: Any, inputs: List[Tuple[str, str]], journal: _JournalView
+) -> List[Tuple[_Decision, Optional[int], str]]:
+    """Each input's decision, its size if known, and its path."""
+    planner = _Planner(journal, _cli_options(args))
+    caps = _Caps(args.max_files, args.max_bytes)
+    realpath = _RealPaths()
+    planned = []  # type: List[Tuple[_Decision, Optional[int], str]]
+    for path, stem in inputs:
+        content = _dry_run_content(journal, path, args, realpath)
+        if isinstance(content, ConfigurationError):
+            planned.append((planner.refused(content), None, path))
+            continue
+        decision = planner.admit(planner.decide(path, stem, content), content.size, caps)
+        planned.append((decision, content.size, path))
+    return planned
+
+
+def _dry_run_table(console: _Console, planned: List[Tuple[_Decision, Optional[int], str]]) -> None:
+    """The dry run's table, then the line that sums it up."""
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
-    planned = {}  # type: Dict[str, str]  # identity -> the first input with it
-    realpath = _RealPaths()
     to_send = 0
-    for path, stem in inputs:
-        identity = _dry_run_content(journal, path, args, realpath)
-        if isinstance(identity, ConfigurationError):
-            rows.append(("refuse", "-", path, str(identity)))
-            counts["refuse"] = counts.get("refuse", 0) + 1
-            continue
-        state = journal.state(identity.key)
-        detail = ""
-        found = journal.saved_output(identity.key, stem)
-        saved = found[0] if found is not None else None
-        taken = journal.taken_output(identity.key, stem) if saved is None else None
-        first = planned.setdefault(identity.key, path)
-        if saved is not None:
-            action, detail = "skip", "already saved as %s" % os.path.basename(saved)
-        elif taken is not None:
-            action, detail = (
-                "refuse",
-                "%s holds another content's result: move it away first" % os.path.basename(taken),
-            )
-        elif first != path:
-            action, detail = "follow", "same content as %s: one job for both" % first
-        elif state is not None and state.failed is not None and not args.retry_failed:
-            action, detail = (
-                "failed",
-                "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id,
-            )
-        elif state is not None and state.denoise_id is not None and state.failed is None:
-            action, detail = "follow", "job %s, submitted earlier: no upload" % state.denoise_id
-        else:
-            looked = state is not None and state.sent_at is not None and state.denoise_id is None
-            fits = (files_left is None or files_left > 0) and (
-                bytes_left is None or identity.size <= bytes_left
-            )
-            if not fits:
-                action, detail = "later", "over this run's --max-files/--max-bytes"
-            else:
-                action = "look up" if looked else "send"
-                if looked:
-                    detail = "sent by an earlier run without an answer: looked up first"
-                elif not args.no_tag and not args.no_reuse:
-                    detail = "unless the account has its job (looked for first)"
-                to_send += identity.size
-                if files_left is not None:
-                    files_left -= 1
-                if bytes_left is not None:
-                    bytes_left -= identity.size
-        counts[action] = counts.get(action, 0) + 1
-        rows.append((action, _size(identity.size), path, detail))
+    for decision, size, path in planned:
+        rows.append((decision.action, "-" if size is None else _size(size), path, decision.detail))
+        counts[decision.action] = counts.get(decision.action, 0) + 1
+        if decision.action in (_SEND, _LOOK_UP):
+            to_send += size or 0
     widths = [max(len(_printable(row[column])) for row in rows) for column in range(3)]
     for row in rows:
         cells = [_printable(cell) for cell in row]
@@ -7752,12 +7987,11 @@ def _dry_run_with(
     console.out(
         "would send %d file(s), %s; %s"
         % (
-            counts.get("send", 0) + counts.get("look up", 0),
+            counts.get(_SEND, 0) + counts.get(_LOOK_UP, 0),
             _size(to_send),
             ", ".join("%s %d" % (action, count) for action, count in sorted(counts.items())),
         )
     )
-    return EXIT_OK
 
 
 def _dry_run_content(
@@ -7961,6 +8195,23 @@ class _NoteHandler(logging.Handler):
             self._bar.note("munsit-progress: " + text)
 
 
+class _FollowHooks(_Hooks):
+    """``munsit-progress DENOISE_ID``'s part in the pipeline: the job, and
+    its URL on stdout before its result is saved."""
+
+    def __init__(self, job: str, args: Any, console: _Console) -> None:
+        self.known_id = job
+        self._json = args.json
+        self._console = console
+
+    def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+        self._console.result(done, self._json)
+        return None
+
+    def result_gone(self, error: APIError, job: str) -> APIError:
+        return error  # named by the caller: not one found for a file
+
+
 def _follow_job(
     args: Any,
     console: _Console,
@@ -7969,30 +8220,38 @@ def _follow_job(
     base_url: Optional[str],
     bar: Optional[ProgressBar],
 ) -> int:
-    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save."""
-    started = time.monotonic()
+    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save.
+    The one-file pipeline, from a known job: one deadline, one session."""
+    policy = RetryPolicy()
     watchers = [] if bar is None else [bar._watch]  # type: List[_Observer]
     if args.json:
         watchers.append(_JsonLines(console.record, done=False, error=True))
-    done = wait(
-        job,
-        on_progress=_Observers(*watchers),
-        timeout=args.timeout,
-        api_key=api_key,
-        base_url=base_url,
-    )
-    console.result(done, args.json)
+    target = None  # type: Optional[Tuple[str, str]]
     if args.output is not None:
-        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
-        download(
-            done,
-            args.output,
-            api_key=api_key,
-            base_url=base_url,
-            timeout=remaining,
-            on_progress=bar,
-            allow_http=args.allow_http,
-        )
+        target = (args.output, _output_path(args.output))
+    with _Client(
+        api_key,
+        base_url,
+        None,
+        deadline=_deadline(args.timeout, policy.clock),
+        clock=policy.clock,
+        allow_http=args.allow_http,
+    ) as client, _batch_folder_held(None if target is None else target[1]):
+        try:
+            _denoise_one(
+                client,
+                _NoFile(job),
+                target,
+                _Observers(*watchers),
+                policy,
+                _JobOptions(),
+                _FollowHooks(job, args, console),
+            )
+        except DenoiseFailedError:
+            raise  # its note says how to send the file again
+        except MunsitError as exc:
+            exc._job_noted = False  # the job is the one the command names
+            raise
     return EXIT_OK
 
 

@@ -5074,9 +5074,9 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == mp.EXIT_JOB_FAILED == 1
     assert result.stdout == ""
-    assert last_line(result) == (
-        "munsit-progress: error: denoise job failed: audio file is corrupt"
-    )
+    assert last_line(result).startswith(
+        "munsit-progress: error: denoise job failed: audio file is corrupt [job %s failed" % JOB
+    )  # and says how to send the file again: following it only replays this
     assert result.stderr.count("corrupt") == 1  # said once, not by the display too
     assert "Traceback" not in result.stderr
 
@@ -5972,8 +5972,10 @@ def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(s
     server.serve(api)
     result = batch_cli(server, paths, tmp_path / "out", "--timeout", "4", "--jobs", "4")
     assert result.returncode == mp.EXIT_GAVE_UP == 4, result.stderr  # 4 wins over 1
-    summary = [STAMP.sub("", line, count=1) for line in result.stderr.splitlines()[-5:]]
+    lines = result.stderr.splitlines()
+    summary = [STAMP.sub("", line, count=1) for line in lines[-6:-1]]
     assert summary[0].split()[:2] == ["FILE", "OUTCOME"]
+    assert "in1.wav" in lines[-1] and "--retry-failed" in lines[-1]
     assert [line.split()[0] for line in summary[1:]] == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
     assert [line.split()[1] for line in summary[1:]] == ["saved", "failed", "gave", "saved"]
     ids = {untagged(job["file_name"]): job["id"] for job in api.jobs}
@@ -6009,6 +6011,66 @@ def test_cli_batch_colliding_names_are_refused_before_any_upload(server, tmp_pat
     )
     assert result.returncode == 2 and "same name" in result.stderr
     assert_nothing_sent(server)
+
+
+PLAN_A = mp._Content("a" * 64, 100)
+PLAN_B = mp._Content("b" * 64, 200)
+PLAN_JOB = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.mark.parametrize(
+    "steps, retry_failed, expected",
+    [
+        ([], False, [("send", None), ("follow", None)]),  # a.wav, then c.wav: same content
+        ([("submitted", {"denoiseId": PLAN_JOB})], False, [("follow", PLAN_JOB)] * 2),
+        ([("sending", {"file": "a.wav"})], False, [("look up", None), ("follow", None)]),
+        ([("failed", {"denoiseId": PLAN_JOB, "error": "x"})], False, [("failed", PLAN_JOB)] * 2),
+        (
+            [("failed", {"denoiseId": PLAN_JOB, "error": "x"})],
+            True,
+            [("send", None), ("follow", None)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav"})],
+            False,
+            [("skip", PLAN_JOB), ("follow", PLAN_JOB)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav", "other": True})],
+            False,
+            [("refuse", None), ("send", None)],
+        ),
+    ],
+)
+def test_the_planner_decides_each_input_from_the_journal(tmp_path, steps, retry_failed, expected):
+    """One table for the decision a batch and its dry run share: a.wav,
+    then c.wav of the same content."""
+    (tmp_path / "a.wav").write_bytes(b"result")
+    journal = mp._Journal(str(tmp_path))
+    try:
+        for event, fields in steps:
+            content = PLAN_B if fields.pop("other", False) else PLAN_A
+            journal.record(event, content, **fields)
+        planner = mp._Planner(journal, mp._JobOptions(retry_failed=retry_failed))
+        decisions = [
+            planner.decide(str(tmp_path / name), stem, PLAN_A)
+            for name, stem in (("in/a.wav", "a"), ("in/c.wav", "c"))
+        ]
+    finally:
+        journal.close()
+    assert [(d.action, d.job) for d in decisions] == expected
+    ends = {"skip": type(None), "refuse": ConfigurationError, "failed": DenoiseFailedError}
+    for decision in decisions:
+        assert isinstance(decision.error, ends.get(decision.action, type(None)))
+
+
+def test_the_caps_hold_back_what_the_planner_would_send_over_them():
+    caps = mp._Caps(max_files=2, max_bytes=250)
+    send = mp._Decision("send")
+    admitted = [mp._Planner.admit(send, size, caps).action for size in (100, 200, 100, 10)]
+    assert admitted == ["send", "later", "send", "later"]  # 200 over the bytes; then the files
+    assert mp._Planner.admit(mp._Decision("follow"), 10**9, caps).action == "follow"
+    assert isinstance(mp._Planner.admit(send, 1, caps).error, mp.NotSubmittedError)
 
 
 def test_cli_batch_dry_run_sends_nothing_and_max_files_caps(server, tmp_path):
@@ -6063,9 +6125,10 @@ def journal_is_whole(folder):
         view.close()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tmp_path, signum):
+def interrupt_a_batch(server, tmp_path, signum):
+    """A batch of 4 inputs, 2 at a time, stopped by ``signum`` while its
+    first two jobs are followed: (the API, the inputs, the process's exit
+    status, its stderr)."""
     paths = make_inputs(tmp_path / "in", 4)
 
     def slow(conn, request, srv):
@@ -6093,7 +6156,7 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+        env=dict(os.environ, MUNSIT_API_KEY=KEY, PYTHONIOENCODING="utf-8"),
     )
     try:
         deadline = time.monotonic() + 15
@@ -6106,8 +6169,15 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
         if process.poll() is None:
             process.kill()
             process.wait(5)
-    assert process.returncode == 130, stderr
-    assert b"Traceback" not in stderr
+    return api, paths, process.returncode, stderr.decode("utf-8")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tmp_path, signum):
+    api, paths, returncode, stderr = interrupt_a_batch(server, tmp_path, signum)
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr
     out = tmp_path / "out"
     assert journal_is_whole(out)
     assert not [name for name in os.listdir(str(out)) if name.endswith(".part")]
@@ -6117,6 +6187,24 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
     assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
     for path in paths:
         assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_batch_shows_what_is_pending_and_that_a_rerun_finishes_it(
+    server, tmp_path, signum
+):
+    api, paths, returncode, stderr = interrupt_a_batch(server, tmp_path, signum)
+    assert returncode == 130, stderr
+    lines = [STAMP.sub("", line, count=1) for line in stderr.splitlines()]
+    table = lines[lines.index(next(line for line in lines if line.startswith("FILE "))) :]
+    rows = {line.split()[0]: line.split() for line in table[1:5]}
+    assert sorted(rows) == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
+    for job in api.jobs:  # the jobs being followed, named, as pending
+        row = rows[untagged(job["file_name"])]
+        assert row[1] == "pending" and row[2] == job["id"]
+    assert [rows[name][1:4] for name in ("in2.wav", "in3.wav")] == [["not", "sent", "yet"]] * 2
+    assert "run the same command again" in stderr.splitlines()[-1]
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -6189,6 +6277,90 @@ def test_the_cli_says_how_to_send_a_failed_job_s_file_again(server, tmp_path):
     retried = run_cli(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     assert len(api.posts) == 2
+
+
+def test_following_a_failed_job_by_its_id_says_how_to_send_the_file_again(server):
+    server.serve(stream(processing(5), FAILED))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_JOB_FAILED
+    assert "--retry-failed" in last_line(result) and "follow it" not in result.stderr
+    error = DenoiseFailedError("audio file is corrupt")
+    error.denoise_id = JOB
+    assert "retry_failed=True" in str(error) and "follow it" not in str(error)
+
+
+def test_a_batch_that_exits_1_for_failed_jobs_ends_saying_retry_failed(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True, by_name={"in0.wav": stream(FAILED)})
+    server.serve(api)
+    for _ in range(2):  # the run where it fails, and a rerun that only reports it
+        result = batch_cli(server, paths, tmp_path / "out")
+        assert result.returncode == mp.EXIT_JOB_FAILED, result.stderr
+        assert "--retry-failed" in last_line(result) and "in0.wav" in last_line(result)
+    assert len(api.posts) == 2
+    quiet = batch_cli(server, paths, tmp_path / "out", "--quiet")
+    assert quiet.returncode == mp.EXIT_JOB_FAILED and quiet.stderr == ""
+
+
+def test_a_single_file_saved_into_a_batch_s_folder_waits_for_no_batch(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    (tmp_path / "out").mkdir()
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    args = ["denoise", str(tmp_path / "a.wav"), "--base-url", server.base_url]
+    holder = mp._Journal(str(tmp_path / "out"))  # a batch, running there
+    try:
+        busy = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
+        followed = run_cli(
+            JOB, "--base-url", server.base_url, "-o", str(tmp_path / "out" / "a.wav")
+        )
+    finally:
+        holder.close()
+    assert busy.returncode == followed.returncode == mp.EXIT_BUSY, busy.stderr
+    assert "batch" in last_line(busy) and "batch" in last_line(followed)
+    assert_nothing_sent(server)
+    done = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "a.wav").read_bytes() == mp._demo_wav()
+    elsewhere = run_cli(*args, "-o", str(tmp_path / "b.wav"))  # no batch's folder: no lock file
+    assert elsewhere.returncode == 0 and not (tmp_path / mp._LOCK_NAME).exists()
+
+
+def test_a_dry_run_exits_with_the_status_the_run_would(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", echo=True, by_name={"in1.wav": stream(FAILED)})
+    server.serve(api)
+    out = tmp_path / "out"
+    assert batch_cli(server, paths, out).returncode == mp.EXIT_JOB_FAILED
+    dry = batch_cli(server, paths, out, "--dry-run")
+    assert dry.returncode == mp.EXIT_JOB_FAILED, dry.stdout  # as the rerun would
+    with open(paths[0], "ab") as changed:  # other content under a saved name
+        changed.write(b"more")
+    dry = batch_cli(server, paths, out, "--dry-run")
+    run = batch_cli(server, paths, out)
+    assert dry.returncode == run.returncode == mp.EXIT_USAGE, (dry.stdout, run.stderr)
+    assert dry.stdout.splitlines()[1].split()[0] == "refuse"
+    assert len(api.posts) == 3
+
+
+def test_following_a_job_by_its_id_and_saving_it_uses_one_session(server, tmp_path, monkeypatch):
+    server.serve(
+        stream(
+            processing(50),
+            sse_data({"stage": "done", "url": server.origin + "/r.wav", "denoiseId": JOB}),
+        ),
+        file_response(AUDIO),
+    )
+    sessions = []
+    new_session = mp._new_session
+    monkeypatch.setattr(
+        mp, "_new_session", lambda *a, **k: sessions.append(1) or new_session(*a, **k)
+    )
+    monkeypatch.setenv("MUNSIT_API_KEY", KEY)
+    out = tmp_path / "r.wav"
+    status = mp.main([JOB, "--base-url", server.base_url, "-o", str(out), "-q", "--timeout", "30"])
+    assert status == 0 and out.read_bytes() == AUDIO
+    assert len(sessions) == 1
 
 
 def test_a_horizon_that_is_not_a_positive_number_of_days_is_a_usage_error(server, tmp_path):
