@@ -1850,6 +1850,10 @@ class _Resume:
         self.warned = set()  # type: Set[Any]
         self.connected = False
 
+    def server_retry(self) -> Optional[float]:
+        """The server's ``retry:`` delay in seconds, if it sent one."""
+        return None if self.retry_ms is None else self.retry_ms / 1000.0
+
 
 def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Response:
     """Send the GET and return a 200 ``text/event-stream`` response."""
@@ -2007,20 +2011,74 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, base * 2.0 ** min(max(failures - 1, 0), 64))
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
+    # The decisions of the loops that try again (wait's, submit's, the job
+    # list's, download's), kept here as urllib3's Retry keeps its own: each
+    # loop is a try/except that calls _pause_after.
 
-def _is_retryable(exc: MunsitError) -> bool:
-    if isinstance(exc, _Aborted):
+    @staticmethod
+    def _retryable(error: MunsitError) -> bool:
+        """Whether ``error`` may go away if the same request is sent again."""
+        if isinstance(error, _Aborted):
+            return False
+        if isinstance(error, (ProxyAuthenticationError, CertificateError)):
+            # A login the proxy refused, or a certificate that fails
+            # verification, fails again; each refused login counts towards
+            # locking the account.
+            return False
+        if isinstance(error, TransportError):
+            return not isinstance(error.__cause__, requests.exceptions.SSLError)
+        if isinstance(error, APIError):
+            return error.status_code == 429 or 500 <= error.status_code <= 599
         return False
-    if isinstance(exc, (ProxyAuthenticationError, CertificateError)):
-        # A login the proxy refused, or a certificate that fails
-        # verification, fails again; each refused login counts towards
-        # locking the account.
-        return False
-    if isinstance(exc, TransportError):
-        return not isinstance(exc.__cause__, requests.exceptions.SSLError)
-    if isinstance(exc, APIError):
-        return exc.status_code == 429 or 500 <= exc.status_code <= 599
-    return False
+
+    def _leaves_time(self, seconds: float, deadline: Optional[float]) -> bool:
+        """Whether a pause of ``seconds`` ends before ``deadline`` (a reading
+        of this policy's clock; None: no deadline)."""
+        return deadline is None or seconds < deadline - self.clock()
+
+    def _pause_after(
+        self,
+        error: MunsitError,
+        failures: int,
+        deadline: Optional[float],
+        *,
+        advanced: bool = False,
+        server_retry: Optional[float] = None,
+        doing: str = "trying again",
+    ) -> int:
+        """After an attempt that failed with ``error``, ``failures`` failed in
+        a row before it: sleep before the next attempt and return the count
+        of failures in a row, this one included (1 if the attempt
+        ``advanced``: it brought something new).  Raise ``error`` itself
+        when it is not worth another attempt (:meth:`_retryable`), after
+        ``max_retries`` retries, or when its Retry-After is longer than
+        ``max_retry_after``; WaitTimeoutError when the pause would reach
+        ``deadline`` (on this policy's clock).  ``server_retry`` is the
+        stream's ``retry:`` delay in seconds; ``doing`` names the next
+        attempt in the log."""
+        failures = 1 if advanced else failures + 1
+        if failures > self.max_retries or not self._retryable(error):
+            raise error
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None and retry_after > self.max_retry_after:
+            raise error
+        delay = min(self.delay(failures, retry_after, server_retry), _MAX_SLEEP)
+        if not self._leaves_time(delay, deadline):
+            raise WaitTimeoutError(
+                "the deadline would pass before the next attempt (in %.1f s) after: %s"
+                % (delay, error)
+            ) from error
+        logger.log(
+            logging.INFO if failures == 1 else logging.WARNING,
+            "%s in %.2f s (retry %d of %d): %s",
+            _printable(doing),
+            delay,
+            failures,
+            self.max_retries,
+            _printable(str(error)),
+        )
+        self.sleep(delay)
+        return failures
 
 
 def wait(
@@ -2150,43 +2208,14 @@ def _follow(
             finally:
                 events.close()
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
-            failures = 1 if advanced else failures + 1
-            if failures > policy.max_retries:
-                raise
-            server_retry = None if resume.retry_ms is None else resume.retry_ms / 1000.0
-            doing = "reconnecting" if resume.connected else "trying again"
-            _pause(exc, failures, policy, client.remaining(), doing, server_retry)
-
-
-def _pause(
-    exc: MunsitError,
-    failures: int,
-    policy: RetryPolicy,
-    remaining: Optional[float],
-    doing: str,
-    server_retry: Optional[float] = None,
-) -> None:
-    """Sleep before the next attempt, or raise if that would pass a limit."""
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None and retry_after > policy.max_retry_after:
-        raise exc
-    delay = min(policy.delay(failures, retry_after, server_retry), _MAX_SLEEP)
-    if remaining is not None and delay >= remaining:
-        raise WaitTimeoutError(
-            "the deadline would pass before the next attempt (in %.1f s) after: %s" % (delay, exc)
-        ) from exc
-    logger.log(
-        logging.INFO if failures == 1 else logging.WARNING,
-        "%s in %.2f s (retry %d of %d): %s",
-        _printable(doing),
-        delay,
-        failures,
-        policy.max_retries,
-        _printable(str(exc)),
-    )
-    policy.sleep(delay)
+            failures = policy._pause_after(
+                exc,
+                failures,
+                client.deadline,
+                advanced=advanced,
+                server_retry=resume.server_retry(),
+                doing="reconnecting" if resume.connected else "trying again",
+            )
 
 
 # --------------------------------------------------------------------------
@@ -2743,10 +2772,7 @@ def _list_again(
         try:
             return _list(client, limit, offset)
         except (TransportError, APIError) as exc:
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(exc):
-                raise
-            _pause(exc, failures, policy, client.remaining(), "trying again")
+            failures = policy._pause_after(exc, failures, client.deadline)
 
 
 # --------------------------------------------------------------------------
@@ -2977,12 +3003,15 @@ def _submit(
             )
             if submission is not None:
                 break
-            unsent = cast(MunsitError, error)
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(unsent):
-                raise unsent
+            # The caller's lock is given back while the pause lasts (and
+            # for good if the policy gives up).
             with held.given_back():
-                _pause(unsent, failures, policy, client.remaining(), "sending %s again" % name)
+                failures = policy._pause_after(
+                    cast(MunsitError, error),
+                    failures,
+                    client.deadline,
+                    doing="sending %s again" % name,
+                )
     if tagged and not looked:
         _warn_if_doubled(
             client, policy, options, cast(_Content, content), before, submission.denoise_id
@@ -3228,8 +3257,7 @@ class _Gate:
                 wait = self._until - policy.clock()
             if wait <= 0:
                 return
-            remaining = client.remaining()
-            if remaining is not None and wait >= remaining:
+            if not policy._leaves_time(wait, client.deadline):
                 raise WaitTimeoutError("the deadline would pass while uploads are paused (429)")
             policy.sleep(min(wait, 1.0))
 
@@ -3290,8 +3318,7 @@ def _look_up(
     )
     for look in range(2):
         if look:
-            remaining = client.remaining()
-            if remaining is not None and remaining <= _LOOKUP_PAUSE:
+            if not policy._leaves_time(_LOOKUP_PAUSE, client.deadline):
                 raise SubmissionUnknownError(
                     "%s was sent but its answer was lost, and the deadline leaves no time "
                     "to look the job up" % _printable(name)
@@ -4298,20 +4325,16 @@ def _fetch(
                 return
             continue  # the server cannot resume: start again from zero
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
             # Only bytes past the furthest point reached count as progress:
             # a server that always drops at the same offset gives up in time.
-            failures = 1 if body.furthest > furthest else failures + 1
-            if failures > policy.max_retries:
-                raise
-            doing = "resuming the download at byte %d" % body.received
-            _pause(
+            failures = policy._pause_after(
                 exc,
                 failures,
-                policy,
-                client.remaining(),
-                doing if body.received else "trying the download again",
+                client.deadline,
+                advanced=body.furthest > furthest,
+                doing="resuming the download at byte %d" % body.received
+                if body.received
+                else "trying the download again",
             )
 
 
@@ -7729,7 +7752,7 @@ def _exit_status(exc: MunsitError) -> int:
     if isinstance(exc, (WaitTimeoutError, TransportError, SaveError)):
         return EXIT_GAVE_UP
     if isinstance(exc, APIError):
-        return EXIT_GAVE_UP if _is_retryable(exc) else EXIT_REJECTED
+        return EXIT_GAVE_UP if RetryPolicy._retryable(exc) else EXIT_REJECTED
     return EXIT_PROTOCOL
 
 

@@ -7045,7 +7045,7 @@ def test_proxy_errors_are_transport_errors_a_refused_login_and_a_certificate_fin
     login = mp.ProxyAuthenticationError("refused", "http://proxy:3128")
     certificate = mp.CertificateError("cannot verify")
     assert isinstance(login, mp.ProxyError) and isinstance(certificate, TransportError)
-    assert not mp._is_retryable(login) and not mp._is_retryable(certificate)
+    assert not mp.RetryPolicy._retryable(login) and not mp.RetryPolicy._retryable(certificate)
     assert mp._exit_status(login) == mp.EXIT_REJECTED == 3
     assert mp._exit_status(certificate) == mp.EXIT_CERTIFICATE == 8
     assert "EXIT_CERTIFICATE" in mp.__all__ and "8    a certificate" in mp._EPILOG
@@ -7066,7 +7066,7 @@ def test_a_proxy_that_is_down_is_named_with_its_cause_in_words(monkeypatch, tls_
         mp._origin_text(tls_server.origin),
     )
     assert info.value.proxy == "http://127.0.0.1:%d" % port
-    assert mp._is_retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
+    assert mp.RetryPolicy._retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
 
 
 @pytest.mark.proxy
