@@ -1106,6 +1106,7 @@ class _Client:
         "connect_timeout",
         "read_timeout",
         "deadline",
+        "policy",
         "clock",
         "allow_http",
         "aborted",
@@ -1123,7 +1124,7 @@ class _Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         deadline: Optional[float] = None,
-        clock: Callable[[], float] = time.monotonic,
+        policy: "Optional[RetryPolicy]" = None,
         require_key: bool = True,
         allow_http: bool = False,
         pool_size: int = 10,
@@ -1166,8 +1167,11 @@ class _Client:
         self._api_origin = _origin(self.base_url)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        #: The call's deadline, a reading of the policy's clock: the one clock
+        #: that deadlines, pauses and waits are measured on.
         self.deadline = deadline
-        self.clock = clock
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.clock = self.policy.clock
         self.allow_http = allow_http
         #: Set by abort(): every request from now on raises _Aborted.
         self.aborted = False
@@ -1595,7 +1599,7 @@ def _client_for(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         deadline=_deadline(timeout, policy.clock),
-        clock=policy.clock,
+        policy=policy,
         **options,
     )
 
@@ -5398,7 +5402,6 @@ def denoise_many(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             allow_http=allow_http,
-            clock=policy.clock,
         ),
         check=check,
         max_files=max_files,
@@ -5433,7 +5436,7 @@ class _Batch:
         realpath: Optional[_RealPaths] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
-        _Client(session=None, **settings).close()
+        _Client(session=None, policy=policy, **settings).close()
         self.inputs = inputs
         self.folder = os.path.abspath(os.fspath(output_dir))
         self.concurrency = concurrency
@@ -5682,7 +5685,9 @@ class _Batch:
         entry._job = known
         hooks = _BatchHooks(self, path, stem, content, state, entry)
         hooks.known_id = known
-        client = _Client(session=session, deadline=self.deadline, **self.settings)
+        client = _Client(
+            session=session, deadline=self.deadline, policy=self.policy, **self.settings
+        )
         with self._clients_lock:
             self._clients.add(client)
         try:
@@ -7163,6 +7168,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
             base_url,
             None,
             deadline=_deadline(args.timeout, policy.clock),
+            policy=policy,
             allow_http=args.allow_http,
         ) as client:
             target = None  # type: Optional[Tuple[str, str]]
@@ -7260,18 +7266,19 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             console.record(fields)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        policy = RetryPolicy()
         batch = _Batch(
             inputs,
             args.output,
             concurrency=args.jobs,
-            deadline=_deadline(args.timeout, time.monotonic),
+            deadline=_deadline(args.timeout, policy.clock),
             on_progress=bar,
             settings=dict(api_key=api_key, base_url=base_url, allow_http=args.allow_http),
             check=not args.no_check,
             max_files=args.max_files,
             max_bytes=args.max_bytes,
             options=_cli_options(args),
-            policy=RetryPolicy(),
+            policy=policy,
             on_record=record,
             rehash=args.rehash,
             realpath=realpath,
