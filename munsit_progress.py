@@ -856,6 +856,9 @@ class _Watchdog:
     call past any deadline.  A thread per connection would cost a thread per
     job in a batch; one thread and a heap cost one.  Started on first use,
     never at import, and again in a forked child.
+
+    It alone keeps real time (time.monotonic), not the policy's clock: it
+    cuts real sockets, and is given durations, not deadlines.
     """
 
     def __init__(self) -> None:
@@ -912,11 +915,27 @@ _local = threading.local()
 
 
 class _Exchange:
-    """One request and its response on one connection, and its time limit."""
+    """One request and its response on one connection, and its time limit.
 
-    __slots__ = ("conn", "response", "expired", "tunnel", "_entry", "_closed", "_lock", "_reason")
+    :meth:`_Client.send` returns it once the response's headers are in:
+    the rest of the module reads ``status_code`` and ``headers`` here, the
+    body through the client (``chunks``, ``read_json``, ``error``), and
+    closes it, never touching requests' objects."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "client",
+        "conn",
+        "response",
+        "expired",
+        "tunnel",
+        "_entry",
+        "_closed",
+        "_lock",
+        "_reason",
+    )
+
+    def __init__(self, client: "_Client") -> None:
+        self.client = client
         self.conn = None  # type: Any
         self.response = None  # type: Optional[requests.Response]
         #: Why the watchdog cut the connection ("deadline" or "answer"), if it did.
@@ -935,6 +954,30 @@ class _Exchange:
         if seconds is not None:
             self._reason = reason
             self._entry = _watchdog.schedule(seconds, self._cut)
+
+    def limit_answer(self, seconds: float) -> None:
+        """Cut the connection unless its answer is complete within
+        ``seconds``, or by the deadline if that comes first."""
+        remaining = self.client.remaining()
+        if remaining is not None and remaining <= seconds:
+            self.limit(remaining, "deadline")
+        else:
+            self.limit(seconds, "answer")
+
+    def ended(self, when: str) -> "Optional[MunsitError]":
+        """The error that ends this exchange now, if one does: the watchdog
+        cut it, the deadline passed or the client was stopped."""
+        with self._lock:
+            expired = self.expired
+        return self.client.stopped(when, expired)
+
+    @property
+    def status_code(self) -> int:
+        return cast(requests.Response, self.response).status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return cast(requests.Response, self.response).headers
 
     def _cut(self) -> None:
         with self._lock:
@@ -966,13 +1009,37 @@ class _Exchange:
             self.response.close()
 
 
-def _close(response: requests.Response) -> None:
-    """Close the response and stop its watchdog."""
-    exchange = getattr(response, "_munsit_exchange", None)
-    if exchange is not None:
-        exchange.close()
-    else:
-        response.close()
+class _SentBody:
+    """A request body as the connection reads it.  The client needs no more
+    of a body than ``read(amount)`` and ``len()`` (its exact length, sent
+    as Content-Length: many servers and proxies refuse a chunked upload);
+    this wrapper tells the exchange when the last byte is handed over, and
+    keeps what the body's ``read`` raised (a caller's callback), to pass it
+    on unchanged."""
+
+    __slots__ = ("_body", "_exchange", "_ended", "raised")
+
+    def __init__(self, body: Any, exchange: _Exchange) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._ended = False
+        self.raised = None  # type: Optional[BaseException]
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def read(self, amount: int = -1) -> bytes:
+        try:
+            data = self._body.read(amount)  # type: bytes
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        if not data and not self._ended:
+            # The upload was bounded by the deadline alone; its answer is
+            # bounded as a GET's is.
+            self._ended = True
+            self._exchange.limit_answer(self._exchange.client.read_timeout)
+        return data
 
 
 def _socket_of(raw: Any) -> Optional[socket.socket]:
@@ -1225,11 +1292,10 @@ class _Client:
             current.limit(0, "aborted")
 
     def check_time(self, doing: str) -> None:
-        if self.aborted:
-            raise _Aborted("stopped")
-        remaining = self.remaining()
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeoutError("the deadline passed %s" % doing)
+        """Raise if no request may start now (see :meth:`stopped`)."""
+        error = self.stopped(doing)
+        if error is not None:
+            raise error
 
     def send(
         self,
@@ -1239,11 +1305,13 @@ class _Client:
         *,
         body: Optional[Callable[[], Any]] = None,
         foreign: bool = False,
-    ) -> requests.Response:
+    ) -> _Exchange:
         """Send one request, following redirects by hand; return the final
-        response, streaming and with its status unchecked.
+        response's exchange, its body unread and its status unchecked: the
+        caller reads it (``chunks``, ``read_json``, ``error``) or closes it.
 
-        ``body`` makes a fresh request body for each hop.  ``foreign``: the
+        ``body`` makes a fresh request body for each hop: an object with
+        ``read(amount)`` and ``len()``, read until it returns b"".  ``foreign``: the
         URL may be on another origin (a download): the key goes only to
         ``url`` itself, and only if it is on the API's origin, never to a
         host a redirect names.  Otherwise a redirect to another origin
@@ -1264,11 +1332,11 @@ class _Client:
             if status == 407:
                 proxy = self.proxy_for(url)
                 if proxy is not None:  # else an API that says 407: an APIError
-                    _close(response)
+                    response.close()
                     raise _refused_login(proxy)
             if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
-            _close(response)
+            response.close()
             try:
                 location = urljoin(url, response.headers["Location"])
                 elsewhere = _origin(location) != self._api_origin
@@ -1311,23 +1379,23 @@ class _Client:
             )
 
     def _exchange(
-        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], data: Any
-    ) -> requests.Response:
+        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], body: Any
+    ) -> _Exchange:
         remaining = self.remaining()
         timeout = (
             _bounded(self.connect_timeout, remaining),
             _bounded(self.read_timeout, remaining),
         )
-        exchange = _Exchange()
+        exchange = _Exchange(self)
         # The whole answer, from connect to the last header, is bounded: by
         # the deadline, and by read_timeout when there is none.  An upload
         # is bounded by the deadline only until its last byte is handed over.
-        answer = self.connect_timeout + self.read_timeout
-        if data is None:
-            _limit_answer(exchange, answer, self)
+        data = None  # type: Optional[_SentBody]
+        if body is None:
+            exchange.limit_answer(self.connect_timeout + self.read_timeout)
         else:
             exchange.limit(remaining, "deadline")
-            data.on_end = lambda: _limit_answer(exchange, self.read_timeout, self)
+            data = _SentBody(body, exchange)
         logger.debug("%s %s", method, _clean(url, 300))
         self._current = exchange
         if self.aborted:  # abort() may have come between check_time and here
@@ -1346,10 +1414,9 @@ class _Client:
             )
         except Exception as exc:
             exchange.close()
-            failure = self._failure(exc, exchange, url, data, timeout[0])
-            if failure is exc:
-                raise
-            raise failure from exc
+            if data is not None and data.raised is exc:
+                raise  # the caller's own callback raised: theirs, unchanged
+            raise self._failure(exc, exchange, url, timeout[0]) from exc
         except BaseException:  # Ctrl-C: let it through, with the connection closed
             exchange.close()
             raise
@@ -1365,39 +1432,40 @@ class _Client:
             # chunk sizes or compressed bytes would pass for the body.
             exchange.close()
             raise ProtocolError("unsupported Transfer-Encoding %r" % _clean(coding, 40))
-        setattr(response, "_munsit_exchange", exchange)  # noqa: B010 (requests' class)
-        with exchange._lock:
-            expired = exchange.expired
-        if expired is not None or (self.deadline is not None and self.clock() >= self.deadline):
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
             exchange.close()
-            if expired == "aborted":
-                raise _Aborted("stopped")
-            if expired == "answer":
-                raise TransportError("no complete answer within %g seconds" % answer)
-            raise WaitTimeoutError("the deadline passed while waiting for the answer")
+            raise ended
         exchange.limit(self.remaining(), "deadline")
-        return response
+        return exchange
 
     def _failure(
-        self, exc: Exception, exchange: _Exchange, url: str, data: Any, connect_timeout: float
-    ) -> BaseException:
+        self, exc: Exception, exchange: _Exchange, url: str, connect_timeout: float
+    ) -> MunsitError:
         """The MunsitError for a request that raised ``exc``."""
-        if data is not None and data.callback_error is exc:
-            return exc  # the caller's own callback raised: theirs, unchanged
         _scrub(exc)
-        if exchange.expired == "aborted" or self.aborted:
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
+            return ended
+        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+
+    def stopped(self, when: str, expired: Optional[str] = None) -> Optional[MunsitError]:
+        """The error that ends a request now, if one does: abort() was
+        called, the deadline passed (``when``: "before the request was
+        sent"...), or, with ``expired``, the watchdog cut the exchange
+        because of one of these or of an answer that took too long.  The
+        one place where a cut or a deadline becomes an exception."""
+        if expired == "aborted" or self.aborted:
             return _Aborted("stopped")
-        if exchange.expired == "deadline" or (
-            self.deadline is not None and self.clock() >= self.deadline
-        ):
-            return WaitTimeoutError("the deadline passed while waiting for the answer")
-        if exchange.expired == "answer":
+        if expired == "deadline" or (self.deadline is not None and self.clock() >= self.deadline):
+            return WaitTimeoutError("the deadline passed %s" % when)
+        if expired == "answer":
             return TransportError(
                 "no complete answer within %g seconds" % (self.connect_timeout + self.read_timeout)
             )
-        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+        return None
 
-    def error(self, response: requests.Response, for_job: bool = True) -> APIError:
+    def error(self, response: _Exchange, for_job: bool = True) -> APIError:
         """The APIError for an error response, which it closes.
 
         A 404 means "no such job" only for the job's own endpoints."""
@@ -1411,7 +1479,7 @@ class _Client:
         except MunsitError:  # the body is a courtesy; the status says enough
             pass
         finally:
-            _close(response)
+            response.close()
         code = text = None
         payload = _json_or_none(body[:_ERROR_BODY_LIMIT])
         if isinstance(payload, dict):
@@ -1421,8 +1489,9 @@ class _Client:
                 if isinstance(payload.get(key), str):
                     text = payload[key]
                     break
+        reason = cast(requests.Response, response.response).reason
         if text is None:
-            text = response.reason if isinstance(response.reason, str) and response.reason else None
+            text = reason if isinstance(reason, str) and reason else None
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         cls = APIError
         if status in (401, 403):
@@ -1433,11 +1502,11 @@ class _Client:
             cls = JobNotFoundError
         return cls(status, code, text, retry_after)
 
-    def chunks(self, response: requests.Response, decode: bool = True) -> Iterator[bytes]:
+    def chunks(self, response: _Exchange, decode: bool = True) -> Iterator[bytes]:
         """The body as it arrives (see _read_chunks)."""
-        return _read_chunks(response, self.read_timeout, self.deadline, self.clock, decode)
+        return _read_chunks(response, decode)
 
-    def read_json(self, response: requests.Response, limit: int, what: str) -> Any:
+    def read_json(self, response: _Exchange, limit: int, what: str) -> Any:
         """The whole JSON body of a 200 answer, at most ``limit`` bytes."""
         content_type = response.headers.get("Content-Type", "")
         body = bytearray()
@@ -1447,7 +1516,7 @@ class _Client:
                 if len(body) > limit:
                     raise ProtocolError("%s is larger than %d bytes" % (what, limit))
         finally:
-            _close(response)
+            response.close()
         payload = _json_or_none(bytes(body))
         if payload is None and body.strip() != b"null":
             raise ProtocolError(
@@ -1459,14 +1528,6 @@ class _Client:
                 )
             )
         return payload
-
-
-def _limit_answer(exchange: _Exchange, seconds: float, client: _Client) -> None:
-    remaining = client.remaining()
-    if remaining is not None and remaining <= seconds:
-        exchange.limit(remaining, "deadline")
-    else:
-        exchange.limit(seconds, "answer")
 
 
 def _remember_proxy_passwords(session: requests.Session) -> None:
@@ -1780,50 +1841,50 @@ def _raw_chunks(response: requests.Response, decode: bool) -> Tuple[Callable[[],
     return lambda: next(stream, b""), decode
 
 
-def _read_chunks(
-    response: requests.Response,
-    read_timeout: float,
-    deadline: Optional[float],
-    clock: Callable[[], float],
-    decode: bool = True,
-) -> Iterator[bytes]:
+def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
     """Yield the body as it arrives, its Content-Encoding undone if
     ``decode``; raise TransportError on a stall, a reset or a truncated
     body, WaitTimeoutError at the deadline."""
+    response = cast(requests.Response, exchange.response)
     read, decoded = _raw_chunks(response, decode)
     decoder = None
     if decode and not decoded:
         decoder = _content_decoder(response.headers.get("Content-Encoding", ""))
-    exchange = getattr(response, "_munsit_exchange", None)
+    client = exchange.client
+    deadline, clock = client.deadline, client.clock
 
-    def past_deadline() -> bool:
-        if exchange is not None and exchange.expired is not None:
-            if exchange.expired == "aborted":
-                raise _Aborted("stopped")
-            return True
-        return deadline is not None and clock() >= deadline
+    def ended() -> Optional[MunsitError]:
+        # Looked at before every read: the plain test first, and what it
+        # means only once something is up.
+        if exchange.expired is None and (deadline is None or clock() < deadline):
+            return None
+        return exchange.ended("before the end")
 
     while True:
-        if past_deadline():
-            raise WaitTimeoutError("the deadline passed before the end")
+        error = ended()
+        if error is not None:
+            raise error
         try:
             data = read()
         except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-            if past_deadline():
-                raise WaitTimeoutError("the deadline passed before the end") from exc
+            error = ended()
+            if error is not None:
+                raise error from exc
             raise TransportError(
-                "no data for %g seconds: the connection stalled" % read_timeout
+                "no data for %g seconds: the connection stalled" % client.read_timeout
             ) from exc
         except Exception as exc:  # whatever a broken connection makes http.client raise
             _scrub(exc)
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end") from exc
+            error = ended()
+            if error is not None:  # the watchdog cut it
+                raise error from exc
             if isinstance(exc, http.client.IncompleteRead):
                 raise TransportError("the server cut the body short") from exc
             raise TransportError("the connection broke: %s" % _clean(_reason(exc))) from exc
         if not data:
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end")
+            error = ended()
+            if error is not None:  # the watchdog cut it
+                raise error
             if decoder is not None and not decoder.eof:
                 # A close-delimited compressed body cut short looks like an end.
                 raise TransportError("the compressed body was cut short")
@@ -1859,7 +1920,7 @@ class _Resume:
         return None if self.retry_ms is None else self.retry_ms / 1000.0
 
 
-def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Response:
+def _open(client: _Client, denoise_id: str, resume: _Resume) -> _Exchange:
     """Send the GET and return a 200 ``text/event-stream`` response."""
     headers: Dict[str, Union[str, bytes]] = {
         "Accept": "text/event-stream",
@@ -1878,7 +1939,7 @@ def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Respons
         raise client.error(response)
     content_type = response.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "text/event-stream":
-        _close(response)
+        response.close()
         raise ProtocolError(
             "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
             % _clean(content_type or "nothing", 80)
@@ -1909,13 +1970,13 @@ def _events(client: _Client, denoise_id: str, resume: _Resume) -> Generator[Even
                 if event.stage != "processing":
                     # Close before handing over the terminal event, so that a
                     # caller who keeps the generator does not keep the socket.
-                    _close(response)
+                    response.close()
                     yield event
                     return
                 yield event
         raise TransportError("the server closed the stream before the job's final event")
     finally:
-        _close(response)
+        response.close()
 
 
 def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, None]:
@@ -2483,9 +2544,9 @@ class _MultipartBody:
     as the connection sends it: never held whole in memory, and of an exact
     length, since many servers and proxies refuse a chunked upload.
 
-    requests sends any object with ``read`` and ``__len__`` as a body with
-    that Content-Length.  ``finished`` says whether every byte was handed to
-    the connection, which tells a lost answer from an upload that never
+    It is what :meth:`_Client.send` takes as a body: ``read`` and
+    ``__len__``.  ``finished`` says whether every byte was handed to the
+    connection, which tells a lost answer from an upload that never
     completed."""
 
     def __init__(
@@ -2508,10 +2569,6 @@ class _MultipartBody:
         self.sent = 0
         #: Whether every byte of the body was handed to the connection.
         self.finished = False
-        #: Called once, when the last byte has been handed over.
-        self.on_end = None  # type: Optional[Callable[[], None]]
-        #: The exception a callback (or the file) raised, to pass on unchanged.
-        self.callback_error = None  # type: Optional[BaseException]
         source.rewind()
 
     def __len__(self) -> int:
@@ -2524,34 +2581,22 @@ class _MultipartBody:
         if self._part == 1:
             data = self._source.read(min(_UPLOAD_BLOCK, self._left))
             if not data:
-                self.callback_error = ConfigurationError(
+                raise ConfigurationError(
                     "%s got shorter while it was being sent" % self._source.name
                 )
-                raise self.callback_error
             self._left -= len(data)
             self.sent += len(data)
             if not self._left:
                 self._part = 2
-                try:
-                    # Before the closing boundary: without it, no job.
-                    self._source.check_unchanged()
-                except ConfigurationError as exc:
-                    self.callback_error = exc
-                    raise
+                # Before the closing boundary: without it, no job.
+                self._source.check_unchanged()
             if self._report is not None:
-                try:
-                    self._report(self.sent, self._source.size)
-                except BaseException as exc:
-                    self.callback_error = exc
-                    raise
+                self._report(self.sent, self._source.size)
             return data
         if self._part == 2:
             self._part = 3
             return self._tail
-        if not self.finished:
-            self.finished = True
-            if self.on_end is not None:
-                self.on_end()
+        self.finished = True
         return b""
 
 
@@ -3277,7 +3322,7 @@ def _fresh_body(
     return made[-1]
 
 
-def _submission(client: "_Client", response: requests.Response, name: str, size: int) -> Submission:
+def _submission(client: "_Client", response: _Exchange, name: str, size: int) -> Submission:
     payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
     denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
@@ -4364,7 +4409,7 @@ def _fetch_once(
         status = response.status_code
         if status == 206 and resuming:
             if not _continues(response, body):
-                _close(response)
+                response.close()
                 _restart(out, body, report)
                 return False
         elif status == 200:
@@ -4378,7 +4423,7 @@ def _fetch_once(
             else:
                 body.validator = response.headers.get("Last-Modified") or None
         elif status == 416 and resuming:
-            _close(response)
+            response.close()
             _restart(out, body, report)
             return False
         elif status == 206:
@@ -4423,10 +4468,10 @@ def _fetch_once(
             )
         return True
     finally:
-        _close(response)
+        response.close()
 
 
-def _continues(response: requests.Response, body: _Body) -> bool:
+def _continues(response: _Exchange, body: _Body) -> bool:
     """Whether a 206 answer is the rest of the same file: its range starts
     where the file stopped, and its total and validator are the first
     answer's (a server that ignores If-Range must not splice two versions)."""
