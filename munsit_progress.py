@@ -807,7 +807,9 @@ def _random_uuid() -> str:
 
 
 # --------------------------------------------------------------------------
-# Transport: one request path for every endpoint.
+# HTTP client: one request path for every endpoint, its time limits, and
+# what a failure means in plain words.  Above it, nothing touches requests'
+# objects: _Client.send returns an _Exchange, read through the client.
 # --------------------------------------------------------------------------
 
 
@@ -1902,6 +1904,12 @@ def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
             raise ProtocolError("the compressed body is corrupt: %s" % exc) from exc
 
 
+# --------------------------------------------------------------------------
+# Progress stream: a job's events over one connection (iter_events), and
+# what one connection leaves for the next.
+# --------------------------------------------------------------------------
+
+
 class _Resume:
     """What one connection leaves for the next: the last event id, the
     server's ``retry:`` delay, the unknown stages already logged, and whether
@@ -2028,7 +2036,7 @@ def iter_events(
 
 
 # --------------------------------------------------------------------------
-# Reconnect policy and wait()
+# Retry policy and wait()
 # --------------------------------------------------------------------------
 
 
