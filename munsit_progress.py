@@ -1868,21 +1868,10 @@ def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
             raise error
         try:
             data = read()
-        except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-            error = ended()
-            if error is not None:
-                raise error from exc
-            raise TransportError(
-                "no data for %g seconds: the connection stalled" % client.read_timeout
-            ) from exc
         except Exception as exc:  # whatever a broken connection makes http.client raise
             _scrub(exc)
-            error = ended()
-            if error is not None:  # the watchdog cut it
-                raise error from exc
-            if isinstance(exc, http.client.IncompleteRead):
-                raise TransportError("the server cut the body short") from exc
-            raise TransportError("the connection broke: %s" % _clean(_reason(exc))) from exc
+            # The watchdog's cut, the deadline, or else the read's own failure.
+            raise ended() or _read_failure(exc, client.read_timeout) from exc
         if not data:
             error = ended()
             if error is not None:  # the watchdog cut it
@@ -1902,6 +1891,15 @@ def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
                 data = decoder.unconsumed_tail
         except zlib.error as exc:
             raise ProtocolError("the compressed body is corrupt: %s" % exc) from exc
+
+
+def _read_failure(exc: Exception, read_timeout: float) -> TransportError:
+    """The TransportError for a read of a body that raised ``exc``."""
+    if isinstance(exc, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+        return TransportError("no data for %g seconds: the connection stalled" % read_timeout)
+    if isinstance(exc, http.client.IncompleteRead):
+        return TransportError("the server cut the body short")
+    return TransportError("the connection broke: %s" % _clean(_reason(exc)))
 
 
 # --------------------------------------------------------------------------
