@@ -5,18 +5,23 @@ One file, no dependency beyond ``requests``; copy it into a project or
 
     import munsit_progress
 
-    done = munsit_progress.denoise("in.wav", "clean.wav", timeout=3600,
-                                   on_progress=munsit_progress.ProgressBar())
+    with munsit_progress.Client() as client:  # the key from $MUNSIT_API_KEY
+        done = client.denoise("in.wav", "clean.wav", timeout=3600,
+                              on_progress=munsit_progress.ProgressBar())
     print(done.url)
 
-``denoise()`` uploads a file, follows its job and saves the result under
-one deadline; ``denoise_many()`` does it for a folder of files, resumably,
-with a journal; ``submit()`` uploads (streamed, never paid for twice:
-every job is known by a tag of its content in the uploaded name, and a
-job the account already has for that content is adopted, not paid for
-again), ``list_jobs()`` lists the account's jobs, ``wait()`` follows a job across
-reconnections, ``iter_events()`` yields the validated events of a single
-connection, ``download()`` saves a result, resuming a broken transfer.
+A :class:`Client` is configured once (key, base URL, timeouts, retry
+policy) and keeps one connection pool; it is safe to share between
+threads.  ``denoise()`` uploads a file, follows its job and saves the
+result under one deadline; ``denoise_many()`` does it for a folder of
+files, resumably, with a journal; ``submit()`` uploads (streamed, never
+paid for twice: every job is known by a tag of its content in the uploaded
+name, and a job the account already has for that content is adopted, not
+paid for again), ``list_jobs()`` lists the account's jobs, ``wait()``
+follows a job across reconnections, ``iter_events()`` yields the validated
+events of a single connection, ``download()`` saves a result, resuming a
+broken transfer.  Each is a method of :class:`Client` and a module
+function of the same name that makes a client for one call.
 ``ProgressBar()`` shows a job's upload, processing and download in a
 terminal, a log or a notebook.  Every error raised is a
 :class:`MunsitError`.  From a shell: ``python munsit_progress.py --help``
@@ -88,6 +93,7 @@ __all__ = [
     "AuthenticationError",
     "BatchBusyError",
     "CertificateError",
+    "Client",
     "ConfigurationError",
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -152,6 +158,15 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: server itself hangs up after 15 minutes of inactivity; five minutes catches
 #: a dead network path without giving up on a slow but healthy job.
 DEFAULT_READ_TIMEOUT = 300.0
+
+#: How far back, in seconds, the look before an upload reads the account's
+#: jobs (7 days): a rerun after a weekend, or a task engine's late retry,
+#: still finds its job, and a busy account's older history is never read.
+DEFAULT_HORIZON = 7 * 86400.0
+
+#: The largest result :func:`download` accepts unless told otherwise (2 GiB).
+#: Fifteen minutes of 96 kHz stereo 32-bit audio is about 700 MB.
+DEFAULT_MAX_DOWNLOAD = 2 * 1024**3
 
 #: The longest line, and the largest event, the client accepts (1 MiB).
 MAX_LINE_BYTES = 1024 * 1024
@@ -445,6 +460,17 @@ class SaveError(MunsitError, OSError):
         return "job %s is done and paid for: run again to fetch its result" % job
 
 
+class BatchBusyError(MunsitError):
+    """Another run holds the output folder's journal (an overlapping cron
+    job): nothing was done.  Exit status 7."""
+
+
+class NotSubmittedError(MunsitError):
+    """The file was not sent in this run: a cap (``max_files``,
+    ``max_bytes``) was reached, or the run was stopped first.  A later run
+    sends it."""
+
+
 class WaitTimeoutError(MunsitError, TimeoutError):
     """The overall ``timeout`` passed before the call was done."""
 
@@ -473,6 +499,851 @@ class SubmissionUnknownError(MunsitError):
             (self.args[0].split("; candidate jobs:")[0], self.candidates),
             self.__dict__,
         )
+
+
+# --------------------------------------------------------------------------
+# The client: configured once, one connection pool, every operation
+# --------------------------------------------------------------------------
+
+
+class Client:
+    """Munsit's API, configured once: the key, the base URL, the timeouts,
+    the retry policy and one pool of connections, shared by every call.
+
+    ``api_key`` defaults to ``$MUNSIT_API_KEY`` and ``base_url`` to
+    ``$MUNSIT_BASE_URL``, else :data:`DEFAULT_BASE_URL`, both read now.  A
+    malformed base URL or timeout raises :class:`ConfigurationError` here; a
+    missing key is raised by the first call that needs one (``download()``
+    of a URL off the API's origin needs none).  ``session`` is a
+    ``requests.Session`` to send through (proxies, certificates, adapters of
+    your own); the client then leaves it open.  ``retry`` is the
+    :class:`RetryPolicy` of every call.  ``connect_timeout`` bounds setting
+    up a connection; ``read_timeout`` is how long a silent connection is
+    trusted (``None``: :data:`DEFAULT_READ_TIMEOUT` for uploads and progress
+    streams, 60 s for the job list and downloads).  ``allow_http`` lets a
+    download follow a plain-http result URL while the API is https.
+
+    A client holds no per-call state: one instance may be shared by threads
+    (a notebook's cells, a task engine's worker) and each call has its own
+    deadline (``timeout=``).  Use it as a context manager, or call
+    :meth:`close`, to close the connections it opened.
+
+    Example::
+
+        with munsit_progress.Client() as client:
+            done = client.denoise("in.wav", "clean.wav", on_progress=ProgressBar())
+    """
+
+    def __init__(
+        self,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        *,
+        session: Optional[requests.Session] = None,
+        retry: "Optional[RetryPolicy]" = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: Optional[float] = None,
+        allow_http: bool = False,
+    ) -> None:
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a RetryPolicy, got %s" % type(retry).__name__)
+        if session is not None and not isinstance(session, requests.Session):
+            raise ConfigurationError(
+                "session must be a requests.Session, got %s" % type(session).__name__
+            )
+        self._api_key, self._base_url = _checked_settings(
+            api_key, base_url, connect_timeout, read_timeout
+        )
+        self._connect_timeout = float(connect_timeout)
+        self._read_timeout = None if read_timeout is None else float(read_timeout)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._allow_http = bool(allow_http)
+        self._owned = session is None
+        self._session = _new_session(_CLIENT_POOL) if session is None else session
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return "<munsit_progress.Client %s>" % _redact(self._base_url)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections, if the client made its session; a closed
+        client refuses further calls."""
+        self._closed = True
+        if self._owned:
+            self._session.close()
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def retry(self) -> "RetryPolicy":
+        """The :class:`RetryPolicy` of every call."""
+        return self._retry
+
+    def denoise(
+        self,
+        path: Any,
+        output: Optional[str] = None,
+        *,
+        on_progress: "Union[Callable[[ProcessingEvent], Any], ProgressBar, None]" = None,
+        timeout: Optional[float] = None,
+        check: bool = True,
+        tag: bool = True,
+        reuse: bool = True,
+        retry_failed: bool = False,
+        horizon: float = DEFAULT_HORIZON,
+        lock: Optional[Callable[[str], Any]] = None,
+        max_size: int = DEFAULT_MAX_DOWNLOAD,
+    ) -> DoneEvent:
+        """Upload a file, follow its job, save the result; return the
+        :class:`DoneEvent`.
+
+        :meth:`submit`, then :meth:`wait`, then (if ``output`` is given)
+        :meth:`download`, under one overall ``timeout``: the three together
+        never run past it.  ``output`` is checked before the upload, so that
+        a job is never paid for when its result could not be saved.
+        ``on_progress`` receives each :class:`ProcessingEvent`; a
+        :class:`ProgressBar` shows the upload, the processing and the
+        download as one display.  The other arguments are as for those
+        methods.
+
+        The job is known by its content (see :meth:`submit`): when the
+        account has this content's job already, it is followed and its
+        result saved, and nothing is sent.  So calling ``denoise()`` again,
+        in another process or on another host (a cron rerun, a task engine's
+        retry) pays once; pass ``lock`` where two calls may start the same
+        content at the same moment.  When an adopted job's result can no
+        longer be downloaded (403, 404, 410), the error names the job;
+        ``reuse=False`` sends the file again.
+
+        Every error raised after the server took the job carries its
+        ``denoise_id`` (attribute and message), the errors of saving the
+        result included (:class:`SaveError`: a full disk, a folder gone).
+
+        Example::
+
+            done = client.denoise("interview.wav", "clean.wav", timeout=3600)
+        """
+        options = _JobOptions(tag, reuse, retry_failed, horizon, lock, max_size)
+        with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
+            target = None  # type: Optional[Tuple[str, str]]
+            if output is not None:
+                target = (_shown_path(output), _output_path(output))
+            source = _Source(path, check)
+            try:
+                return _denoise_one(
+                    call, source, target, on_progress, self._retry, options, _Hooks()
+                )
+            finally:
+                source.close()
+
+    def denoise_many(
+        self,
+        paths: Any,
+        output_dir: str,
+        *,
+        concurrency: int = 4,
+        timeout: Optional[float] = None,
+        on_progress: Any = None,
+        check: bool = True,
+        max_files: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+        retry_failed: bool = False,
+        tag: bool = True,
+        reuse: bool = True,
+        horizon: float = DEFAULT_HORIZON,
+        lock: Optional[Callable[[str], Any]] = None,
+        rehash: bool = False,
+    ) -> "Iterator[FileResult]":
+        """Denoise many files, ``concurrency`` at a time, into
+        ``output_dir``; yield a :class:`FileResult` for each as it finishes.
+
+        Each result is saved in ``output_dir`` under its input's base name
+        with the result's extension (from the done URL; ``.wav`` if it has
+        none).  Inputs that could land on the same output are refused with
+        :class:`ConfigurationError` before anything is sent.
+
+        The run can be killed at any moment and run again: a journal in
+        ``output_dir`` (:data:`JOURNAL_NAME`) records each input's content
+        before its upload, its job the moment the upload is answered, and
+        its saved output.  A later run skips what is saved, follows what was
+        submitted instead of uploading it again, and looks up (``GET
+        /denoise``) what was sent without an answer before sending it again.
+        Only one run at a time may use a folder: another raises
+        :class:`BatchBusyError` at once.  An input whose size, modification
+        time, inode and device are those the journal noted when it last
+        hashed it is known without being read (a file rewritten in place at
+        the same size within one tick of its timestamps is the blind spot);
+        ``rehash=True`` reads and hashes every input.  ``timeout`` bounds
+        the whole run; what is left undone is done by the next run.  After a
+        429 every new upload waits; after a 402 none is sent
+        (:class:`PaymentRequiredError`) while jobs already submitted are
+        followed to their end; a file that fails does not stop the others.
+        ``max_files`` and ``max_bytes`` cap what this run sends
+        (:class:`NotSubmittedError` for the rest).  A job that failed on the
+        server is not sent again unless ``retry_failed``.
+
+        Each file's job is known by its content, as :meth:`submit` knows it
+        (``tag``, ``reuse``, ``horizon``, ``lock``): the account's recent
+        jobs are read once for the whole run, and a file whose content has a
+        job already is followed and saved, not sent.  An output that the
+        journal says holds another content's result (an earlier input of
+        the same base name) is never replaced: that input is refused
+        (:class:`ConfigurationError`) before anything is sent.
+
+        ``on_progress`` may be a :class:`ProgressBar` (its stream and mode
+        draw the batch: lines in place on a terminal, prefixed lines in a
+        log, one display in a notebook) or a callable ``(path, event)``.
+
+        The journal is locked when this is called and released when the
+        iterator is exhausted or closed.  Example::
+
+            for result in client.denoise_many(sorted(glob.glob("in/*.wav")), "out"):
+                print(result.path, result.output or result.error)
+        """
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError("concurrency must be a whole number >= 1")
+        for name, cap in (("max_files", max_files), ("max_bytes", max_bytes)):
+            if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
+                raise ConfigurationError("%s must be a whole number >= 0" % name)
+        self._check_open()
+        realpath = _RealPaths()
+        batch = _Batch(
+            _batch_inputs(paths, realpath),
+            output_dir,
+            concurrency=concurrency,
+            deadline=_deadline(timeout, self._retry.clock),
+            on_progress=on_progress,
+            settings=dict(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout or _READ_TIMEOUT_STREAM,
+                allow_http=self._allow_http,
+            ),
+            check=check,
+            max_files=max_files,
+            max_bytes=max_bytes,
+            options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
+            policy=self._retry,
+            rehash=rehash,
+            realpath=realpath,
+            session=self._session,
+        )
+        return batch.results()
+
+    def submit(
+        self,
+        path: Any,
+        *,
+        on_upload: Optional[Callable[[int, Optional[int]], Any]] = None,
+        timeout: Optional[float] = None,
+        check: bool = True,
+        tag: bool = True,
+        reuse: bool = True,
+        retry_failed: bool = False,
+        horizon: float = DEFAULT_HORIZON,
+        lock: Optional[Callable[[str], Any]] = None,
+    ) -> Submission:
+        """Upload a file (``POST /denoise``) and return its
+        :class:`Submission`, or adopt the job the account already has for
+        the same content.
+
+        ``path`` is a file name, or an open binary file with a ``name``
+        (sent from its current position).  The file is streamed, never read
+        whole, with an exact Content-Length; ``on_upload(sent, total)`` is
+        called as bytes go out (a :class:`ProgressBar` or its ``transfer``
+        fits).
+
+        Checked before any byte is sent (:class:`ConfigurationError`): a
+        readable, non-empty regular file; and, unless ``check=False``, at
+        most :data:`MAX_UPLOAD_BYTES`, an audio or video extension the API
+        lists, and a WAV file no longer than 15 minutes by its header.
+
+        Every job is known by its content.  The file is sent under its own
+        name after a tag made from its SHA-256
+        (``munsit-<20 hex digits>.interview.wav``, see :func:`content_tag`),
+        and before paying, the account's jobs of the last ``horizon``
+        seconds (default 7 days) are looked through for that tag and size: a
+        job found is adopted (``Submission.adopted``) and nothing is sent.
+        So a second call, a rerun after a crash, a renamed copy, another
+        process or another host with the same content pays once.  A job
+        found that failed raises :class:`DenoiseFailedError` with its
+        ``denoise_id``, unless ``retry_failed=True``, which sends the file
+        again.  ``reuse=False`` always sends a new job (still tagged).
+        ``tag=False`` sends the plain name and looks nothing up first.
+        Looking, then sending, is not atomic: where two processes may start
+        the same content at the same moment (a task engine running one task
+        twice), pass ``lock``: a callable that takes the content's key (a
+        str) and returns a context manager held from before the look until
+        the new job's id is known, such as ``lambda key:
+        distributed.Lock(key)`` or ``lambda key: redis.lock(key,
+        timeout=600)``.
+
+        The job is billed and the call is not idempotent, so it is sent
+        again only when the server certainly did not take it: the connection
+        could not be made or broke before the whole file was sent, or the
+        server answered 429 or 503 (``Retry-After`` is obeyed), as the
+        client's ``retry`` allows.  When the file was sent and the answer
+        lost (a reset, a read timeout, 502, 504), the job is looked up (by
+        its tag; untagged, by its name and size since the upload began),
+        twice a few seconds apart, and returned if found; the file is sent
+        again only if it is not there.  If an untagged lookup finds several
+        candidates, or the deadline leaves no time to look,
+        :class:`SubmissionUnknownError` names them instead of risking a
+        second charge.
+
+        Raises :class:`APIError` (400: the API refused the file, with its
+        ``error_code`` and ``error_message``), :class:`PaymentRequiredError`
+        (402), :class:`AuthenticationError`, :class:`DenoiseFailedError`,
+        :class:`TransportError`, :class:`WaitTimeoutError` or
+        :class:`SubmissionUnknownError`.
+
+        Example::
+
+            job = client.submit("interview.wav", on_upload=ProgressBar())
+            done = client.wait(job.denoise_id)
+        """
+        options = _JobOptions(tag, reuse, retry_failed, horizon, lock)
+        with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
+            source = _Source(path, check)
+            try:
+                return _submit(
+                    call, source, _upload_callback(on_upload), self._retry, options, _Hooks()
+                )
+            finally:
+                source.close()
+
+    def list_jobs(
+        self,
+        *,
+        limit: Optional[int] = None,
+        offset: int = 0,
+        timeout: Optional[float] = None,
+    ) -> List[JobRecord]:
+        """The account's jobs (``GET /denoise``), newest first, as
+        :class:`JobRecord`\\ s: at most ``limit`` of them (``None``: all),
+        after skipping ``offset``.
+
+        Unknown extra fields are ignored; a body that is not a list of
+        records with at least an ``id`` and a ``status`` is a
+        :class:`ProtocolError`.  Dropped connections, 429 and 5xx are
+        retried as the client's ``retry`` says, within ``timeout``.  Raises
+        :class:`AuthenticationError`, :class:`APIError`,
+        :class:`TransportError`, :class:`ProtocolError` or
+        :class:`WaitTimeoutError`.
+
+        Example::
+
+            for job in client.list_jobs(limit=10):
+                print(job.created_at, job.status, job.file_name)
+        """
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise ConfigurationError("limit must be a whole number >= 1, got %r" % (limit,))
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigurationError("offset must be a whole number >= 0, got %r" % (offset,))
+        with self._call(timeout, _READ_TIMEOUT_SHORT, require_key=True) as call:
+            return _list_again(call, limit, offset, self._retry)[0]
+
+    def wait(
+        self,
+        denoise_id: str,
+        *,
+        on_progress: Optional[Callable[[ProcessingEvent], Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> DoneEvent:
+        """Follow the job to its end and return its :class:`DoneEvent`.
+
+        ``on_progress(event)`` is called for each :class:`ProcessingEvent`;
+        after a reconnection, progress may repeat.  ``timeout`` is an
+        overall deadline in seconds (``None``: no deadline); it is checked
+        before every connection and every pause, bounds the connect and
+        response timeouts, and a watchdog cuts a response that is still open
+        when it passes.
+
+        Dropped connections, resets, truncated streams, stalls, HTTP 429 and
+        5xx are retried as the client's ``retry`` says, sending
+        ``Last-Event-ID`` when the stream gave ids.  HTTP 401, 403, 404 and
+        other 4xx are not.
+
+        Raises :class:`DenoiseFailedError` if the job fails,
+        :class:`WaitTimeoutError` at the deadline,
+        :class:`ConfigurationError` before any request for a bad id or a
+        missing key, and otherwise the error that ended the last attempt
+        (:class:`AuthenticationError`, :class:`JobNotFoundError`,
+        :class:`APIError`, :class:`TransportError`,
+        :class:`ProtocolError`); each carries the ``denoise_id`` followed.
+
+        If ``on_progress`` is a :class:`ProgressBar` (or one of its
+        methods), it is finished at the end with the done event or the
+        exception.
+
+        Example::
+
+            done = client.wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
+        """
+        job = _job_id(denoise_id)
+        finish = _finisher(on_progress)
+        try:
+            with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
+                done = _follow(call, job, on_progress, self._retry)
+        except BaseException as exc:
+            if isinstance(exc, MunsitError) and exc.denoise_id is None:
+                exc.denoise_id = job
+                exc._job_noted = False
+            if finish is not None:
+                finish(exc)
+            raise
+        if finish is not None:
+            finish(done)
+        return done
+
+    def iter_events(self, denoise_id: str) -> Iterator[Event]:
+        """Yield the validated events of one connection to the job's
+        progress stream.
+
+        Events are :class:`ProcessingEvent`, then one terminal
+        :class:`DoneEvent` or :class:`ErrorEvent` (an error event is yielded
+        as data, not raised).  After the terminal event the connection is
+        closed and the iterator ends.  It never reconnects: if the stream
+        ends early, is reset, or is silent for the client's
+        ``read_timeout``, it raises :class:`TransportError`.  Use
+        :meth:`wait` to follow a job across reconnections.
+
+        A ``denoise_id`` that is not a UUID, or a missing key, raises
+        :class:`ConfigurationError` here, before any request.  Raises
+        :class:`AuthenticationError`, :class:`JobNotFoundError`,
+        :class:`APIError`, :class:`ProtocolError` or
+        :class:`TransportError`.  Closing the iterator early (``break``,
+        ``.close()``) closes the connection.
+
+        Example::
+
+            for event in client.iter_events(denoise_id):
+                print(event)
+        """
+        job = _job_id(denoise_id)
+        call = self._call(None, _READ_TIMEOUT_STREAM, require_key=True)
+        return _owned_events(call, job)
+
+    def download(
+        self,
+        done: DoneEvent,
+        path: str,
+        *,
+        timeout: Optional[float] = None,
+        on_progress: "Union[Callable[[int, Optional[int]], Any], ProgressBar, None]" = None,
+        max_size: int = DEFAULT_MAX_DOWNLOAD,
+    ) -> str:
+        """Save the denoised audio of ``done`` to ``path``; return the path.
+
+        The file is streamed to disk and written atomically: bytes go to a
+        temporary file in the same folder, renamed to ``path`` only when the
+        whole body has arrived, so a failure or Ctrl-C leaves nothing at
+        ``path`` (and an earlier file there untouched, its permission bits
+        kept by the new one).  A symlink is written through (the file it
+        points to is replaced); a ``path`` that is a device, a FIFO or a
+        folder is refused with :class:`ConfigurationError` before any
+        request.
+
+        A dropped connection is resumed where it stopped (``Range``, with
+        ``If-Range`` when the server gave an ETag or Last-Modified), retried
+        as the client's ``retry`` says within ``timeout``; a server that
+        answers 200 instead of 206 is read again from the start.  The body
+        must arrive as sent (identity; a compressed one is refused) and stay
+        within ``max_size`` bytes.  The API key is sent only if ``done.url``
+        is on the API's own origin, and never to a host a redirect names; a
+        plain-http URL is refused while the API is https, unless the client
+        has ``allow_http``.
+
+        ``on_progress(received, total)`` is called as bytes arrive
+        (``total`` is ``None`` when unknown); a :class:`ProgressBar` fits,
+        and is finished with the saved path.  ``timeout`` is an overall
+        deadline in seconds.
+
+        Raises :class:`APIError` for an HTTP error, :class:`TransportError`
+        when the transfer keeps failing, :class:`ProtocolError` for a body
+        that is not what was asked for, :class:`WaitTimeoutError` at the
+        deadline, ``OSError`` if the file cannot be written.
+        """
+        if not isinstance(max_size, int) or max_size < 0:
+            raise ConfigurationError("max_size must be a number of bytes >= 0")
+        finish = _finisher(on_progress)
+        report = _transfer_callback(on_progress)
+        try:
+            target = _output_path(path)
+            with self._call(timeout, _READ_TIMEOUT_SHORT, require_key=False) as call:
+                try:
+                    _save(call, done.url, target, report, max_size, self._retry)
+                except WaitTimeoutError as exc:
+                    raise WaitTimeoutError(
+                        "the deadline passed before the download finished"
+                    ) from exc
+        except BaseException as exc:
+            if finish is not None:
+                finish(exc)
+            raise
+        if finish is not None:
+            finish("saved %s" % path)
+        return path
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("this Client is closed")
+
+    def _call(self, timeout: Optional[float], read_timeout: float, require_key: bool) -> "_Client":
+        """What one call works under: this client's settings and pool, and
+        the call's deadline, ``timeout`` seconds from now on the policy's
+        clock."""
+        self._check_open()
+        return _Client(
+            self._api_key,
+            self._base_url,
+            self._session,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout or read_timeout,
+            deadline=_deadline(timeout, self._retry.clock),
+            policy=self._retry,
+            require_key=require_key,
+            allow_http=self._allow_http,
+        )
+
+
+# The connections one client keeps open to a host: a batch's workers and a
+# notebook's threads share them.
+_CLIENT_POOL = 16
+_READ_TIMEOUT_STREAM = DEFAULT_READ_TIMEOUT
+# A job list or a download that goes silent for a minute has stalled: neither
+# waits on the server's processing, as a progress stream does.
+_READ_TIMEOUT_SHORT = 60.0
+
+
+# --------------------------------------------------------------------------
+# The module functions: each makes a client for the one call
+# --------------------------------------------------------------------------
+#
+# Each passes its connection arguments to a Client made for this call alone
+# and closed after it; see the Client method of the same name for the rest.
+
+
+def denoise(
+    path: Any,
+    output: Optional[str] = None,
+    *,
+    on_progress: "Union[Callable[[ProcessingEvent], Any], ProgressBar, None]" = None,
+    timeout: Optional[float] = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    check: bool = True,
+    tag: bool = True,
+    reuse: bool = True,
+    retry_failed: bool = False,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: "Optional[RetryPolicy]" = None,
+    allow_http: bool = False,
+    max_size: int = DEFAULT_MAX_DOWNLOAD,
+) -> DoneEvent:
+    """Upload a file, follow its job, save the result under one deadline;
+    return the :class:`DoneEvent`.  :meth:`Client.denoise` on a client made
+    for this call (``api_key``, ``base_url``, ``session``,
+    ``connect_timeout``, ``read_timeout``, ``retry`` and ``allow_http`` are
+    :class:`Client`'s).
+
+    Example::
+
+        done = denoise("interview.wav", "clean.wav", on_progress=ProgressBar(), timeout=3600)
+    """
+    with Client(
+        api_key,
+        base_url,
+        session=session,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        allow_http=allow_http,
+    ) as client:
+        return client.denoise(
+            path,
+            output,
+            on_progress=on_progress,
+            timeout=timeout,
+            check=check,
+            tag=tag,
+            reuse=reuse,
+            retry_failed=retry_failed,
+            horizon=horizon,
+            lock=lock,
+            max_size=max_size,
+        )
+
+
+def denoise_many(
+    paths: Any,
+    output_dir: str,
+    *,
+    concurrency: int = 4,
+    timeout: Optional[float] = None,
+    on_progress: Any = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    check: bool = True,
+    max_files: Optional[int] = None,
+    max_bytes: Optional[int] = None,
+    retry_failed: bool = False,
+    tag: bool = True,
+    reuse: bool = True,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
+    allow_http: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: "Optional[RetryPolicy]" = None,
+    rehash: bool = False,
+) -> "Iterator[FileResult]":
+    """Denoise many files, ``concurrency`` at a time, into ``output_dir``,
+    resumably, with a journal; yield a :class:`FileResult` for each as it
+    finishes.  :meth:`Client.denoise_many` on a client made for this run,
+    closed when the iterator ends.
+
+    Example::
+
+        for result in denoise_many(sorted(glob.glob("in/*.wav")), "out", concurrency=8):
+            print(result.path, result.output or result.error)
+    """
+    client = Client(
+        api_key,
+        base_url,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        allow_http=allow_http,
+    )
+    try:
+        results = client.denoise_many(
+            paths,
+            output_dir,
+            concurrency=concurrency,
+            timeout=timeout,
+            on_progress=on_progress,
+            check=check,
+            max_files=max_files,
+            max_bytes=max_bytes,
+            retry_failed=retry_failed,
+            tag=tag,
+            reuse=reuse,
+            horizon=horizon,
+            lock=lock,
+            rehash=rehash,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return _closing(results, client)
+
+
+def submit(
+    path: Any,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    on_upload: Optional[Callable[[int, Optional[int]], Any]] = None,
+    timeout: Optional[float] = None,
+    check: bool = True,
+    tag: bool = True,
+    reuse: bool = True,
+    retry_failed: bool = False,
+    horizon: float = DEFAULT_HORIZON,
+    lock: Optional[Callable[[str], Any]] = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retry: "Optional[RetryPolicy]" = None,
+) -> Submission:
+    """Upload a file (``POST /denoise``), or adopt the job the account
+    already has for its content; return its :class:`Submission`.
+    :meth:`Client.submit` on a client made for this call.
+
+    Example::
+
+        job = submit("interview.wav", on_upload=ProgressBar())
+        done = wait(job.denoise_id)
+    """
+    with Client(
+        api_key,
+        base_url,
+        session=session,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    ) as client:
+        return client.submit(
+            path,
+            on_upload=on_upload,
+            timeout=timeout,
+            check=check,
+            tag=tag,
+            reuse=reuse,
+            retry_failed=retry_failed,
+            horizon=horizon,
+            lock=lock,
+        )
+
+
+def list_jobs(
+    *,
+    limit: Optional[int] = None,
+    offset: int = 0,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    timeout: Optional[float] = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = _READ_TIMEOUT_SHORT,
+    retry: "Optional[RetryPolicy]" = None,
+) -> List[JobRecord]:
+    """The account's jobs (``GET /denoise``), newest first, as
+    :class:`JobRecord`\\ s.  :meth:`Client.list_jobs` on a client made for
+    this call.
+
+    Example::
+
+        for job in list_jobs(limit=10):
+            print(job.created_at, job.status, job.file_name)
+    """
+    with Client(
+        api_key,
+        base_url,
+        session=session,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    ) as client:
+        return client.list_jobs(limit=limit, offset=offset, timeout=timeout)
+
+
+def wait(
+    denoise_id: str,
+    *,
+    on_progress: Optional[Callable[[ProcessingEvent], Any]] = None,
+    timeout: Optional[float] = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    retry: "Optional[RetryPolicy]" = None,
+) -> DoneEvent:
+    """Follow the job to its end, across reconnections, and return its
+    :class:`DoneEvent`.  :meth:`Client.wait` on a client made for this call.
+
+    Example::
+
+        done = wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
+    """
+    job = _job_id(denoise_id)
+    with Client(
+        api_key,
+        base_url,
+        session=session,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    ) as client:
+        return client.wait(job, on_progress=on_progress, timeout=timeout)
+
+
+def iter_events(
+    denoise_id: str,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> Iterator[Event]:
+    """Yield the validated events of one connection to the job's progress
+    stream; never reconnects.  :meth:`Client.iter_events` on a client made
+    for this call, closed when the iterator ends.
+
+    Example::
+
+        for event in iter_events(denoise_id):
+            print(event)
+    """
+    job = _job_id(denoise_id)
+    client = Client(
+        api_key,
+        base_url,
+        session=session,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    try:
+        events = client.iter_events(job)
+    except BaseException:
+        client.close()
+        raise
+    return _closing(events, client)
+
+
+def download(
+    done: DoneEvent,
+    path: str,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    session: Optional[requests.Session] = None,
+    timeout: Optional[float] = None,
+    read_timeout: float = _READ_TIMEOUT_SHORT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    on_progress: "Union[Callable[[int, Optional[int]], Any], ProgressBar, None]" = None,
+    max_size: int = DEFAULT_MAX_DOWNLOAD,
+    allow_http: bool = False,
+    retry: "Optional[RetryPolicy]" = None,
+) -> str:
+    """Save the denoised audio of ``done`` to ``path``, atomically,
+    resuming a broken transfer; return the path.  :meth:`Client.download`
+    on a client made for this call.
+
+    Example::
+
+        download(done, "clean.wav", on_progress=ProgressBar())
+    """
+    with Client(
+        api_key,
+        base_url,
+        session=session,
+        retry=retry,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        allow_http=allow_http,
+    ) as client:
+        return client.download(
+            done, path, timeout=timeout, on_progress=on_progress, max_size=max_size
+        )
+
+
+def _closing(items: Iterator[Any], client: Client) -> Iterator[Any]:
+    """``items``, then ``client`` closed: when they run out, or when the
+    caller closes the iterator early."""
+    try:
+        yield from items  # closing this closes ``items`` too (PEP 380)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------
@@ -1002,12 +1873,18 @@ class _Exchange:
             except (OSError, TypeError):
                 pass  # closed already
 
-    def close(self) -> None:
+    def close(self, reuse: bool = False) -> None:
+        """Stop the watchdog and close the response; with ``reuse``, give
+        its connection back to the pool instead, if the watchdog never cut
+        it.  The watchdog is stopped first, under the lock it cuts under, so
+        that it cannot cut a connection another request has taken since."""
         with self._lock:
             self._closed = True
             _watchdog.cancel(self._entry)
             self._entry = None
         if self.response is not None:
+            if reuse and self.expired is None:
+                self.response.raw.release_conn()
             self.response.close()
 
 
@@ -1158,6 +2035,48 @@ def _new_session(pool_size: int = 10) -> requests.Session:
     return session
 
 
+def _checked_settings(
+    api_key: Optional[str],
+    base_url: Optional[str],
+    connect_timeout: float,
+    read_timeout: Optional[float],
+) -> Tuple[str, str]:
+    """The key ("" if none) and the base URL a client is made with, read
+    from the environment where not given, or a ConfigurationError."""
+    if api_key is None:
+        api_key = os.environ.get(_API_KEY_ENV)
+    if not isinstance(api_key, (str, type(None))):
+        raise ConfigurationError("api_key must be a str, got %s" % type(api_key).__name__)
+    # A key read from a file or an env var often ends in a newline.
+    api_key = (api_key or "").strip()
+    if not all(" " <= c <= "~" for c in api_key):
+        # requests would reject it with the key itself in the message.
+        raise ConfigurationError("the API key contains characters not allowed in a header")
+    _remember_secret(api_key)
+    if base_url is None:
+        base_url = os.environ.get(_BASE_URL_ENV) or DEFAULT_BASE_URL
+    if not isinstance(base_url, str):
+        raise ConfigurationError("base_url must be a str, got %s" % type(base_url).__name__)
+    try:
+        scheme, host, _ = _origin(base_url)
+        auth = urllib3.util.parse_url(base_url).auth
+    except ValueError:
+        scheme = host = ""
+        auth = None
+    if auth and ":" in auth:
+        _remember_secret(auth.split(":", 1)[1])
+    if scheme not in ("http", "https") or not host:
+        raise ConfigurationError(
+            "base_url must be an http(s) URL, got %r" % (_clean(str(base_url), 100),)
+        )
+    for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if value is None and name == "read_timeout":
+            continue
+        if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigurationError("%s must be a positive number of seconds" % name)
+    return api_key, base_url
+
+
 class _Client:
     """What one call works under, and the one path all its requests take.
 
@@ -1198,39 +2117,11 @@ class _Client:
         allow_http: bool = False,
         pool_size: int = 10,
     ) -> None:
-        if api_key is None:
-            api_key = os.environ.get(_API_KEY_ENV)
-        if not isinstance(api_key, (str, type(None))):
-            raise ConfigurationError("api_key must be a str, got %s" % type(api_key).__name__)
-        # A key read from a file or an env var often ends in a newline.
-        api_key = (api_key or "").strip()
+        api_key, base_url = _checked_settings(api_key, base_url, connect_timeout, read_timeout)
         if not api_key and require_key:
             raise ConfigurationError(
                 "no API key: pass api_key= or set the %s environment variable" % _API_KEY_ENV
             )
-        if not all(" " <= c <= "~" for c in api_key):
-            # requests would reject it with the key itself in the message.
-            raise ConfigurationError("the API key contains characters not allowed in a header")
-        _remember_secret(api_key)
-        if base_url is None:
-            base_url = os.environ.get(_BASE_URL_ENV) or DEFAULT_BASE_URL
-        if not isinstance(base_url, str):
-            raise ConfigurationError("base_url must be a str, got %s" % type(base_url).__name__)
-        try:
-            scheme, host, _ = _origin(base_url)
-            auth = urllib3.util.parse_url(base_url).auth
-        except ValueError:
-            scheme = host = ""
-            auth = None
-        if auth and ":" in auth:
-            _remember_secret(auth.split(":", 1)[1])
-        if scheme not in ("http", "https") or not host:
-            raise ConfigurationError(
-                "base_url must be an http(s) URL, got %r" % (_clean(str(base_url), 100),)
-            )
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ConfigurationError("%s must be a positive number of seconds" % name)
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self._api_origin = _origin(self.base_url)
@@ -1512,13 +2403,15 @@ class _Client:
         """The whole JSON body of a 200 answer, at most ``limit`` bytes."""
         content_type = response.headers.get("Content-Type", "")
         body = bytearray()
+        whole = False
         try:
             for piece in self.chunks(response):
                 body += piece
                 if len(body) > limit:
                     raise ProtocolError("%s is larger than %d bytes" % (what, limit))
+            whole = True
         finally:
-            response.close()
+            response.close(reuse=whole)
         payload = _json_or_none(bytes(body))
         if payload is None and body.strip() != b"null":
             raise ProtocolError(
@@ -1641,30 +2534,6 @@ def _plain_reason(causes: List[BaseException]) -> str:
         if isinstance(cause, OSError) and isinstance(cause.strerror, str) and cause.strerror:
             return _clean(cause.strerror[0].lower() + cause.strerror[1:], 120)
     return _clean(_reason(causes[-1]), 200)
-
-
-def _client_for(
-    api_key: Optional[str],
-    base_url: Optional[str],
-    session: Optional[requests.Session],
-    connect_timeout: float,
-    read_timeout: float,
-    timeout: Optional[float],
-    policy: "RetryPolicy",
-    **options: Any,
-) -> _Client:
-    """The client of one public call, its deadline ``timeout`` seconds from
-    now on the policy's clock."""
-    return _Client(
-        api_key,
-        base_url,
-        session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        deadline=_deadline(timeout, policy.clock),
-        policy=policy,
-        **options,
-    )
 
 
 def _bounded(timeout: float, remaining: Optional[float]) -> float:
@@ -1993,46 +2862,6 @@ def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, No
         client.close()
 
 
-def iter_events(
-    denoise_id: str,
-    *,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-) -> Iterator[Event]:
-    """Yield the validated events of one connection to the job's progress stream.
-
-    Events are :class:`ProcessingEvent`, then one terminal :class:`DoneEvent`
-    or :class:`ErrorEvent` (an error event is yielded as data, not raised).
-    After the terminal event the connection is closed and the iterator ends.
-    It never reconnects: if the stream ends early, is reset, or is silent for
-    ``read_timeout`` seconds, it raises :class:`TransportError`.  Use
-    :func:`wait` to follow a job across reconnections.
-
-    ``api_key`` defaults to ``$MUNSIT_API_KEY``; ``base_url`` to
-    ``$MUNSIT_BASE_URL``, else :data:`DEFAULT_BASE_URL`.  A missing key or a
-    ``denoise_id`` that is not a UUID raises :class:`ConfigurationError` here,
-    before any request.  A given ``session`` is used and left open.
-
-    Raises :class:`AuthenticationError`, :class:`JobNotFoundError`,
-    :class:`APIError`, :class:`ProtocolError` or :class:`TransportError`.
-    Closing the iterator early (``break``, ``.close()``) closes the
-    connection.
-
-    Example::
-
-        for event in iter_events(denoise_id):
-            print(event)
-    """
-    job = _job_id(denoise_id)
-    client = _Client(
-        api_key, base_url, session, connect_timeout=connect_timeout, read_timeout=read_timeout
-    )
-    return _owned_events(client, job)
-
-
 # --------------------------------------------------------------------------
 # Retry policy and wait()
 # --------------------------------------------------------------------------
@@ -2150,67 +2979,6 @@ class RetryPolicy:
         )
         self.sleep(delay)
         return failures
-
-
-def wait(
-    denoise_id: str,
-    *,
-    on_progress: Optional[Callable[[ProcessingEvent], Any]] = None,
-    timeout: Optional[float] = None,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    retry: Optional[RetryPolicy] = None,
-) -> DoneEvent:
-    """Follow the job to its end and return its :class:`DoneEvent`.
-
-    ``on_progress(event)`` is called for each :class:`ProcessingEvent`; after
-    a reconnection, progress may repeat.  ``timeout`` is an overall deadline
-    in seconds (``None``: no deadline); it is checked before every connection
-    and every pause, bounds the connect and response timeouts, and a
-    watchdog cuts a response that is still open when it passes.
-    ``read_timeout`` is how long a silent connection is trusted (default
-    :data:`DEFAULT_READ_TIMEOUT`).
-
-    Dropped connections, resets, truncated streams, stalls, HTTP 429 and 5xx
-    are retried as ``retry`` (a :class:`RetryPolicy`) says, sending
-    ``Last-Event-ID`` when the stream gave ids.  HTTP 401, 403, 404 and
-    other 4xx are not.
-
-    Raises :class:`DenoiseFailedError` if the job fails,
-    :class:`WaitTimeoutError` at the deadline, :class:`ConfigurationError`
-    before any request for a bad id or a missing key, and otherwise the
-    error that ended the last attempt (:class:`AuthenticationError`,
-    :class:`JobNotFoundError`, :class:`APIError`, :class:`TransportError`,
-    :class:`ProtocolError`).
-
-    If ``on_progress`` has a ``finish`` method, as :class:`ProgressBar`
-    has, it is called once at the end with the done event or the exception.
-
-    Example::
-
-        done = wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
-    """
-    job = _job_id(denoise_id)
-    policy = retry if retry is not None else RetryPolicy()
-    client = _client_for(api_key, base_url, session, connect_timeout, read_timeout, timeout, policy)
-    finish = _finisher(on_progress)
-    try:
-        done = _follow(client, job, on_progress, policy)
-    except BaseException as exc:
-        if isinstance(exc, MunsitError) and exc.denoise_id is None:
-            exc.denoise_id = job
-            exc._job_noted = False
-        if finish is not None:
-            finish(exc)
-        raise
-    finally:
-        client.close()
-    if finish is not None:
-        finish(done)
-    return done
 
 
 def _finisher(on_progress: Any) -> Optional[Callable[[Any], Any]]:
@@ -2610,11 +3378,6 @@ class _MultipartBody:
 # Finding a job: content tags, the matcher, the account's recent jobs
 # --------------------------------------------------------------------------
 
-#: How far back, in seconds, the look before an upload reads the account's
-#: jobs (7 days): a rerun after a weekend, or a task engine's late retry,
-#: still finds its job, and a busy account's older history is never read.
-DEFAULT_HORIZON = 7 * 86400.0
-
 # The tag in an uploaded name: this prefix and the first 20 hex digits (80
 # bits) of the content's SHA-256.  A stable format: later versions must
 # recognise the jobs this one sent.
@@ -2833,91 +3596,6 @@ def _list_again(
 # --------------------------------------------------------------------------
 # Upload: submit()
 # --------------------------------------------------------------------------
-
-
-def submit(
-    path: Any,
-    *,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    on_upload: Optional[Callable[[int, Optional[int]], Any]] = None,
-    timeout: Optional[float] = None,
-    check: bool = True,
-    tag: bool = True,
-    reuse: bool = True,
-    retry_failed: bool = False,
-    horizon: float = DEFAULT_HORIZON,
-    lock: Optional[Callable[[str], Any]] = None,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    retry: Optional[RetryPolicy] = None,
-) -> Submission:
-    """Upload a file (``POST /denoise``) and return its :class:`Submission`,
-    or adopt the job the account already has for the same content.
-
-    ``path`` is a file name, or an open binary file with a ``name`` (sent
-    from its current position).  The file is streamed, never read whole,
-    with an exact Content-Length; ``on_upload(sent, total)`` is called as
-    bytes go out (a :class:`ProgressBar` or its ``transfer`` fits).
-
-    Checked before any byte is sent (:class:`ConfigurationError`): a
-    readable, non-empty regular file; and, unless ``check=False``, at most
-    :data:`MAX_UPLOAD_BYTES`, an audio or video extension the API lists, and
-    a WAV file no longer than 15 minutes by its header.
-
-    Every job is known by its content.  The file is sent under its own name
-    after a tag made from its SHA-256
-    (``munsit-<20 hex digits>.interview.wav``, see :func:`content_tag`), and
-    before paying, the account's jobs of the last ``horizon`` seconds
-    (default 7 days) are looked through for that tag and size: a job found
-    is adopted (``Submission.adopted``) and nothing is sent.  So a second
-    call, a rerun after a crash, a renamed copy, another process or another
-    host with the same content pays once.  A job found that failed raises
-    :class:`DenoiseFailedError` with its ``denoise_id``, unless
-    ``retry_failed=True``, which sends the file again.  ``reuse=False``
-    always sends a new job (still tagged).  ``tag=False`` sends the plain
-    name and looks nothing up first.  Looking, then sending, is not atomic:
-    where two processes may start the same content at the same moment (a
-    task engine running one task twice), pass ``lock``: a callable that
-    takes the content's key (a str) and returns a context manager held from
-    before the look until the new job's id is known, such as
-    ``lambda key: distributed.Lock(key)`` or
-    ``lambda key: redis.lock(key, timeout=600)``.
-
-    The job is billed and the call is not idempotent, so it is sent again
-    only when the server certainly did not take it: the connection could
-    not be made or broke before the whole file was sent, or the server
-    answered 429 or 503 (``Retry-After`` is obeyed), as ``retry`` allows.
-    When the file was sent and the answer lost (a reset, a read timeout,
-    502, 504), the job is looked up (by its tag; untagged, by its name and
-    size since the upload began), twice a few seconds apart, and returned if
-    found; the file is sent again only if it is not there.  If an untagged
-    lookup finds several candidates, or the deadline leaves no time to look,
-    :class:`SubmissionUnknownError` names them instead of risking a second
-    charge.
-
-    Raises :class:`APIError` (400: the API refused the file, with its
-    ``error_code`` and ``error_message``), :class:`PaymentRequiredError`
-    (402), :class:`AuthenticationError`, :class:`DenoiseFailedError`,
-    :class:`TransportError`, :class:`WaitTimeoutError` or
-    :class:`SubmissionUnknownError`.
-
-    Example::
-
-        job = submit("interview.wav", on_upload=ProgressBar())
-        done = wait(job.denoise_id)
-    """
-    policy = retry if retry is not None else RetryPolicy()
-    options = _JobOptions(tag, reuse, retry_failed, horizon, lock)
-    with _client_for(
-        api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
-    ) as client:
-        source = _Source(path, check)
-        try:
-            return _submit(client, source, _upload_callback(on_upload), policy, options, _Hooks())
-        finally:
-            source.close()
 
 
 def content_tag(path: Any) -> str:
@@ -3479,45 +4157,6 @@ def _epoch(text: Optional[str]) -> Optional[float]:
         digits = zone[1:].replace(":", "")
         seconds += sign * (int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60)
     return seconds
-
-
-def list_jobs(
-    *,
-    limit: Optional[int] = None,
-    offset: int = 0,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    timeout: Optional[float] = None,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = 60.0,
-    retry: Optional[RetryPolicy] = None,
-) -> List[JobRecord]:
-    """The account's jobs (``GET /denoise``), newest first, as
-    :class:`JobRecord`\\ s: at most ``limit`` of them (``None``: all),
-    after skipping ``offset``.
-
-    Unknown extra fields are ignored; a body that is not a list of records
-    with at least an ``id`` and a ``status`` is a :class:`ProtocolError`.
-    Dropped connections, 429 and 5xx are retried as ``retry`` says, within
-    ``timeout``.  Raises :class:`AuthenticationError`, :class:`APIError`,
-    :class:`TransportError`, :class:`ProtocolError` or
-    :class:`WaitTimeoutError`.
-
-    Example::
-
-        for job in list_jobs(limit=10):
-            print(job.created_at, job.status, job.file_name)
-    """
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ConfigurationError("limit must be a whole number >= 1, got %r" % (limit,))
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ConfigurationError("offset must be a whole number >= 0, got %r" % (offset,))
-    policy = retry if retry is not None else RetryPolicy()
-    with _client_for(
-        api_key, base_url, session, connect_timeout, read_timeout, timeout, policy
-    ) as client:
-        return _list_again(client, limit, offset, policy)[0]
 
 
 def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobRecord], float]:
@@ -4102,84 +4741,6 @@ def _size(count: int) -> str:
 # Download
 # --------------------------------------------------------------------------
 
-#: The largest result :func:`download` accepts unless told otherwise (2 GiB).
-#: Fifteen minutes of 96 kHz stereo 32-bit audio is about 700 MB.
-DEFAULT_MAX_DOWNLOAD = 2 * 1024**3
-
-
-def download(
-    done: DoneEvent,
-    path: str,
-    *,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    timeout: Optional[float] = None,
-    read_timeout: float = 60.0,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    on_progress: Union[Callable[[int, Optional[int]], Any], ProgressBar, None] = None,
-    max_size: int = DEFAULT_MAX_DOWNLOAD,
-    allow_http: bool = False,
-    retry: Optional[RetryPolicy] = None,
-) -> str:
-    """Save the denoised audio of ``done`` to ``path``; return the path.
-
-    The file is streamed to disk and written atomically: bytes go to a
-    temporary file in the same folder, renamed to ``path`` only when the
-    whole body has arrived, so a failure or Ctrl-C leaves nothing at
-    ``path`` (and an earlier file there untouched, its permission bits kept
-    by the new one).  A symlink is written through (the file it points to is
-    replaced); a ``path`` that is a device, a FIFO or a folder is refused
-    with :class:`ConfigurationError` before any request.
-
-    A dropped connection is resumed where it stopped (``Range``, with
-    ``If-Range`` when the server gave an ETag or Last-Modified), retried as
-    ``retry`` says within ``timeout``; a server that answers 200 instead of
-    206 is read again from the start.  The body must arrive as sent
-    (identity; a compressed one is refused) and stay within ``max_size``
-    bytes.  The API key is sent only if ``done.url`` is on the API's own
-    origin, and never to a host a redirect names; a plain-http URL is
-    refused while the API is https, unless ``allow_http``.
-
-    ``on_progress(received, total)`` is called as bytes arrive (``total`` is
-    ``None`` when unknown); a :class:`ProgressBar` fits, and is finished with
-    the saved path.  ``timeout`` is an overall deadline in seconds.
-
-    Raises :class:`APIError` for an HTTP error, :class:`TransportError` when
-    the transfer keeps failing, :class:`ProtocolError` for a body that is
-    not what was asked for, :class:`WaitTimeoutError` at the deadline,
-    ``OSError`` if the file cannot be written.
-    """
-    policy = retry if retry is not None else RetryPolicy()
-    if not isinstance(max_size, int) or max_size < 0:
-        raise ConfigurationError("max_size must be a number of bytes >= 0")
-    finish = _finisher(on_progress)
-    report = _transfer_callback(on_progress)
-    try:
-        target = _output_path(path)
-        with _client_for(
-            api_key,
-            base_url,
-            session,
-            connect_timeout,
-            read_timeout,
-            timeout,
-            policy,
-            require_key=False,
-            allow_http=allow_http,
-        ) as client:
-            try:
-                _save(client, done.url, target, report, max_size, policy)
-            except WaitTimeoutError as exc:
-                raise WaitTimeoutError("the deadline passed before the download finished") from exc
-    except BaseException as exc:
-        if finish is not None:
-            finish(exc)
-        raise
-    if finish is not None:
-        finish("saved %s" % path)
-    return path
-
 
 def _transfer_callback(on_progress: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
     """A display's ``transfer`` method, or the callback itself."""
@@ -4515,78 +5076,6 @@ def _restart(out: Any, body: _Body, report: Optional[Callable[[int, Optional[int
 # --------------------------------------------------------------------------
 
 
-def denoise(
-    path: Any,
-    output: Optional[str] = None,
-    *,
-    on_progress: Union[Callable[[ProcessingEvent], Any], ProgressBar, None] = None,
-    timeout: Optional[float] = None,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    session: Optional[requests.Session] = None,
-    check: bool = True,
-    tag: bool = True,
-    reuse: bool = True,
-    retry_failed: bool = False,
-    horizon: float = DEFAULT_HORIZON,
-    lock: Optional[Callable[[str], Any]] = None,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    retry: Optional[RetryPolicy] = None,
-    allow_http: bool = False,
-    max_size: int = DEFAULT_MAX_DOWNLOAD,
-) -> DoneEvent:
-    """Upload a file, follow its job, save the result; return the
-    :class:`DoneEvent`.
-
-    :func:`submit`, then :func:`wait`, then (if ``output`` is given)
-    :func:`download`, with one connection pool and under one overall
-    ``timeout``: the three together never run past it.  ``output`` is
-    checked before the upload, so that a job is never paid for when its
-    result could not be saved.  ``on_progress`` receives each
-    :class:`ProcessingEvent`; a :class:`ProgressBar` shows the upload, the
-    processing and the download as one display.  The other arguments are
-    as for those functions.
-
-    The job is known by its content (see :func:`submit`): when the account
-    has this content's job already, it is followed and its result saved,
-    and nothing is sent.  So calling ``denoise()`` again, in another
-    process or on another host (a cron rerun, a task engine's retry) pays
-    once; pass ``lock`` where two calls may start the same content at the
-    same moment.  When an adopted job's result can no longer be downloaded
-    (403, 404, 410), the error names the job; ``reuse=False`` sends the
-    file again.
-
-    Every error raised after the server took the job carries its
-    ``denoise_id`` (attribute and message), the errors of saving the result
-    included (:class:`SaveError`: a full disk, a folder gone).
-
-    Example::
-
-        done = denoise("interview.wav", "clean.wav", on_progress=ProgressBar(), timeout=3600)
-    """
-    policy = retry if retry is not None else RetryPolicy()
-    options = _JobOptions(tag, reuse, retry_failed, horizon, lock, max_size)
-    with _client_for(
-        api_key,
-        base_url,
-        session,
-        connect_timeout,
-        read_timeout,
-        timeout,
-        policy,
-        allow_http=allow_http,
-    ) as client:
-        target = None  # type: Optional[Tuple[str, str]]
-        if output is not None:
-            target = (_shown_path(output), _output_path(output))
-        source = _Source(path, check)
-        try:
-            return _denoise_one(client, source, target, on_progress, policy, options, _Hooks())
-        finally:
-            source.close()
-
-
 def _shown_path(path: Any) -> str:
     name = os.fspath(path)
     return name if isinstance(name, str) else os.fsdecode(name)
@@ -4759,17 +5248,6 @@ class FileResult:
     denoise_id: Optional[str] = None
     error: Optional[BaseException] = None
     skipped: bool = False
-
-
-class BatchBusyError(MunsitError):
-    """Another run holds the output folder's journal (an overlapping cron
-    job): nothing was done.  Exit status 7."""
-
-
-class NotSubmittedError(MunsitError):
-    """The file was not sent in this run: a cap (``max_files``,
-    ``max_bytes``) was reached, or the run was stopped first.  A later run
-    sends it."""
 
 
 def _file_stat(status: os.stat_result) -> str:
@@ -5366,105 +5844,6 @@ def _parse_size(text: str) -> int:
     return int(float(number) * scale)
 
 
-def denoise_many(
-    paths: Any,
-    output_dir: str,
-    *,
-    concurrency: int = 4,
-    timeout: Optional[float] = None,
-    on_progress: Any = None,
-    api_key: Optional[str] = None,
-    base_url: Optional[str] = None,
-    check: bool = True,
-    max_files: Optional[int] = None,
-    max_bytes: Optional[int] = None,
-    retry_failed: bool = False,
-    tag: bool = True,
-    reuse: bool = True,
-    horizon: float = DEFAULT_HORIZON,
-    lock: Optional[Callable[[str], Any]] = None,
-    allow_http: bool = False,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-    retry: Optional[RetryPolicy] = None,
-    rehash: bool = False,
-) -> Iterator[FileResult]:
-    """Denoise many files, ``concurrency`` at a time, into ``output_dir``;
-    yield a :class:`FileResult` for each as it finishes.
-
-    Each result is saved in ``output_dir`` under its input's base name with
-    the result's extension (from the done URL; ``.wav`` if it has none).
-    Inputs that could land on the same output are refused with
-    :class:`ConfigurationError` before anything is sent.
-
-    The run can be killed at any moment and run again: a journal in
-    ``output_dir`` (:data:`JOURNAL_NAME`) records each input's content
-    before its upload, its job the moment the upload is answered, and its
-    saved output.  A later run skips what is saved, follows what was
-    submitted instead of uploading it again, and looks up (``GET
-    /denoise``) what was sent without an answer before sending it again.
-    Only one run at a time may use a folder: another raises
-    :class:`BatchBusyError` at once.  An input whose size, modification
-    time, inode and device are those the journal noted when it last hashed
-    it is known without being read (a file rewritten in place at the same
-    size within one tick of its timestamps is the blind spot);
-    ``rehash=True`` reads and hashes every input.  ``timeout`` bounds the whole run; what
-    is left undone is done by the next run.  After a 429 every new upload
-    waits; after a 402 none is sent (:class:`PaymentRequiredError`) while
-    jobs already submitted are followed to their end; a file that fails
-    does not stop the others.  ``max_files`` and ``max_bytes`` cap what this
-    run sends (:class:`NotSubmittedError` for the rest).  A job that failed
-    on the server is not sent again unless ``retry_failed``.
-
-    Each file's job is known by its content, as :func:`submit` knows it
-    (``tag``, ``reuse``, ``horizon``, ``lock``): the account's recent jobs
-    are read once for the whole run, and a file whose content has a job
-    already is followed and saved, not sent.  An output that the journal
-    says holds another content's result (an earlier input of the same base
-    name) is never replaced: that input is refused
-    (:class:`ConfigurationError`) before anything is sent.
-
-    ``on_progress`` may be a :class:`ProgressBar` (its stream and mode draw
-    the batch: lines in place on a terminal, prefixed lines in a log, one
-    display in a notebook) or a callable ``(path, event)``.
-
-    The journal is locked when this is called and released when the
-    iterator is exhausted or closed.  Example::
-
-        for result in denoise_many(sorted(glob.glob("in/*.wav")), "out", concurrency=8):
-            print(result.path, result.output or result.error)
-    """
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ConfigurationError("concurrency must be a whole number >= 1")
-    for name, cap in (("max_files", max_files), ("max_bytes", max_bytes)):
-        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
-            raise ConfigurationError("%s must be a whole number >= 0" % name)
-    policy = retry if retry is not None else RetryPolicy()
-    realpath = _RealPaths()
-    batch = _Batch(
-        _batch_inputs(paths, realpath),
-        output_dir,
-        concurrency=concurrency,
-        deadline=_deadline(timeout, policy.clock),
-        on_progress=on_progress,
-        settings=dict(
-            api_key=api_key,
-            base_url=base_url,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            allow_http=allow_http,
-        ),
-        check=check,
-        max_files=max_files,
-        max_bytes=max_bytes,
-        options=_JobOptions(tag, reuse, retry_failed, horizon, lock),
-        policy=policy,
-        rehash=rehash,
-        realpath=realpath,
-    )
-    return batch.results()
-
-
 class _Batch:
     """One run over a folder: the inputs, the journal, the workers."""
 
@@ -5485,9 +5864,12 @@ class _Batch:
         on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
         rehash: bool = False,
         realpath: Optional[_RealPaths] = None,
+        session: Optional[requests.Session] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
         _Client(session=None, policy=policy, **settings).close()
+        #: The pool the workers share (a Client's), or None: one each.
+        self.session = session
         self.inputs = inputs
         self.folder = os.path.abspath(os.fspath(output_dir))
         self.concurrency = concurrency
@@ -5594,7 +5976,7 @@ class _Batch:
     def _work(self, pending: "Any", done: "Any") -> None:
         import queue
 
-        session = _new_session(pool_size=2)
+        session = self.session or _new_session(pool_size=2)
         try:
             while True:
                 try:
@@ -5611,7 +5993,8 @@ class _Batch:
                     logger.error("unexpected failure on %s", _printable(path), exc_info=True)
                     done.put(FileResult(path, error=exc))
         finally:
-            session.close()
+            if session is not self.session:
+                session.close()
             done.put(None)  # this worker is done
 
     def _one(self, path: str, stem: str, session: requests.Session) -> FileResult:

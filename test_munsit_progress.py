@@ -7372,3 +7372,219 @@ def test_an_https_proxy_for_https_without_tls_in_tls_is_a_configuration_error(mo
     monkeypatch.setenv("HTTPS_PROXY", "https://127.0.0.1:%d" % free_port())
     with pytest.raises(ConfigurationError, match="needs urllib3 1.26 or later"):
         wait(JOB, api_key=KEY, base_url="https://127.0.0.1:%d/api/v1" % free_port())
+
+
+# --------------------------------------------------------------------------
+# The Client: configured once, one pool, safe to share
+# --------------------------------------------------------------------------
+
+
+class KeepAliveList:
+    """A job list on 127.0.0.1 that keeps connections alive (HTTP/1.1), and
+    counts the connections clients open to it.  stdlib's server; stopped by
+    close(), and its threads are daemons bounded by a socket timeout."""
+
+    def __init__(self):
+        import http.server
+
+        outer = self
+        self.connections = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 5
+
+            def setup(self):
+                super().setup()
+                outer.connections += 1
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+        self._thread.start()
+        self.base_url = "http://127.0.0.1:%d/api/v1" % self._server.server_address[1]
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def keep_alive():
+    srv = KeepAliveList()
+    yield srv
+    srv.close()
+
+
+def test_a_client_keeps_one_connection_across_calls(keep_alive):
+    with mp.Client("demo-key-0123", keep_alive.base_url, retry=FAST) as client:
+        for _ in range(5):
+            assert client.list_jobs() == []
+    assert keep_alive.connections == 1
+    # The module functions make a client, and a pool, per call.
+    for _ in range(3):
+        mp.list_jobs(api_key="demo-key-0123", base_url=keep_alive.base_url)
+    assert keep_alive.connections == 4
+
+
+def test_a_given_session_is_used_and_left_open(keep_alive):
+    session = requests.Session()
+    try:
+        with mp.Client("demo-key-0123", keep_alive.base_url, session=session) as client:
+            client.list_jobs()
+        with mp.Client("demo-key-0123", keep_alive.base_url, session=session) as client:
+            client.list_jobs()
+        assert keep_alive.connections == 1
+    finally:
+        session.close()
+
+
+def test_one_client_shared_by_threads_denoises_each_file_once(tmp_path):
+    with mp.demo_server(duration=0.3) as base_url:
+        _denoise_from_threads(base_url, tmp_path)
+
+
+def _denoise_from_threads(base_url, tmp_path):
+    inputs = []
+    for n in range(6):
+        path = tmp_path / ("in%d.wav" % n)
+        path.write_bytes(mp._demo_wav() + bytes([n]) * (n + 1))
+        inputs.append(path)
+    results, errors = {}, []
+    with mp.Client("demo-key-0123", base_url, retry=FAST) as client:
+
+        def work(path):
+            try:
+                out = str(path) + ".out"
+                results[path] = client.denoise(str(path), out, timeout=60)
+            except BaseException as exc:  # shown by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(path,)) for path in inputs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        assert not errors
+        jobs = client.list_jobs()
+    # One paid job per content, and each output is its own input's result.
+    assert len(jobs) == len(inputs)
+    assert len({job.denoise_id for job in jobs}) == len(inputs)
+    for path in inputs:
+        assert (tmp_path / (path.name + ".out")).read_bytes() == path.read_bytes()
+    assert len({done.denoise_id for done in results.values()}) == len(inputs)
+
+
+def test_each_call_of_a_shared_client_has_its_own_deadline(server):
+    def script(conn, request, srv):
+        if request.path.endswith("/progress"):
+            # Says nothing: only the deadline of this call ends it.
+            srv.client_closed.wait(10)
+            return
+        body = b"[]"
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+    server.serve(script)
+    client = mp.Client(KEY, server.base_url, retry=FAST)
+    outcome = {}
+
+    def follow():
+        try:
+            client.wait(JOB, timeout=1.0)
+        except MunsitError as exc:
+            outcome["wait"] = exc
+
+    thread = threading.Thread(target=follow)
+    started = time.monotonic()
+    thread.start()
+    assert client.list_jobs(timeout=30) == []
+    thread.join(20)
+    client.close()
+    assert isinstance(outcome["wait"], WaitTimeoutError)
+    assert outcome["wait"].denoise_id == JOB
+    assert time.monotonic() - started < 15
+
+
+def test_a_client_checks_its_settings_when_made_and_its_key_when_used(monkeypatch, server):
+    monkeypatch.delenv("MUNSIT_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="base_url"):
+        mp.Client(KEY, "ftp://example.com/api")
+    with pytest.raises(ConfigurationError, match="read_timeout"):
+        mp.Client(KEY, server.base_url, read_timeout=0)
+    with pytest.raises(ConfigurationError, match="retry"):
+        mp.Client(KEY, server.base_url, retry=3)
+    client = mp.Client(base_url=server.base_url)  # no key yet: not needed to make one
+    with pytest.raises(ConfigurationError, match="no API key"):
+        client.list_jobs()
+    with pytest.raises(ConfigurationError, match="no API key"):
+        client.wait(JOB)
+    assert server.requests == []
+    monkeypatch.setenv("MUNSIT_API_KEY", KEY)
+    assert "<munsit_progress.Client http://127.0.0.1:" in repr(mp.Client(base_url=server.base_url))
+
+
+def test_a_closed_client_refuses_calls(server):
+    with mp.Client(KEY, server.base_url) as client:
+        pass
+    for call in (
+        lambda: client.list_jobs(),
+        lambda: client.wait(JOB),
+        lambda: client.iter_events(JOB),
+        lambda: client.submit(__file__),
+    ):
+        with pytest.raises(ConfigurationError, match="closed"):
+            call()
+    assert server.requests == []
+
+
+def test_the_module_functions_are_the_client_methods():
+    import inspect
+
+    connection = {"api_key", "base_url", "session", "connect_timeout", "read_timeout"}
+    connection |= {"retry", "allow_http"}
+    for name in ("denoise", "denoise_many", "submit", "list_jobs", "wait", "iter_events"):
+        function = set(inspect.signature(getattr(mp, name)).parameters)
+        method = set(inspect.signature(getattr(mp.Client, name)).parameters) - {"self"}
+        assert function - connection == method, name
+    function = set(inspect.signature(mp.download).parameters)
+    method = set(inspect.signature(mp.Client.download).parameters) - {"self"}
+    assert function - connection == method
+
+
+def test_the_readme_examples_against_the_simulator_run(tmp_path, monkeypatch):
+    """The README's examples that use demo_server() run as written."""
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")).read()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "demo_server(" in b]
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.wav").write_bytes(mp._demo_wav())
+    for block in blocks:
+        code = block.replace("duration=1.0", "duration=0.2")
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme", "munsit_progress": mp})
+    assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "in.wav").read_bytes()
+
+
+def test_a_client_can_be_sent_to_another_process(keep_alive):
+    # Task engines pickle what a task is given; the copy has the settings.
+    client = mp.Client("demo-key-0123", keep_alive.base_url, retry=FAST, read_timeout=7)
+    copy = pickle.loads(pickle.dumps(client))
+    assert copy.base_url == keep_alive.base_url and copy.retry == FAST
+    assert copy.list_jobs() == []
+    client.close()
+    copy.close()
