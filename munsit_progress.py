@@ -738,7 +738,6 @@ class Client:
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout or _READ_TIMEOUT_STREAM,
                 allow_http=self._allow_http,
-                clock=self._retry.clock,
             ),
             check=check,
             max_files=max_files,
@@ -1020,7 +1019,7 @@ class Client:
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout or read_timeout,
             deadline=_deadline(timeout, self._retry.clock),
-            clock=self._retry.clock,
+            policy=self._retry,
             require_key=require_key,
             allow_http=self._allow_http,
         )
@@ -1685,7 +1684,9 @@ def _random_uuid() -> str:
 
 
 # --------------------------------------------------------------------------
-# Transport: one request path for every endpoint.
+# HTTP client: one request path for every endpoint, its time limits, and
+# what a failure means in plain words.  Above it, nothing touches requests'
+# objects: _Client.send returns an _Exchange, read through the client.
 # --------------------------------------------------------------------------
 
 
@@ -1734,6 +1735,9 @@ class _Watchdog:
     call past any deadline.  A thread per connection would cost a thread per
     job in a batch; one thread and a heap cost one.  Started on first use,
     never at import, and again in a forked child.
+
+    It alone keeps real time (time.monotonic), not the policy's clock: it
+    cuts real sockets, and is given durations, not deadlines.
     """
 
     def __init__(self) -> None:
@@ -1790,11 +1794,27 @@ _local = threading.local()
 
 
 class _Exchange:
-    """One request and its response on one connection, and its time limit."""
+    """One request and its response on one connection, and its time limit.
 
-    __slots__ = ("conn", "response", "expired", "tunnel", "_entry", "_closed", "_lock", "_reason")
+    :meth:`_Client.send` returns it once the response's headers are in:
+    the rest of the module reads ``status_code`` and ``headers`` here, the
+    body through the client (``chunks``, ``read_json``, ``error``), and
+    closes it, never touching requests' objects."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "client",
+        "conn",
+        "response",
+        "expired",
+        "tunnel",
+        "_entry",
+        "_closed",
+        "_lock",
+        "_reason",
+    )
+
+    def __init__(self, client: "_Client") -> None:
+        self.client = client
         self.conn = None  # type: Any
         self.response = None  # type: Optional[requests.Response]
         #: Why the watchdog cut the connection ("deadline" or "answer"), if it did.
@@ -1813,6 +1833,30 @@ class _Exchange:
         if seconds is not None:
             self._reason = reason
             self._entry = _watchdog.schedule(seconds, self._cut)
+
+    def limit_answer(self, seconds: float) -> None:
+        """Cut the connection unless its answer is complete within
+        ``seconds``, or by the deadline if that comes first."""
+        remaining = self.client.remaining()
+        if remaining is not None and remaining <= seconds:
+            self.limit(remaining, "deadline")
+        else:
+            self.limit(seconds, "answer")
+
+    def ended(self, when: str) -> "Optional[MunsitError]":
+        """The error that ends this exchange now, if one does: the watchdog
+        cut it, the deadline passed or the client was stopped."""
+        with self._lock:
+            expired = self.expired
+        return self.client.stopped(when, expired)
+
+    @property
+    def status_code(self) -> int:
+        return cast(requests.Response, self.response).status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return cast(requests.Response, self.response).headers
 
     def _cut(self) -> None:
         with self._lock:
@@ -1850,17 +1894,37 @@ class _Exchange:
             self.response.close()
 
 
-def _close(response: requests.Response, reuse: bool = False) -> None:
-    """Close the response and stop its watchdog.  ``reuse``: the body was
-    read to its end, so its connection may serve the next request (the
-    pool of a :class:`Client`)."""
-    exchange = getattr(response, "_munsit_exchange", None)
-    if exchange is not None:
-        exchange.close(reuse)
-    else:
-        if reuse:
-            response.raw.release_conn()
-        response.close()
+class _SentBody:
+    """A request body as the connection reads it.  The client needs no more
+    of a body than ``read(amount)`` and ``len()`` (its exact length, sent
+    as Content-Length: many servers and proxies refuse a chunked upload);
+    this wrapper tells the exchange when the last byte is handed over, and
+    keeps what the body's ``read`` raised (a caller's callback), to pass it
+    on unchanged."""
+
+    __slots__ = ("_body", "_exchange", "_ended", "raised")
+
+    def __init__(self, body: Any, exchange: _Exchange) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._ended = False
+        self.raised = None  # type: Optional[BaseException]
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def read(self, amount: int = -1) -> bytes:
+        try:
+            data = self._body.read(amount)  # type: bytes
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        if not data and not self._ended:
+            # The upload was bounded by the deadline alone; its answer is
+            # bounded as a GET's is.
+            self._ended = True
+            self._exchange.limit_answer(self._exchange.client.read_timeout)
+        return data
 
 
 def _socket_of(raw: Any) -> Optional[socket.socket]:
@@ -2036,6 +2100,7 @@ class _Client:
         "connect_timeout",
         "read_timeout",
         "deadline",
+        "policy",
         "clock",
         "allow_http",
         "aborted",
@@ -2053,7 +2118,7 @@ class _Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         deadline: Optional[float] = None,
-        clock: Callable[[], float] = time.monotonic,
+        policy: "Optional[RetryPolicy]" = None,
         require_key: bool = True,
         allow_http: bool = False,
         pool_size: int = 10,
@@ -2068,8 +2133,11 @@ class _Client:
         self._api_origin = _origin(self.base_url)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        #: The call's deadline, a reading of the policy's clock: the one clock
+        #: that deadlines, pauses and waits are measured on.
         self.deadline = deadline
-        self.clock = clock
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.clock = self.policy.clock
         self.allow_http = allow_http
         #: Set by abort(): every request from now on raises _Aborted.
         self.aborted = False
@@ -2123,11 +2191,10 @@ class _Client:
             current.limit(0, "aborted")
 
     def check_time(self, doing: str) -> None:
-        if self.aborted:
-            raise _Aborted("stopped")
-        remaining = self.remaining()
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeoutError("the deadline passed %s" % doing)
+        """Raise if no request may start now (see :meth:`stopped`)."""
+        error = self.stopped(doing)
+        if error is not None:
+            raise error
 
     def send(
         self,
@@ -2137,11 +2204,13 @@ class _Client:
         *,
         body: Optional[Callable[[], Any]] = None,
         foreign: bool = False,
-    ) -> requests.Response:
+    ) -> _Exchange:
         """Send one request, following redirects by hand; return the final
-        response, streaming and with its status unchecked.
+        response's exchange, its body unread and its status unchecked: the
+        caller reads it (``chunks``, ``read_json``, ``error``) or closes it.
 
-        ``body`` makes a fresh request body for each hop.  ``foreign``: the
+        ``body`` makes a fresh request body for each hop: an object with
+        ``read(amount)`` and ``len()``, read until it returns b"".  ``foreign``: the
         URL may be on another origin (a download): the key goes only to
         ``url`` itself, and only if it is on the API's origin, never to a
         host a redirect names.  Otherwise a redirect to another origin
@@ -2162,11 +2231,11 @@ class _Client:
             if status == 407:
                 proxy = self.proxy_for(url)
                 if proxy is not None:  # else an API that says 407: an APIError
-                    _close(response)
+                    response.close()
                     raise _refused_login(proxy)
             if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
-            _close(response)
+            response.close()
             try:
                 location = urljoin(url, response.headers["Location"])
                 elsewhere = _origin(location) != self._api_origin
@@ -2209,23 +2278,23 @@ class _Client:
             )
 
     def _exchange(
-        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], data: Any
-    ) -> requests.Response:
+        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], body: Any
+    ) -> _Exchange:
         remaining = self.remaining()
         timeout = (
             _bounded(self.connect_timeout, remaining),
             _bounded(self.read_timeout, remaining),
         )
-        exchange = _Exchange()
+        exchange = _Exchange(self)
         # The whole answer, from connect to the last header, is bounded: by
         # the deadline, and by read_timeout when there is none.  An upload
         # is bounded by the deadline only until its last byte is handed over.
-        answer = self.connect_timeout + self.read_timeout
-        if data is None:
-            _limit_answer(exchange, answer, self)
+        data = None  # type: Optional[_SentBody]
+        if body is None:
+            exchange.limit_answer(self.connect_timeout + self.read_timeout)
         else:
             exchange.limit(remaining, "deadline")
-            data.on_end = lambda: _limit_answer(exchange, self.read_timeout, self)
+            data = _SentBody(body, exchange)
         logger.debug("%s %s", method, _clean(url, 300))
         self._current = exchange
         if self.aborted:  # abort() may have come between check_time and here
@@ -2244,10 +2313,9 @@ class _Client:
             )
         except Exception as exc:
             exchange.close()
-            failure = self._failure(exc, exchange, url, data, timeout[0])
-            if failure is exc:
-                raise
-            raise failure from exc
+            if data is not None and data.raised is exc:
+                raise  # the caller's own callback raised: theirs, unchanged
+            raise self._failure(exc, exchange, url, timeout[0]) from exc
         except BaseException:  # Ctrl-C: let it through, with the connection closed
             exchange.close()
             raise
@@ -2263,39 +2331,40 @@ class _Client:
             # chunk sizes or compressed bytes would pass for the body.
             exchange.close()
             raise ProtocolError("unsupported Transfer-Encoding %r" % _clean(coding, 40))
-        setattr(response, "_munsit_exchange", exchange)  # noqa: B010 (requests' class)
-        with exchange._lock:
-            expired = exchange.expired
-        if expired is not None or (self.deadline is not None and self.clock() >= self.deadline):
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
             exchange.close()
-            if expired == "aborted":
-                raise _Aborted("stopped")
-            if expired == "answer":
-                raise TransportError("no complete answer within %g seconds" % answer)
-            raise WaitTimeoutError("the deadline passed while waiting for the answer")
+            raise ended
         exchange.limit(self.remaining(), "deadline")
-        return response
+        return exchange
 
     def _failure(
-        self, exc: Exception, exchange: _Exchange, url: str, data: Any, connect_timeout: float
-    ) -> BaseException:
+        self, exc: Exception, exchange: _Exchange, url: str, connect_timeout: float
+    ) -> MunsitError:
         """The MunsitError for a request that raised ``exc``."""
-        if data is not None and data.callback_error is exc:
-            return exc  # the caller's own callback raised: theirs, unchanged
         _scrub(exc)
-        if exchange.expired == "aborted" or self.aborted:
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
+            return ended
+        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+
+    def stopped(self, when: str, expired: Optional[str] = None) -> Optional[MunsitError]:
+        """The error that ends a request now, if one does: abort() was
+        called, the deadline passed (``when``: "before the request was
+        sent"...), or, with ``expired``, the watchdog cut the exchange
+        because of one of these or of an answer that took too long.  The
+        one place where a cut or a deadline becomes an exception."""
+        if expired == "aborted" or self.aborted:
             return _Aborted("stopped")
-        if exchange.expired == "deadline" or (
-            self.deadline is not None and self.clock() >= self.deadline
-        ):
-            return WaitTimeoutError("the deadline passed while waiting for the answer")
-        if exchange.expired == "answer":
+        if expired == "deadline" or (self.deadline is not None and self.clock() >= self.deadline):
+            return WaitTimeoutError("the deadline passed %s" % when)
+        if expired == "answer":
             return TransportError(
                 "no complete answer within %g seconds" % (self.connect_timeout + self.read_timeout)
             )
-        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+        return None
 
-    def error(self, response: requests.Response, for_job: bool = True) -> APIError:
+    def error(self, response: _Exchange, for_job: bool = True) -> APIError:
         """The APIError for an error response, which it closes.
 
         A 404 means "no such job" only for the job's own endpoints."""
@@ -2309,7 +2378,7 @@ class _Client:
         except MunsitError:  # the body is a courtesy; the status says enough
             pass
         finally:
-            _close(response)
+            response.close()
         code = text = None
         payload = _json_or_none(body[:_ERROR_BODY_LIMIT])
         if isinstance(payload, dict):
@@ -2319,8 +2388,9 @@ class _Client:
                 if isinstance(payload.get(key), str):
                     text = payload[key]
                     break
+        reason = cast(requests.Response, response.response).reason
         if text is None:
-            text = response.reason if isinstance(response.reason, str) and response.reason else None
+            text = reason if isinstance(reason, str) and reason else None
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         cls = APIError
         if status in (401, 403):
@@ -2331,11 +2401,11 @@ class _Client:
             cls = JobNotFoundError
         return cls(status, code, text, retry_after)
 
-    def chunks(self, response: requests.Response, decode: bool = True) -> Iterator[bytes]:
+    def chunks(self, response: _Exchange, decode: bool = True) -> Iterator[bytes]:
         """The body as it arrives (see _read_chunks)."""
-        return _read_chunks(response, self.read_timeout, self.deadline, self.clock, decode)
+        return _read_chunks(response, decode)
 
-    def read_json(self, response: requests.Response, limit: int, what: str) -> Any:
+    def read_json(self, response: _Exchange, limit: int, what: str) -> Any:
         """The whole JSON body of a 200 answer, at most ``limit`` bytes."""
         content_type = response.headers.get("Content-Type", "")
         body = bytearray()
@@ -2347,7 +2417,7 @@ class _Client:
                     raise ProtocolError("%s is larger than %d bytes" % (what, limit))
             whole = True
         finally:
-            _close(response, reuse=whole)
+            response.close(reuse=whole)
         payload = _json_or_none(bytes(body))
         if payload is None and body.strip() != b"null":
             raise ProtocolError(
@@ -2359,14 +2429,6 @@ class _Client:
                 )
             )
         return payload
-
-
-def _limit_answer(exchange: _Exchange, seconds: float, client: _Client) -> None:
-    remaining = client.remaining()
-    if remaining is not None and remaining <= seconds:
-        exchange.limit(remaining, "deadline")
-    else:
-        exchange.limit(seconds, "answer")
 
 
 def _remember_proxy_passwords(session: requests.Session) -> None:
@@ -2656,50 +2718,39 @@ def _raw_chunks(response: requests.Response, decode: bool) -> Tuple[Callable[[],
     return lambda: next(stream, b""), decode
 
 
-def _read_chunks(
-    response: requests.Response,
-    read_timeout: float,
-    deadline: Optional[float],
-    clock: Callable[[], float],
-    decode: bool = True,
-) -> Iterator[bytes]:
+def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
     """Yield the body as it arrives, its Content-Encoding undone if
     ``decode``; raise TransportError on a stall, a reset or a truncated
     body, WaitTimeoutError at the deadline."""
+    response = cast(requests.Response, exchange.response)
     read, decoded = _raw_chunks(response, decode)
     decoder = None
     if decode and not decoded:
         decoder = _content_decoder(response.headers.get("Content-Encoding", ""))
-    exchange = getattr(response, "_munsit_exchange", None)
+    client = exchange.client
+    deadline, clock = client.deadline, client.clock
 
-    def past_deadline() -> bool:
-        if exchange is not None and exchange.expired is not None:
-            if exchange.expired == "aborted":
-                raise _Aborted("stopped")
-            return True
-        return deadline is not None and clock() >= deadline
+    def ended() -> Optional[MunsitError]:
+        # Looked at before every read: the plain test first, and what it
+        # means only once something is up.
+        if exchange.expired is None and (deadline is None or clock() < deadline):
+            return None
+        return exchange.ended("before the end")
 
     while True:
-        if past_deadline():
-            raise WaitTimeoutError("the deadline passed before the end")
+        error = ended()
+        if error is not None:
+            raise error
         try:
             data = read()
-        except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-            if past_deadline():
-                raise WaitTimeoutError("the deadline passed before the end") from exc
-            raise TransportError(
-                "no data for %g seconds: the connection stalled" % read_timeout
-            ) from exc
         except Exception as exc:  # whatever a broken connection makes http.client raise
             _scrub(exc)
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end") from exc
-            if isinstance(exc, http.client.IncompleteRead):
-                raise TransportError("the server cut the body short") from exc
-            raise TransportError("the connection broke: %s" % _clean(_reason(exc))) from exc
+            # The watchdog's cut, the deadline, or else the read's own failure.
+            raise ended() or _read_failure(exc, client.read_timeout) from exc
         if not data:
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end")
+            error = ended()
+            if error is not None:  # the watchdog cut it
+                raise error
             if decoder is not None and not decoder.eof:
                 # A close-delimited compressed body cut short looks like an end.
                 raise TransportError("the compressed body was cut short")
@@ -2717,6 +2768,21 @@ def _read_chunks(
             raise ProtocolError("the compressed body is corrupt: %s" % exc) from exc
 
 
+def _read_failure(exc: Exception, read_timeout: float) -> TransportError:
+    """The TransportError for a read of a body that raised ``exc``."""
+    if isinstance(exc, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+        return TransportError("no data for %g seconds: the connection stalled" % read_timeout)
+    if isinstance(exc, http.client.IncompleteRead):
+        return TransportError("the server cut the body short")
+    return TransportError("the connection broke: %s" % _clean(_reason(exc)))
+
+
+# --------------------------------------------------------------------------
+# Progress stream: a job's events over one connection (iter_events), and
+# what one connection leaves for the next.
+# --------------------------------------------------------------------------
+
+
 class _Resume:
     """What one connection leaves for the next: the last event id, the
     server's ``retry:`` delay, the unknown stages already logged, and whether
@@ -2730,8 +2796,12 @@ class _Resume:
         self.warned = set()  # type: Set[Any]
         self.connected = False
 
+    def server_retry(self) -> Optional[float]:
+        """The server's ``retry:`` delay in seconds, if it sent one."""
+        return None if self.retry_ms is None else self.retry_ms / 1000.0
 
-def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Response:
+
+def _open(client: _Client, denoise_id: str, resume: _Resume) -> _Exchange:
     """Send the GET and return a 200 ``text/event-stream`` response."""
     headers: Dict[str, Union[str, bytes]] = {
         "Accept": "text/event-stream",
@@ -2750,7 +2820,7 @@ def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Respons
         raise client.error(response)
     content_type = response.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "text/event-stream":
-        _close(response)
+        response.close()
         raise ProtocolError(
             "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
             % _clean(content_type or "nothing", 80)
@@ -2781,13 +2851,13 @@ def _events(client: _Client, denoise_id: str, resume: _Resume) -> Generator[Even
                 if event.stage != "processing":
                     # Close before handing over the terminal event, so that a
                     # caller who keeps the generator does not keep the socket.
-                    _close(response)
+                    response.close()
                     yield event
                     return
                 yield event
         raise TransportError("the server closed the stream before the job's final event")
     finally:
-        _close(response)
+        response.close()
 
 
 def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, None]:
@@ -2799,7 +2869,7 @@ def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, No
 
 
 # --------------------------------------------------------------------------
-# Reconnect policy and wait()
+# Retry policy and wait()
 # --------------------------------------------------------------------------
 
 
@@ -2847,20 +2917,74 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, base * 2.0 ** min(max(failures - 1, 0), 64))
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
+    # The decisions of the loops that try again (wait's, submit's, the job
+    # list's, download's), kept here as urllib3's Retry keeps its own: each
+    # loop is a try/except that calls _pause_after.
 
-def _is_retryable(exc: MunsitError) -> bool:
-    if isinstance(exc, _Aborted):
+    @staticmethod
+    def _retryable(error: MunsitError) -> bool:
+        """Whether ``error`` may go away if the same request is sent again."""
+        if isinstance(error, _Aborted):
+            return False
+        if isinstance(error, (ProxyAuthenticationError, CertificateError)):
+            # A login the proxy refused, or a certificate that fails
+            # verification, fails again; each refused login counts towards
+            # locking the account.
+            return False
+        if isinstance(error, TransportError):
+            return not isinstance(error.__cause__, requests.exceptions.SSLError)
+        if isinstance(error, APIError):
+            return error.status_code == 429 or 500 <= error.status_code <= 599
         return False
-    if isinstance(exc, (ProxyAuthenticationError, CertificateError)):
-        # A login the proxy refused, or a certificate that fails
-        # verification, fails again; each refused login counts towards
-        # locking the account.
-        return False
-    if isinstance(exc, TransportError):
-        return not isinstance(exc.__cause__, requests.exceptions.SSLError)
-    if isinstance(exc, APIError):
-        return exc.status_code == 429 or 500 <= exc.status_code <= 599
-    return False
+
+    def _leaves_time(self, seconds: float, deadline: Optional[float]) -> bool:
+        """Whether a pause of ``seconds`` ends before ``deadline`` (a reading
+        of this policy's clock; None: no deadline)."""
+        return deadline is None or seconds < deadline - self.clock()
+
+    def _pause_after(
+        self,
+        error: MunsitError,
+        failures: int,
+        deadline: Optional[float],
+        *,
+        advanced: bool = False,
+        server_retry: Optional[float] = None,
+        doing: str = "trying again",
+    ) -> int:
+        """After an attempt that failed with ``error``, ``failures`` failed in
+        a row before it: sleep before the next attempt and return the count
+        of failures in a row, this one included (1 if the attempt
+        ``advanced``: it brought something new).  Raise ``error`` itself
+        when it is not worth another attempt (:meth:`_retryable`), after
+        ``max_retries`` retries, or when its Retry-After is longer than
+        ``max_retry_after``; WaitTimeoutError when the pause would reach
+        ``deadline`` (on this policy's clock).  ``server_retry`` is the
+        stream's ``retry:`` delay in seconds; ``doing`` names the next
+        attempt in the log."""
+        failures = 1 if advanced else failures + 1
+        if failures > self.max_retries or not self._retryable(error):
+            raise error
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None and retry_after > self.max_retry_after:
+            raise error
+        delay = min(self.delay(failures, retry_after, server_retry), _MAX_SLEEP)
+        if not self._leaves_time(delay, deadline):
+            raise WaitTimeoutError(
+                "the deadline would pass before the next attempt (in %.1f s) after: %s"
+                % (delay, error)
+            ) from error
+        logger.log(
+            logging.INFO if failures == 1 else logging.WARNING,
+            "%s in %.2f s (retry %d of %d): %s",
+            _printable(doing),
+            delay,
+            failures,
+            self.max_retries,
+            _printable(str(error)),
+        )
+        self.sleep(delay)
+        return failures
 
 
 class _News:
@@ -2920,43 +3044,14 @@ def _follow(
             finally:
                 events.close()
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
-            failures = 1 if advanced else failures + 1
-            if failures > policy.max_retries:
-                raise
-            server_retry = None if resume.retry_ms is None else resume.retry_ms / 1000.0
-            doing = "reconnecting" if resume.connected else "trying again"
-            _pause(exc, failures, policy, client.remaining(), doing, server_retry)
-
-
-def _pause(
-    exc: MunsitError,
-    failures: int,
-    policy: RetryPolicy,
-    remaining: Optional[float],
-    doing: str,
-    server_retry: Optional[float] = None,
-) -> None:
-    """Sleep before the next attempt, or raise if that would pass a limit."""
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None and retry_after > policy.max_retry_after:
-        raise exc
-    delay = min(policy.delay(failures, retry_after, server_retry), _MAX_SLEEP)
-    if remaining is not None and delay >= remaining:
-        raise WaitTimeoutError(
-            "the deadline would pass before the next attempt (in %.1f s) after: %s" % (delay, exc)
-        ) from exc
-    logger.log(
-        logging.INFO if failures == 1 else logging.WARNING,
-        "%s in %.2f s (retry %d of %d): %s",
-        _printable(doing),
-        delay,
-        failures,
-        policy.max_retries,
-        _printable(str(exc)),
-    )
-    policy.sleep(delay)
+            failures = policy._pause_after(
+                exc,
+                failures,
+                client.deadline,
+                advanced=advanced,
+                server_retry=resume.server_retry(),
+                doing="reconnecting" if resume.connected else "trying again",
+            )
 
 
 # --------------------------------------------------------------------------
@@ -3243,9 +3338,9 @@ class _MultipartBody:
     as the connection sends it: never held whole in memory, and of an exact
     length, since many servers and proxies refuse a chunked upload.
 
-    requests sends any object with ``read`` and ``__len__`` as a body with
-    that Content-Length.  ``finished`` says whether every byte was handed to
-    the connection, which tells a lost answer from an upload that never
+    It is what :meth:`_Client.send` takes as a body: ``read`` and
+    ``__len__``.  ``finished`` says whether every byte was handed to the
+    connection, which tells a lost answer from an upload that never
     completed."""
 
     def __init__(
@@ -3268,10 +3363,6 @@ class _MultipartBody:
         self.sent = 0
         #: Whether every byte of the body was handed to the connection.
         self.finished = False
-        #: Called once, when the last byte has been handed over.
-        self.on_end = None  # type: Optional[Callable[[], None]]
-        #: The exception a callback (or the file) raised, to pass on unchanged.
-        self.callback_error = None  # type: Optional[BaseException]
         source.rewind()
 
     def __len__(self) -> int:
@@ -3284,34 +3375,22 @@ class _MultipartBody:
         if self._part == 1:
             data = self._source.read(min(_UPLOAD_BLOCK, self._left))
             if not data:
-                self.callback_error = ConfigurationError(
+                raise ConfigurationError(
                     "%s got shorter while it was being sent" % self._source.name
                 )
-                raise self.callback_error
             self._left -= len(data)
             self.sent += len(data)
             if not self._left:
                 self._part = 2
-                try:
-                    # Before the closing boundary: without it, no job.
-                    self._source.check_unchanged()
-                except ConfigurationError as exc:
-                    self.callback_error = exc
-                    raise
+                # Before the closing boundary: without it, no job.
+                self._source.check_unchanged()
             if self._report is not None:
-                try:
-                    self._report(self.sent, self._source.size)
-                except BaseException as exc:
-                    self.callback_error = exc
-                    raise
+                self._report(self.sent, self._source.size)
             return data
         if self._part == 2:
             self._part = 3
             return self._tail
-        if not self.finished:
-            self.finished = True
-            if self.on_end is not None:
-                self.on_end()
+        self.finished = True
         return b""
 
 
@@ -3531,10 +3610,7 @@ def _list_again(
         try:
             return _list(client, limit, offset)
         except (TransportError, APIError) as exc:
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(exc):
-                raise
-            _pause(exc, failures, policy, client.remaining(), "trying again")
+            failures = policy._pause_after(exc, failures, client.deadline)
 
 
 # --------------------------------------------------------------------------
@@ -3677,12 +3753,15 @@ def _submit(
             )
             if submission is not None:
                 break
-            unsent = cast(MunsitError, error)
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(unsent):
-                raise unsent
+            # The caller's lock is given back while the pause lasts (and
+            # for good if the policy gives up).
             with held.given_back():
-                _pause(unsent, failures, policy, client.remaining(), "sending %s again" % name)
+                failures = policy._pause_after(
+                    cast(MunsitError, error),
+                    failures,
+                    client.deadline,
+                    doing="sending %s again" % name,
+                )
     if tagged and not looked:
         _warn_if_doubled(
             client, policy, options, cast(_Content, content), before, submission.denoise_id
@@ -3928,8 +4007,7 @@ class _Gate:
                 wait = self._until - policy.clock()
             if wait <= 0:
                 return
-            remaining = client.remaining()
-            if remaining is not None and wait >= remaining:
+            if not policy._leaves_time(wait, client.deadline):
                 raise WaitTimeoutError("the deadline would pass while uploads are paused (429)")
             policy.sleep(min(wait, 1.0))
 
@@ -3945,7 +4023,7 @@ def _fresh_body(
     return made[-1]
 
 
-def _submission(client: "_Client", response: requests.Response, name: str, size: int) -> Submission:
+def _submission(client: "_Client", response: _Exchange, name: str, size: int) -> Submission:
     payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
     denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
@@ -3990,8 +4068,7 @@ def _look_up(
     )
     for look in range(2):
         if look:
-            remaining = client.remaining()
-            if remaining is not None and remaining <= _LOOKUP_PAUSE:
+            if not policy._leaves_time(_LOOKUP_PAUSE, client.deadline):
                 raise SubmissionUnknownError(
                     "%s was sent but its answer was lost, and the deadline leaves no time "
                     "to look the job up" % _printable(name)
@@ -5241,20 +5318,16 @@ def _fetch(
                 return
             continue  # the server cannot resume: start again from zero
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
             # Only bytes past the furthest point reached count as progress:
             # a server that always drops at the same offset gives up in time.
-            failures = 1 if body.furthest > furthest else failures + 1
-            if failures > policy.max_retries:
-                raise
-            doing = "resuming the download at byte %d" % body.received
-            _pause(
+            failures = policy._pause_after(
                 exc,
                 failures,
-                policy,
-                client.remaining(),
-                doing if body.received else "trying the download again",
+                client.deadline,
+                advanced=body.furthest > furthest,
+                doing="resuming the download at byte %d" % body.received
+                if body.received
+                else "trying the download again",
             )
 
 
@@ -5280,7 +5353,7 @@ def _fetch_once(
         status = response.status_code
         if status == 206 and resuming:
             if not _continues(response, body):
-                _close(response)
+                response.close()
                 _restart(out, body, report)
                 return False
         elif status == 200:
@@ -5294,7 +5367,7 @@ def _fetch_once(
             else:
                 body.validator = response.headers.get("Last-Modified") or None
         elif status == 416 and resuming:
-            _close(response)
+            response.close()
             _restart(out, body, report)
             return False
         elif status == 206:
@@ -5339,10 +5412,10 @@ def _fetch_once(
             )
         return True
     finally:
-        _close(response)
+        response.close()
 
 
-def _continues(response: requests.Response, body: _Body) -> bool:
+def _continues(response: _Exchange, body: _Body) -> bool:
     """Whether a 206 answer is the rest of the same file: its range starts
     where the file stopped, and its total and validator are the first
     answer's (a server that ignores If-Range must not splice two versions)."""
@@ -6329,7 +6402,7 @@ class _Batch:
         session: Optional[requests.Session] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
-        _Client(session=None, **settings).close()
+        _Client(session=None, policy=policy, **settings).close()
         #: The pool the workers share (a Client's), or None: one each.
         self.session = session
         self.inputs = inputs
@@ -6588,7 +6661,9 @@ class _Batch:
             entry = _Observers(entry, records)
         hooks = _BatchHooks(self, path, stem, content, state)
         hooks.known_id = known
-        client = _Client(session=session, deadline=self.deadline, **self.settings)
+        client = _Client(
+            session=session, deadline=self.deadline, policy=self.policy, **self.settings
+        )
         with self._clients_lock:
             self._clients.add(client)
         try:
@@ -7730,6 +7805,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
             base_url,
             None,
             deadline=_deadline(args.timeout, policy.clock),
+            policy=policy,
             allow_http=args.allow_http,
         ) as client:
             target = None  # type: Optional[Tuple[str, str]]
@@ -7819,18 +7895,19 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             console.record(fields)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        policy = RetryPolicy()
         batch = _Batch(
             inputs,
             args.output,
             concurrency=args.jobs,
-            deadline=_deadline(args.timeout, time.monotonic),
+            deadline=_deadline(args.timeout, policy.clock),
             on_progress=bar,
             settings=dict(api_key=api_key, base_url=base_url, allow_http=args.allow_http),
             check=not args.no_check,
             max_files=args.max_files,
             max_bytes=args.max_bytes,
             options=_cli_options(args),
-            policy=RetryPolicy(),
+            policy=policy,
             on_record=record,
             rehash=args.rehash,
             realpath=realpath,
@@ -8364,7 +8441,7 @@ def _exit_status(exc: MunsitError) -> int:
     if isinstance(exc, (WaitTimeoutError, TransportError, SaveError)):
         return EXIT_GAVE_UP
     if isinstance(exc, APIError):
-        return EXIT_GAVE_UP if _is_retryable(exc) else EXIT_REJECTED
+        return EXIT_GAVE_UP if RetryPolicy._retryable(exc) else EXIT_REJECTED
     return EXIT_PROTOCOL
 
 

@@ -30,6 +30,7 @@ import zlib
 
 import pytest
 import requests
+import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1348,6 +1349,265 @@ def test_clock_and_sleep_of_the_policy_are_used(server):
     server.serve(error_response(500), error_response(500), stream(DONE))
     assert wait_on(server, retry=policy) == EXPECTED_DONE
     assert sleeps == [2.0, 4.0]
+
+
+# Deadlines and retries on a fake clock: no socket (a session that answers
+# from a script), no sleep (the policy's sleep moves the clock).
+
+
+class FakeClock:
+    """A clock that moves only when slept on, or when a scripted request
+    takes its time."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def fake_policy(clock, **kwargs):
+    kwargs.setdefault("backoff_base", 1.0)
+    kwargs.setdefault("backoff_max", 100.0)
+    return RetryPolicy(jitter=False, clock=clock, sleep=clock.sleep, **kwargs)
+
+
+class ScriptEnded(BaseException):
+    """More requests than scripted: not an error the module would retry."""
+
+
+class ScriptedSession(requests.Session):
+    """A session that answers each request from ``script`` (status, headers,
+    body), never opening a socket; each request takes ``cost`` seconds of
+    the fake clock.  A request body is read whole, as a connection would."""
+
+    def __init__(self, clock, script, cost=0.0):
+        super().__init__()
+        self.trust_env = False  # no proxy from the environment
+        self.clock = clock
+        self.script = list(script)
+        self.cost = cost
+        self.requests = []  # (clock reading, method, url, headers)
+
+    def request(self, method, url, headers=None, data=None, **kwargs):
+        self.requests.append((self.clock.now, method, url, dict(headers or {})))
+        if data is not None:
+            while data.read(1 << 20):
+                pass
+        self.clock.now += self.cost
+        if not self.script:
+            raise ScriptEnded("request %d was not scripted" % len(self.requests))
+        status, answer_headers, body = self.script.pop(0)
+        response = requests.Response()
+        response.status_code = status
+        response.reason = "Scripted"
+        response.headers = requests.structures.CaseInsensitiveDict(answer_headers)
+        response.raw = urllib3.HTTPResponse(
+            body=io.BytesIO(body),
+            headers=answer_headers,
+            status=status,
+            preload_content=False,
+            decode_content=False,
+        )
+        response.url = url
+        return response
+
+
+SCRIPTED_URL = "https://munsit.test/api/v1"
+UNAVAILABLE = (503, {"Content-Type": "application/json"}, b'{"message": "busy"}')
+NO_JOBS = (200, {"Content-Type": "application/json"}, b"[]")
+
+
+def throttled(seconds):
+    return (429, {"Retry-After": str(seconds)}, b"")
+
+
+def scripted_list(clock, script, **kwargs):
+    """list_jobs() through a ScriptedSession, kept as scripted_list.session."""
+    session = ScriptedSession(clock, script, kwargs.pop("cost", 0.0))
+    scripted_list.session = session
+    kwargs.setdefault("retry", fake_policy(clock))
+    return mp.list_jobs(api_key=KEY, base_url=SCRIPTED_URL, session=session, **kwargs)
+
+
+def test_fake_clock_max_retries_failures_then_the_last_error():
+    clock = FakeClock()
+    with pytest.raises(APIError) as info:
+        scripted_list(clock, [UNAVAILABLE] * 5, retry=fake_policy(clock, max_retries=3))
+    assert info.value.status_code == 503
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert len(scripted_list.session.requests) == 4
+
+
+def test_fake_clock_retries_until_an_answer_within_the_count():
+    clock = FakeClock()
+    jobs = scripted_list(clock, [UNAVAILABLE, UNAVAILABLE, NO_JOBS])
+    assert jobs == [] and clock.sleeps == [1.0, 2.0]
+
+
+def test_fake_clock_the_deadline_passing_between_retries_ends_the_call():
+    # Each request takes 1.5 s: the first fails at 1.5, the pause of 1 s
+    # fits before the deadline at 3, the second answer comes at 4.0, past it.
+    clock = FakeClock()
+    start = clock.now
+    with pytest.raises(WaitTimeoutError, match="while waiting for the answer"):
+        scripted_list(clock, [UNAVAILABLE, UNAVAILABLE], timeout=3.0, cost=1.5)
+    assert [at - start for at, *_ in scripted_list.session.requests] == [0.0, 2.5]
+    assert clock.sleeps == [1.0]
+
+
+def test_fake_clock_a_pause_that_would_pass_the_deadline_is_not_slept():
+    clock = FakeClock()
+    with pytest.raises(WaitTimeoutError, match="would pass before the next attempt") as info:
+        scripted_list(clock, [UNAVAILABLE] * 3, timeout=2.5)
+    assert clock.sleeps == [1.0]  # the second pause, 2 s, would end at 3
+    assert isinstance(info.value.__cause__, APIError)
+
+
+def test_fake_clock_retry_after_longer_than_the_deadline_gives_up_at_once():
+    clock = FakeClock()
+    with pytest.raises(WaitTimeoutError):
+        scripted_list(clock, [throttled(30), NO_JOBS], timeout=20.0)
+    assert clock.sleeps == [] and len(scripted_list.session.requests) == 1
+
+
+def test_fake_clock_retry_after_is_obeyed_within_the_deadline_and_the_policy():
+    clock = FakeClock()
+    assert scripted_list(clock, [throttled(30), NO_JOBS], timeout=40.0) == []
+    assert clock.sleeps == [30.0]
+    # Longer than the policy waits: the 429 itself, at once.
+    clock = FakeClock()
+    with pytest.raises(APIError) as info:
+        scripted_list(clock, [throttled(30)], retry=fake_policy(clock, max_retry_after=10))
+    assert info.value.status_code == 429 and clock.sleeps == []
+
+
+def sse_answer(*events):
+    return (200, {"Content-Type": "text/event-stream"}, b"".join(events))
+
+
+def scripted_wait(clock, script, **kwargs):
+    """wait() through a ScriptedSession, kept as scripted_wait.session."""
+    session = ScriptedSession(clock, script)
+    scripted_wait.session = session
+    kwargs.setdefault("retry", fake_policy(clock))
+    return wait(JOB, api_key=KEY, base_url=SCRIPTED_URL, session=session, **kwargs)
+
+
+def test_fake_clock_a_connection_that_advanced_resets_the_failure_count():
+    # max_retries=1, and four drops in a row: each connection brought news,
+    # so each pause is the first one's.
+    clock = FakeClock()
+    script = [sse_answer(processing(pct)) for pct in (10, 20, 30, 40)] + [sse_answer(DONE)]
+    done = scripted_wait(clock, script, retry=fake_policy(clock, max_retries=1))
+    assert done == EXPECTED_DONE and clock.sleeps == [1.0] * 4
+    # The same drops replaying one event: the count grows, and ends it.
+    clock = FakeClock()
+    script = [sse_answer(processing(10))] * 4 + [sse_answer(DONE)]
+    with pytest.raises(TransportError):
+        scripted_wait(clock, script, retry=fake_policy(clock, max_retries=1))
+    assert clock.sleeps == [1.0] and len(scripted_wait.session.requests) == 2
+
+
+def test_fake_clock_a_download_that_got_further_resets_the_failure_count(tmp_path):
+    # A 90-byte result that comes 30 bytes per connection: two drops, each
+    # past the furthest byte reached, under max_retries=1.
+    clock = FakeClock()
+    data = bytes(range(90))
+    headers = {"ETag": '"v1"', "Content-Length": "90"}
+    script = [(200, headers, data[:30])]
+    for start in (30, 60):
+        end = start + 30
+        script.append(
+            (
+                206,
+                {"ETag": '"v1"', "Content-Range": "bytes %d-89/90" % start},
+                data[start:end],
+            )
+        )
+    session = ScriptedSession(clock, script)
+    target = str(tmp_path / "out.wav")
+    mp.download(
+        EXPECTED_DONE,
+        target,
+        api_key=KEY,
+        base_url=SCRIPTED_URL,
+        session=session,
+        retry=fake_policy(clock, max_retries=1),
+    )
+    with open(target, "rb") as saved:
+        assert saved.read() == data
+    assert clock.sleeps == [1.0, 1.0]
+    assert [r[3].get("Range") for r in session.requests] == [None, "bytes=30-", "bytes=60-"]
+
+
+def test_fake_clock_a_throttled_upload_gives_the_lock_back_during_the_pause(tmp_path):
+    clock = FakeClock()
+    held = []
+    events = []
+
+    class Lock:
+        def __init__(self, key):
+            pass
+
+        def __enter__(self):
+            held.append(True)
+            events.append(("take", clock.now))
+
+        def __exit__(self, *exc_info):
+            held.pop()
+            events.append(("give", clock.now))
+
+    def sleep(seconds):
+        assert not held, "slept with the lock held"
+        clock.sleep(seconds)
+
+    (tmp_path / "a.wav").write_bytes(b"clip" * 50)
+    answer = json.dumps({"denoiseId": JOB, "jobId": "j-1"}).encode()
+    # The look before each attempt (an empty account), the 429, the look
+    # again, the upload taken.
+    script = [NO_JOBS, throttled(7), NO_JOBS, (200, {}, answer), NO_JOBS]
+    session = ScriptedSession(clock, script)
+    policy = dataclasses.replace(fake_policy(clock), sleep=sleep)
+    job = mp.submit(
+        str(tmp_path / "a.wav"),
+        api_key=KEY,
+        base_url=SCRIPTED_URL,
+        session=session,
+        check=False,
+        lock=Lock,
+        retry=policy,
+    )
+    assert job.denoise_id == JOB and clock.sleeps == [7.0]
+    start = session.requests[0][0]
+    assert [(what, at - start) for what, at in events] == [
+        ("take", 0.0),
+        ("give", 0.0),
+        ("take", 7.0),
+        ("give", 7.0),
+    ]
+    assert [method for _, method, _, _ in session.requests] == ["GET", "POST", "GET", "POST", "GET"]
+
+
+def test_fake_clock_the_batch_gate_pauses_uploads_on_the_policy_clock():
+    clock = FakeClock()
+    policy = fake_policy(clock)
+    gate = mp._Gate()
+    gate.learn(APIError(429, retry_after=10.0), policy)
+    late = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 5.0, policy=policy)
+    with pytest.raises(WaitTimeoutError, match="uploads are paused"):
+        gate.wait_turn(late, policy)
+    assert clock.sleeps == []
+    client = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 60.0, policy=policy)
+    gate.wait_turn(client, policy)
+    assert sum(clock.sleeps) == 10.0 and max(clock.sleeps) <= 1.0
+    late.close()
+    client.close()
 
 
 # --------------------------------------------------------------------------
@@ -7344,7 +7604,7 @@ def test_proxy_errors_are_transport_errors_a_refused_login_and_a_certificate_fin
     login = mp.ProxyAuthenticationError("refused", "http://proxy:3128")
     certificate = mp.CertificateError("cannot verify")
     assert isinstance(login, mp.ProxyError) and isinstance(certificate, TransportError)
-    assert not mp._is_retryable(login) and not mp._is_retryable(certificate)
+    assert not mp.RetryPolicy._retryable(login) and not mp.RetryPolicy._retryable(certificate)
     assert mp._exit_status(login) == mp.EXIT_REJECTED == 3
     assert mp._exit_status(certificate) == mp.EXIT_CERTIFICATE == 8
     assert "EXIT_CERTIFICATE" in mp.__all__ and "8    a certificate" in mp._EPILOG
@@ -7365,7 +7625,7 @@ def test_a_proxy_that_is_down_is_named_with_its_cause_in_words(monkeypatch, tls_
         mp._origin_text(tls_server.origin),
     )
     assert info.value.proxy == "http://127.0.0.1:%d" % port
-    assert mp._is_retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
+    assert mp.RetryPolicy._retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
 
 
 @pytest.mark.proxy
