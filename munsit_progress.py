@@ -55,6 +55,7 @@ import socket
 import stat as _stat
 import threading
 import time
+import types
 import zlib
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -335,7 +336,9 @@ class MunsitError(Exception):
     it): the job exists, and is paid for; follow it with
     ``wait(denoise_id)`` or ``munsit-progress DENOISE_ID``, or run the same
     call again (it finds the job by the file's content), rather than
-    sending the file as new.  ``None`` otherwise.
+    sending the file as new.  ``None`` otherwise.  A job that failed on
+    the server (:class:`DenoiseFailedError`) is the exception: following
+    it only replays its error; ``retry_failed=True`` sends the file again.
     """
 
     denoise_id = None  # type: Optional[str]
@@ -416,7 +419,10 @@ class DenoiseFailedError(MunsitError):
         return (type(self), (self.message,), self.__dict__)
 
     def _job_note(self, job: str) -> str:
-        return "job %s failed; retry_failed=True sends the file again" % job
+        return (
+            "job %s failed on the server: following it again only replays this error; "
+            "retry_failed=True sends the file again, as a new job" % job
+        )
 
 
 class ProtocolError(MunsitError):
@@ -463,6 +469,11 @@ class CertificateError(TransportError):
 class _Aborted(TransportError):
     """A batch's worker was stopped (Ctrl-C, SIGTERM): never retried, and
     never shown to a caller, who gets the KeyboardInterrupt."""
+
+
+class _StoppedWhileFollowed(TransportError):
+    """A batch was stopped (Ctrl-C, SIGTERM) while this input's job was
+    followed: the job goes on on the server, and a rerun follows it."""
 
 
 class SaveError(MunsitError, OSError):
@@ -658,9 +669,8 @@ class Client:
                 target = (_shown_path(output), _output_path(output))
             source = _Source(path, check)
             try:
-                return _denoise_one(
-                    call, source, target, on_progress, self._retry, options, _Hooks()
-                )
+                observer = _observer(on_progress)
+                return _denoise_one(call, source, target, observer, self._retry, options, _Hooks())
             finally:
                 source.close()
 
@@ -747,7 +757,6 @@ class Client:
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout or _READ_TIMEOUT_STREAM,
                 allow_http=self._allow_http,
-                clock=self._retry.clock,
             ),
             check=check,
             max_files=max_files,
@@ -836,9 +845,8 @@ class Client:
         with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
             source = _Source(path, check)
             try:
-                return _submit(
-                    call, source, _upload_callback(on_upload), self._retry, options, _Hooks()
-                )
+                upload = None if on_upload is None else _observer(on_upload, "uploading").uploading
+                return _submit(call, source, upload, self._retry, options, _Hooks())
             finally:
                 source.close()
 
@@ -913,19 +921,18 @@ class Client:
             done = client.wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
         """
         job = _job_id(denoise_id)
-        finish = _finisher(on_progress)
+        observer = _observer(on_progress)
+        progress = None if on_progress is None else observer.progress
         try:
             with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
-                done = _follow(call, job, on_progress, self._retry)
+                done = _follow(call, job, progress, self._retry)
         except BaseException as exc:
             if isinstance(exc, MunsitError) and exc.denoise_id is None:
                 exc.denoise_id = job
                 exc._job_noted = False
-            if finish is not None:
-                finish(exc)
+            observer.ended(exc)
             raise
-        if finish is not None:
-            finish(done)
+        observer.ended(done)
         return done
 
     def iter_events(self, denoise_id: str) -> Iterator[Event]:
@@ -998,8 +1005,8 @@ class Client:
         """
         if not isinstance(max_size, int) or max_size < 0:
             raise ConfigurationError("max_size must be a number of bytes >= 0")
-        finish = _finisher(on_progress)
-        report = _transfer_callback(on_progress)
+        observer = _observer(on_progress, "downloading")
+        report = None if on_progress is None else observer.downloading
         try:
             target = _output_path(path)
             with self._call(timeout, _READ_TIMEOUT_SHORT, require_key=False) as call:
@@ -1010,11 +1017,9 @@ class Client:
                         "the deadline passed before the download finished"
                     ) from exc
         except BaseException as exc:
-            if finish is not None:
-                finish(exc)
+            observer.ended(exc)
             raise
-        if finish is not None:
-            finish("saved %s" % path)
+        observer.ended(_Outcome(_SAVED, _shown("saved %s" % path)))
         return path
 
     def _check_open(self) -> None:
@@ -1033,7 +1038,7 @@ class Client:
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout or read_timeout,
             deadline=_deadline(timeout, self._retry.clock),
-            clock=self._retry.clock,
+            policy=self._retry,
             require_key=require_key,
             allow_http=self._allow_http,
         )
@@ -1698,7 +1703,9 @@ def _random_uuid() -> str:
 
 
 # --------------------------------------------------------------------------
-# Transport: one request path for every endpoint.
+# HTTP client: one request path for every endpoint, its time limits, and
+# what a failure means in plain words.  Above it, nothing touches requests'
+# objects: _Client.send returns an _Exchange, read through the client.
 # --------------------------------------------------------------------------
 
 
@@ -1774,6 +1781,9 @@ class _Watchdog:
     call past any deadline.  A thread per connection would cost a thread per
     job in a batch; one thread and a heap cost one.  Started on first use,
     never at import, and again in a forked child.
+
+    It alone keeps real time (time.monotonic), not the policy's clock: it
+    cuts real sockets, and is given durations, not deadlines.
     """
 
     def __init__(self) -> None:
@@ -1830,11 +1840,27 @@ _local = threading.local()
 
 
 class _Exchange:
-    """One request and its response on one connection, and its time limit."""
+    """One request and its response on one connection, and its time limit.
 
-    __slots__ = ("conn", "response", "expired", "tunnel", "_entry", "_closed", "_lock", "_reason")
+    :meth:`_Client.send` returns it once the response's headers are in:
+    the rest of the module reads ``status_code`` and ``headers`` here, the
+    body through the client (``chunks``, ``read_json``, ``error``), and
+    closes it, never touching requests' objects."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "client",
+        "conn",
+        "response",
+        "expired",
+        "tunnel",
+        "_entry",
+        "_closed",
+        "_lock",
+        "_reason",
+    )
+
+    def __init__(self, client: "_Client") -> None:
+        self.client = client
         self.conn = None  # type: Any
         self.response = None  # type: Optional[requests.Response]
         #: Why the watchdog cut the connection ("deadline" or "answer"), if it did.
@@ -1853,6 +1879,30 @@ class _Exchange:
         if seconds is not None:
             self._reason = reason
             self._entry = _watchdog.schedule(seconds, self._cut)
+
+    def limit_answer(self, seconds: float) -> None:
+        """Cut the connection unless its answer is complete within
+        ``seconds``, or by the deadline if that comes first."""
+        remaining = self.client.remaining()
+        if remaining is not None and remaining <= seconds:
+            self.limit(remaining, "deadline")
+        else:
+            self.limit(seconds, "answer")
+
+    def ended(self, when: str) -> "Optional[MunsitError]":
+        """The error that ends this exchange now, if one does: the watchdog
+        cut it, the deadline passed or the client was stopped."""
+        with self._lock:
+            expired = self.expired
+        return self.client.stopped(when, expired)
+
+    @property
+    def status_code(self) -> int:
+        return cast(requests.Response, self.response).status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return cast(requests.Response, self.response).headers
 
     def _cut(self) -> None:
         with self._lock:
@@ -1890,17 +1940,37 @@ class _Exchange:
             self.response.close()
 
 
-def _close(response: requests.Response, reuse: bool = False) -> None:
-    """Close the response and stop its watchdog.  ``reuse``: the body was
-    read to its end, so its connection may serve the next request (the
-    pool of a :class:`Client`)."""
-    exchange = getattr(response, "_munsit_exchange", None)
-    if exchange is not None:
-        exchange.close(reuse)
-    else:
-        if reuse:
-            response.raw.release_conn()
-        response.close()
+class _SentBody:
+    """A request body as the connection reads it.  The client needs no more
+    of a body than ``read(amount)`` and ``len()`` (its exact length, sent
+    as Content-Length: many servers and proxies refuse a chunked upload);
+    this wrapper tells the exchange when the last byte is handed over, and
+    keeps what the body's ``read`` raised (a caller's callback), to pass it
+    on unchanged."""
+
+    __slots__ = ("_body", "_exchange", "_ended", "raised")
+
+    def __init__(self, body: Any, exchange: _Exchange) -> None:
+        self._body = body
+        self._exchange = exchange
+        self._ended = False
+        self.raised = None  # type: Optional[BaseException]
+
+    def __len__(self) -> int:
+        return len(self._body)
+
+    def read(self, amount: int = -1) -> bytes:
+        try:
+            data = self._body.read(amount)  # type: bytes
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        if not data and not self._ended:
+            # The upload was bounded by the deadline alone; its answer is
+            # bounded as a GET's is.
+            self._ended = True
+            self._exchange.limit_answer(self._exchange.client.read_timeout)
+        return data
 
 
 def _socket_of(raw: Any) -> Optional[socket.socket]:
@@ -2077,6 +2147,7 @@ class _Client:
         "connect_timeout",
         "read_timeout",
         "deadline",
+        "policy",
         "clock",
         "allow_http",
         "aborted",
@@ -2094,7 +2165,7 @@ class _Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         deadline: Optional[float] = None,
-        clock: Callable[[], float] = time.monotonic,
+        policy: "Optional[RetryPolicy]" = None,
         require_key: bool = True,
         allow_http: bool = False,
         pool_size: int = 10,
@@ -2109,8 +2180,11 @@ class _Client:
         self._api_origin = _origin(self.base_url)
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        #: The call's deadline, a reading of the policy's clock: the one clock
+        #: that deadlines, pauses and waits are measured on.
         self.deadline = deadline
-        self.clock = clock
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.clock = self.policy.clock
         self.allow_http = allow_http
         #: Set by abort(): every request from now on raises _Aborted.
         self.aborted = False
@@ -2164,11 +2238,10 @@ class _Client:
             current.limit(0, "aborted")
 
     def check_time(self, doing: str) -> None:
-        if self.aborted:
-            raise _Aborted("stopped")
-        remaining = self.remaining()
-        if remaining is not None and remaining <= 0:
-            raise WaitTimeoutError("the deadline passed %s" % doing)
+        """Raise if no request may start now (see :meth:`stopped`)."""
+        error = self.stopped(doing)
+        if error is not None:
+            raise error
 
     def send(
         self,
@@ -2178,11 +2251,13 @@ class _Client:
         *,
         body: Optional[Callable[[], Any]] = None,
         foreign: bool = False,
-    ) -> requests.Response:
+    ) -> _Exchange:
         """Send one request, following redirects by hand; return the final
-        response, streaming and with its status unchecked.
+        response's exchange, its body unread and its status unchecked: the
+        caller reads it (``chunks``, ``read_json``, ``error``) or closes it.
 
-        ``body`` makes a fresh request body for each hop.  ``foreign``: the
+        ``body`` makes a fresh request body for each hop: an object with
+        ``read(amount)`` and ``len()``, read until it returns b"".  ``foreign``: the
         URL may be on another origin (a download): the key goes only to
         ``url`` itself, and only if it is on the API's origin, never to a
         host a redirect names.  Otherwise a redirect to another origin
@@ -2203,11 +2278,11 @@ class _Client:
             if status == 407:
                 proxy = self.proxy_for(url)
                 if proxy is not None:  # else an API that says 407: an APIError
-                    _close(response)
+                    response.close()
                     raise _refused_login(proxy)
             if status not in _REDIRECT_STATUSES or "Location" not in response.headers:
                 return response
-            _close(response)
+            response.close()
             try:
                 location = urljoin(url, response.headers["Location"])
                 elsewhere = _origin(location) != self._api_origin
@@ -2250,23 +2325,23 @@ class _Client:
             )
 
     def _exchange(
-        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], data: Any
-    ) -> requests.Response:
+        self, method: str, url: str, headers: Dict[str, Union[str, bytes]], body: Any
+    ) -> _Exchange:
         remaining = self.remaining()
         timeout = (
             _bounded(self.connect_timeout, remaining),
             _bounded(self.read_timeout, remaining),
         )
-        exchange = _Exchange()
+        exchange = _Exchange(self)
         # The whole answer, from connect to the last header, is bounded: by
         # the deadline, and by read_timeout when there is none.  An upload
         # is bounded by the deadline only until its last byte is handed over.
-        answer = self.connect_timeout + self.read_timeout
-        if data is None:
-            _limit_answer(exchange, answer, self)
+        data = None  # type: Optional[_SentBody]
+        if body is None:
+            exchange.limit_answer(self.connect_timeout + self.read_timeout)
         else:
             exchange.limit(remaining, "deadline")
-            data.on_end = lambda: _limit_answer(exchange, self.read_timeout, self)
+            data = _SentBody(body, exchange)
         logger.debug("%s %s", method, _clean(url, 300))
         self._current = exchange
         if self.aborted:  # abort() may have come between check_time and here
@@ -2285,10 +2360,9 @@ class _Client:
             )
         except Exception as exc:
             exchange.close()
-            failure = self._failure(exc, exchange, url, data, timeout[0])
-            if failure is exc:
-                raise
-            raise failure from exc
+            if data is not None and data.raised is exc:
+                raise  # the caller's own callback raised: theirs, unchanged
+            raise self._failure(exc, exchange, url, timeout[0]) from exc
         except BaseException:  # Ctrl-C: let it through, with the connection closed
             exchange.close()
             raise
@@ -2304,39 +2378,40 @@ class _Client:
             # chunk sizes or compressed bytes would pass for the body.
             exchange.close()
             raise ProtocolError("unsupported Transfer-Encoding %r" % _clean(coding, 40))
-        setattr(response, "_munsit_exchange", exchange)  # noqa: B010 (requests' class)
-        with exchange._lock:
-            expired = exchange.expired
-        if expired is not None or (self.deadline is not None and self.clock() >= self.deadline):
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
             exchange.close()
-            if expired == "aborted":
-                raise _Aborted("stopped")
-            if expired == "answer":
-                raise TransportError("no complete answer within %g seconds" % answer)
-            raise WaitTimeoutError("the deadline passed while waiting for the answer")
+            raise ended
         exchange.limit(self.remaining(), "deadline")
-        return response
+        return exchange
 
     def _failure(
-        self, exc: Exception, exchange: _Exchange, url: str, data: Any, connect_timeout: float
-    ) -> BaseException:
+        self, exc: Exception, exchange: _Exchange, url: str, connect_timeout: float
+    ) -> MunsitError:
         """The MunsitError for a request that raised ``exc``."""
-        if data is not None and data.callback_error is exc:
-            return exc  # the caller's own callback raised: theirs, unchanged
         _scrub(exc)
-        if exchange.expired == "aborted" or self.aborted:
+        ended = exchange.ended("while waiting for the answer")
+        if ended is not None:
+            return ended
+        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+
+    def stopped(self, when: str, expired: Optional[str] = None) -> Optional[MunsitError]:
+        """The error that ends a request now, if one does: abort() was
+        called, the deadline passed (``when``: "before the request was
+        sent"...), or, with ``expired``, the watchdog cut the exchange
+        because of one of these or of an answer that took too long.  The
+        one place where a cut or a deadline becomes an exception."""
+        if expired == "aborted" or self.aborted:
             return _Aborted("stopped")
-        if exchange.expired == "deadline" or (
-            self.deadline is not None and self.clock() >= self.deadline
-        ):
-            return WaitTimeoutError("the deadline passed while waiting for the answer")
-        if exchange.expired == "answer":
+        if expired == "deadline" or (self.deadline is not None and self.clock() >= self.deadline):
+            return WaitTimeoutError("the deadline passed %s" % when)
+        if expired == "answer":
             return TransportError(
                 "no complete answer within %g seconds" % (self.connect_timeout + self.read_timeout)
             )
-        return _unreached(exc, url, self.proxy_for(url), exchange, connect_timeout)
+        return None
 
-    def error(self, response: requests.Response, for_job: bool = True) -> APIError:
+    def error(self, response: _Exchange, for_job: bool = True) -> APIError:
         """The APIError for an error response, which it closes.
 
         A 404 means "no such job" only for the job's own endpoints."""
@@ -2350,7 +2425,7 @@ class _Client:
         except MunsitError:  # the body is a courtesy; the status says enough
             pass
         finally:
-            _close(response)
+            response.close()
         code = text = None
         payload = _json_or_none(body[:_ERROR_BODY_LIMIT])
         if isinstance(payload, dict):
@@ -2360,8 +2435,9 @@ class _Client:
                 if isinstance(payload.get(key), str):
                     text = payload[key]
                     break
+        reason = cast(requests.Response, response.response).reason
         if text is None:
-            text = response.reason if isinstance(response.reason, str) and response.reason else None
+            text = reason if isinstance(reason, str) and reason else None
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         cls = APIError
         if status in (401, 403):
@@ -2372,11 +2448,11 @@ class _Client:
             cls = JobNotFoundError
         return cls(status, code, text, retry_after)
 
-    def chunks(self, response: requests.Response, decode: bool = True) -> Iterator[bytes]:
+    def chunks(self, response: _Exchange, decode: bool = True) -> Iterator[bytes]:
         """The body as it arrives (see _read_chunks)."""
-        return _read_chunks(response, self.read_timeout, self.deadline, self.clock, decode)
+        return _read_chunks(response, decode)
 
-    def read_json(self, response: requests.Response, limit: int, what: str) -> Any:
+    def read_json(self, response: _Exchange, limit: int, what: str) -> Any:
         """The whole JSON body of a 200 answer, at most ``limit`` bytes."""
         content_type = response.headers.get("Content-Type", "")
         body = bytearray()
@@ -2388,7 +2464,7 @@ class _Client:
                     raise ProtocolError("%s is larger than %d bytes" % (what, limit))
             whole = True
         finally:
-            _close(response, reuse=whole)
+            response.close(reuse=whole)
         payload = _json_or_none(bytes(body))
         if payload is None and body.strip() != b"null":
             raise ProtocolError(
@@ -2400,14 +2476,6 @@ class _Client:
                 )
             )
         return payload
-
-
-def _limit_answer(exchange: _Exchange, seconds: float, client: _Client) -> None:
-    remaining = client.remaining()
-    if remaining is not None and remaining <= seconds:
-        exchange.limit(remaining, "deadline")
-    else:
-        exchange.limit(seconds, "answer")
 
 
 def _remember_proxy_passwords(session: requests.Session) -> None:
@@ -2697,50 +2765,39 @@ def _raw_chunks(response: requests.Response, decode: bool) -> Tuple[Callable[[],
     return lambda: next(stream, b""), decode
 
 
-def _read_chunks(
-    response: requests.Response,
-    read_timeout: float,
-    deadline: Optional[float],
-    clock: Callable[[], float],
-    decode: bool = True,
-) -> Iterator[bytes]:
+def _read_chunks(exchange: _Exchange, decode: bool = True) -> Iterator[bytes]:
     """Yield the body as it arrives, its Content-Encoding undone if
     ``decode``; raise TransportError on a stall, a reset or a truncated
     body, WaitTimeoutError at the deadline."""
+    response = cast(requests.Response, exchange.response)
     read, decoded = _raw_chunks(response, decode)
     decoder = None
     if decode and not decoded:
         decoder = _content_decoder(response.headers.get("Content-Encoding", ""))
-    exchange = getattr(response, "_munsit_exchange", None)
+    client = exchange.client
+    deadline, clock = client.deadline, client.clock
 
-    def past_deadline() -> bool:
-        if exchange is not None and exchange.expired is not None:
-            if exchange.expired == "aborted":
-                raise _Aborted("stopped")
-            return True
-        return deadline is not None and clock() >= deadline
+    def ended() -> Optional[MunsitError]:
+        # Looked at before every read: the plain test first, and what it
+        # means only once something is up.
+        if exchange.expired is None and (deadline is None or clock() < deadline):
+            return None
+        return exchange.ended("before the end")
 
     while True:
-        if past_deadline():
-            raise WaitTimeoutError("the deadline passed before the end")
+        error = ended()
+        if error is not None:
+            raise error
         try:
             data = read()
-        except (socket.timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-            if past_deadline():
-                raise WaitTimeoutError("the deadline passed before the end") from exc
-            raise TransportError(
-                "no data for %g seconds: the connection stalled" % read_timeout
-            ) from exc
         except Exception as exc:  # whatever a broken connection makes http.client raise
             _scrub(exc)
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end") from exc
-            if isinstance(exc, http.client.IncompleteRead):
-                raise TransportError("the server cut the body short") from exc
-            raise TransportError("the connection broke: %s" % _clean(_reason(exc))) from exc
+            # The watchdog's cut, the deadline, or else the read's own failure.
+            raise ended() or _read_failure(exc, client.read_timeout) from exc
         if not data:
-            if past_deadline():  # the watchdog cut it
-                raise WaitTimeoutError("the deadline passed before the end")
+            error = ended()
+            if error is not None:  # the watchdog cut it
+                raise error
             if decoder is not None and not decoder.eof:
                 # A close-delimited compressed body cut short looks like an end.
                 raise TransportError("the compressed body was cut short")
@@ -2758,6 +2815,21 @@ def _read_chunks(
             raise ProtocolError("the compressed body is corrupt: %s" % exc) from exc
 
 
+def _read_failure(exc: Exception, read_timeout: float) -> TransportError:
+    """The TransportError for a read of a body that raised ``exc``."""
+    if isinstance(exc, (socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+        return TransportError("no data for %g seconds: the connection stalled" % read_timeout)
+    if isinstance(exc, http.client.IncompleteRead):
+        return TransportError("the server cut the body short")
+    return TransportError("the connection broke: %s" % _clean(_reason(exc)))
+
+
+# --------------------------------------------------------------------------
+# Progress stream: a job's events over one connection (iter_events), and
+# what one connection leaves for the next.
+# --------------------------------------------------------------------------
+
+
 class _Resume:
     """What one connection leaves for the next: the last event id, the
     server's ``retry:`` delay, the unknown stages already logged, and whether
@@ -2771,8 +2843,12 @@ class _Resume:
         self.warned = set()  # type: Set[Any]
         self.connected = False
 
+    def server_retry(self) -> Optional[float]:
+        """The server's ``retry:`` delay in seconds, if it sent one."""
+        return None if self.retry_ms is None else self.retry_ms / 1000.0
 
-def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Response:
+
+def _open(client: _Client, denoise_id: str, resume: _Resume) -> _Exchange:
     """Send the GET and return a 200 ``text/event-stream`` response."""
     headers: Dict[str, Union[str, bytes]] = {
         "Accept": "text/event-stream",
@@ -2791,7 +2867,7 @@ def _open(client: _Client, denoise_id: str, resume: _Resume) -> requests.Respons
         raise client.error(response)
     content_type = response.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "text/event-stream":
-        _close(response)
+        response.close()
         raise ProtocolError(
             "expected Content-Type text/event-stream, got %r (is a proxy in the way?)"
             % _clean(content_type or "nothing", 80)
@@ -2822,13 +2898,13 @@ def _events(client: _Client, denoise_id: str, resume: _Resume) -> Generator[Even
                 if event.stage != "processing":
                     # Close before handing over the terminal event, so that a
                     # caller who keeps the generator does not keep the socket.
-                    _close(response)
+                    response.close()
                     yield event
                     return
                 yield event
         raise TransportError("the server closed the stream before the job's final event")
     finally:
-        _close(response)
+        response.close()
 
 
 def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, None]:
@@ -2840,7 +2916,7 @@ def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, No
 
 
 # --------------------------------------------------------------------------
-# Reconnect policy and wait()
+# Retry policy and wait()
 # --------------------------------------------------------------------------
 
 
@@ -2888,29 +2964,74 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, base * 2.0 ** min(max(failures - 1, 0), 64))
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
+    # The decisions of the loops that try again (wait's, submit's, the job
+    # list's, download's), kept here as urllib3's Retry keeps its own: each
+    # loop is a try/except that calls _pause_after.
 
-def _is_retryable(exc: MunsitError) -> bool:
-    if isinstance(exc, _Aborted):
+    @staticmethod
+    def _retryable(error: MunsitError) -> bool:
+        """Whether ``error`` may go away if the same request is sent again."""
+        if isinstance(error, _Aborted):
+            return False
+        if isinstance(error, (ProxyAuthenticationError, CertificateError)):
+            # A login the proxy refused, or a certificate that fails
+            # verification, fails again; each refused login counts towards
+            # locking the account.
+            return False
+        if isinstance(error, TransportError):
+            return not isinstance(error.__cause__, requests.exceptions.SSLError)
+        if isinstance(error, APIError):
+            return error.status_code == 429 or 500 <= error.status_code <= 599
         return False
-    if isinstance(exc, (ProxyAuthenticationError, CertificateError)):
-        # A login the proxy refused, or a certificate that fails
-        # verification, fails again; each refused login counts towards
-        # locking the account.
-        return False
-    if isinstance(exc, TransportError):
-        return not isinstance(exc.__cause__, requests.exceptions.SSLError)
-    if isinstance(exc, APIError):
-        return exc.status_code == 429 or 500 <= exc.status_code <= 599
-    return False
 
+    def _leaves_time(self, seconds: float, deadline: Optional[float]) -> bool:
+        """Whether a pause of ``seconds`` ends before ``deadline`` (a reading
+        of this policy's clock; None: no deadline)."""
+        return deadline is None or seconds < deadline - self.clock()
 
-def _finisher(on_progress: Any) -> Optional[Callable[[Any], Any]]:
-    """The ``finish`` of a display given as a callback (a ProgressBar, or
-    one of its bound methods), to tell it the outcome."""
-    finish = getattr(on_progress, "finish", None)
-    if finish is None:
-        finish = getattr(getattr(on_progress, "__self__", None), "finish", None)
-    return finish if callable(finish) else None
+    def _pause_after(
+        self,
+        error: MunsitError,
+        failures: int,
+        deadline: Optional[float],
+        *,
+        advanced: bool = False,
+        server_retry: Optional[float] = None,
+        doing: str = "trying again",
+    ) -> int:
+        """After an attempt that failed with ``error``, ``failures`` failed in
+        a row before it: sleep before the next attempt and return the count
+        of failures in a row, this one included (1 if the attempt
+        ``advanced``: it brought something new).  Raise ``error`` itself
+        when it is not worth another attempt (:meth:`_retryable`), after
+        ``max_retries`` retries, or when its Retry-After is longer than
+        ``max_retry_after``; WaitTimeoutError when the pause would reach
+        ``deadline`` (on this policy's clock).  ``server_retry`` is the
+        stream's ``retry:`` delay in seconds; ``doing`` names the next
+        attempt in the log."""
+        failures = 1 if advanced else failures + 1
+        if failures > self.max_retries or not self._retryable(error):
+            raise error
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None and retry_after > self.max_retry_after:
+            raise error
+        delay = min(self.delay(failures, retry_after, server_retry), _MAX_SLEEP)
+        if not self._leaves_time(delay, deadline):
+            raise WaitTimeoutError(
+                "the deadline would pass before the next attempt (in %.1f s) after: %s"
+                % (delay, error)
+            ) from error
+        logger.log(
+            logging.INFO if failures == 1 else logging.WARNING,
+            "%s in %.2f s (retry %d of %d): %s",
+            _printable(doing),
+            delay,
+            failures,
+            self.max_retries,
+            _printable(str(error)),
+        )
+        self.sleep(delay)
+        return failures
 
 
 class _News:
@@ -2970,43 +3091,14 @@ def _follow(
             finally:
                 events.close()
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
-            failures = 1 if advanced else failures + 1
-            if failures > policy.max_retries:
-                raise
-            server_retry = None if resume.retry_ms is None else resume.retry_ms / 1000.0
-            doing = "reconnecting" if resume.connected else "trying again"
-            _pause(exc, failures, policy, client.remaining(), doing, server_retry)
-
-
-def _pause(
-    exc: MunsitError,
-    failures: int,
-    policy: RetryPolicy,
-    remaining: Optional[float],
-    doing: str,
-    server_retry: Optional[float] = None,
-) -> None:
-    """Sleep before the next attempt, or raise if that would pass a limit."""
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None and retry_after > policy.max_retry_after:
-        raise exc
-    delay = min(policy.delay(failures, retry_after, server_retry), _MAX_SLEEP)
-    if remaining is not None and delay >= remaining:
-        raise WaitTimeoutError(
-            "the deadline would pass before the next attempt (in %.1f s) after: %s" % (delay, exc)
-        ) from exc
-    logger.log(
-        logging.INFO if failures == 1 else logging.WARNING,
-        "%s in %.2f s (retry %d of %d): %s",
-        _printable(doing),
-        delay,
-        failures,
-        policy.max_retries,
-        _printable(str(exc)),
-    )
-    policy.sleep(delay)
+            failures = policy._pause_after(
+                exc,
+                failures,
+                client.deadline,
+                advanced=advanced,
+                server_retry=resume.server_retry(),
+                doing="reconnecting" if resume.connected else "trying again",
+            )
 
 
 # --------------------------------------------------------------------------
@@ -3210,6 +3302,29 @@ class _Source:
             self._handle.close()
 
 
+class _NoFile(_Source):
+    """No file at hand: the pipeline follows a job given by its id, and has
+    nothing to send (asked to, it says so)."""
+
+    __slots__ = ()
+
+    def __init__(self, job: str) -> None:  # nothing to open
+        self.name = job
+        self.size = 0
+        self.content_type = ""
+        self.content = None
+        self._handle = cast(Any, None)
+        self._start = 0
+        self._owned = False
+        self._stamp_read = None
+
+    def identify(self, check: Callable[[], None]) -> "_Content":
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+    def read(self, amount: int) -> bytes:
+        raise ConfigurationError("job %s was given by its id: there is no file to send" % self.name)
+
+
 def _wav_seconds(handle: Any, start: int, size: int) -> Optional[float]:
     """How long a WAV file says it is, from its header; None if it does not
     say (another format, a streamed WAV without sizes, a damaged header).
@@ -3270,9 +3385,9 @@ class _MultipartBody:
     as the connection sends it: never held whole in memory, and of an exact
     length, since many servers and proxies refuse a chunked upload.
 
-    requests sends any object with ``read`` and ``__len__`` as a body with
-    that Content-Length.  ``finished`` says whether every byte was handed to
-    the connection, which tells a lost answer from an upload that never
+    It is what :meth:`_Client.send` takes as a body: ``read`` and
+    ``__len__``.  ``finished`` says whether every byte was handed to the
+    connection, which tells a lost answer from an upload that never
     completed."""
 
     def __init__(
@@ -3295,10 +3410,6 @@ class _MultipartBody:
         self.sent = 0
         #: Whether every byte of the body was handed to the connection.
         self.finished = False
-        #: Called once, when the last byte has been handed over.
-        self.on_end = None  # type: Optional[Callable[[], None]]
-        #: The exception a callback (or the file) raised, to pass on unchanged.
-        self.callback_error = None  # type: Optional[BaseException]
         source.rewind()
 
     def __len__(self) -> int:
@@ -3311,34 +3422,22 @@ class _MultipartBody:
         if self._part == 1:
             data = self._source.read(min(_UPLOAD_BLOCK, self._left))
             if not data:
-                self.callback_error = ConfigurationError(
+                raise ConfigurationError(
                     "%s got shorter while it was being sent" % self._source.name
                 )
-                raise self.callback_error
             self._left -= len(data)
             self.sent += len(data)
             if not self._left:
                 self._part = 2
-                try:
-                    # Before the closing boundary: without it, no job.
-                    self._source.check_unchanged()
-                except ConfigurationError as exc:
-                    self.callback_error = exc
-                    raise
+                # Before the closing boundary: without it, no job.
+                self._source.check_unchanged()
             if self._report is not None:
-                try:
-                    self._report(self.sent, self._source.size)
-                except BaseException as exc:
-                    self.callback_error = exc
-                    raise
+                self._report(self.sent, self._source.size)
             return data
         if self._part == 2:
             self._part = 3
             return self._tail
-        if not self.finished:
-            self.finished = True
-            if self.on_end is not None:
-                self.on_end()
+        self.finished = True
         return b""
 
 
@@ -3558,10 +3657,7 @@ def _list_again(
         try:
             return _list(client, limit, offset)
         except (TransportError, APIError) as exc:
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(exc):
-                raise
-            _pause(exc, failures, policy, client.remaining(), "trying again")
+            failures = policy._pause_after(exc, failures, client.deadline)
 
 
 # --------------------------------------------------------------------------
@@ -3588,15 +3684,6 @@ def content_tag(path: Any) -> str:
         return source.identify(lambda: None).tag
     finally:
         source.close()
-
-
-def _upload_callback(on_upload: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
-    """A display's ``upload`` method (also when given its ``transfer``), or
-    the callback itself."""
-    owner = getattr(on_upload, "__self__", on_upload)
-    upload = getattr(owner, "upload", None)
-    chosen = upload if callable(upload) else on_upload
-    return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
 
 
 class _JobOptions:
@@ -3660,9 +3747,15 @@ class _Hooks:
         """The file's job is known: sent now, or found (``adopted``)."""
 
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
-        """Where to save the result, once its URL is known: (the path to
-        show, the file to write), or None for the pipeline's own target."""
+        """The job is done, its result not saved yet: where to save it (the
+        path to show, the file to write), or None for the pipeline's own
+        target."""
         return None
+
+    def result_gone(self, error: "APIError", job: str) -> "APIError":
+        """The error for a known job's result that cannot be fetched any
+        more (403, 404, 410)."""
+        return _result_gone(error, job)
 
 
 def _submit(
@@ -3707,12 +3800,15 @@ def _submit(
             )
             if submission is not None:
                 break
-            unsent = cast(MunsitError, error)
-            failures += 1
-            if failures > policy.max_retries or not _is_retryable(unsent):
-                raise unsent
+            # The caller's lock is given back while the pause lasts (and
+            # for good if the policy gives up).
             with held.given_back():
-                _pause(unsent, failures, policy, client.remaining(), "sending %s again" % name)
+                failures = policy._pause_after(
+                    cast(MunsitError, error),
+                    failures,
+                    client.deadline,
+                    doing="sending %s again" % name,
+                )
     if tagged and not looked:
         _warn_if_doubled(
             client, policy, options, cast(_Content, content), before, submission.denoise_id
@@ -3958,8 +4054,7 @@ class _Gate:
                 wait = self._until - policy.clock()
             if wait <= 0:
                 return
-            remaining = client.remaining()
-            if remaining is not None and wait >= remaining:
+            if not policy._leaves_time(wait, client.deadline):
                 raise WaitTimeoutError("the deadline would pass while uploads are paused (429)")
             policy.sleep(min(wait, 1.0))
 
@@ -3975,7 +4070,7 @@ def _fresh_body(
     return made[-1]
 
 
-def _submission(client: "_Client", response: requests.Response, name: str, size: int) -> Submission:
+def _submission(client: "_Client", response: _Exchange, name: str, size: int) -> Submission:
     payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
     denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
@@ -4020,8 +4115,7 @@ def _look_up(
     )
     for look in range(2):
         if look:
-            remaining = client.remaining()
-            if remaining is not None and remaining <= _LOOKUP_PAUSE:
+            if not policy._leaves_time(_LOOKUP_PAUSE, client.deadline):
                 raise SubmissionUnknownError(
                     "%s was sent but its answer was lost, and the deadline leaves no time "
                     "to look the job up" % _printable(name)
@@ -4195,12 +4289,66 @@ def _job_record(item: Any) -> JobRecord:
 # --------------------------------------------------------------------------
 
 
+# How a job's display ended: the outcome as data.  A batch's totals count
+# these kinds; a message is never read back to learn what happened.
+_DONE = "done"  # the job is done; nothing saved (yet)
+_SAVED = "saved"
+_ALREADY_SAVED = "already saved"  # by an earlier run: nothing sent or fetched
+_FAILED = "failed"
+_DEFERRED = "deferred"  # left for a later run: a cap, the deadline, a stop
+_REFUSED = "refused"  # refused before it could be a job: a check, a 4xx
+_ENDED = "ended"  # ended as it stood, or with a caller's line of text
+_SUCCEEDED = frozenset((_DONE, _SAVED, _ALREADY_SAVED))
+_UNSUCCESSFUL = frozenset((_FAILED, _DEFERRED, _REFUSED))
+
+
+class _Outcome:
+    """How a job ended, as a display shows it: its kind and its line."""
+
+    __slots__ = ("kind", "text", "url")
+
+    def __init__(self, kind: str, text: str, url: Optional[str] = None) -> None:
+        self.kind = kind
+        self.text = text
+        self.url = url
+
+    @classmethod
+    def of(cls, outcome: Any, kind: Optional[str] = None) -> "_Outcome":
+        """The outcome of a :class:`DoneEvent`, an exception, or a line of
+        text; ``kind`` overrides the one an exception implies."""
+        if isinstance(outcome, _Outcome):
+            return outcome
+        if isinstance(outcome, DoneEvent):
+            url = _shown(outcome.url)
+            return cls(_DONE, "done: %s" % url, url)
+        if isinstance(outcome, DenoiseFailedError):
+            return cls(kind or _FAILED, "failed: %s" % _shown(outcome.message))
+        if isinstance(outcome, KeyboardInterrupt):
+            return cls(kind or _DEFERRED, "stopped: interrupted")
+        if isinstance(outcome, BaseException):
+            text = _shown(str(outcome) or type(outcome).__name__)
+            kind = kind or _kind_of(outcome)
+            return cls(kind, "%s: %s" % ("refused" if kind == _REFUSED else "stopped", text))
+        return cls(kind or _ENDED, _shown(str(outcome)))
+
+
+def _kind_of(error: BaseException) -> str:
+    """The kind of outcome an exception means: what a later run does
+    (deferred), what it cannot do either (refused), or a failure."""
+    deferred = (NotSubmittedError, WaitTimeoutError, _Aborted, _StoppedWhileFollowed)
+    if isinstance(error, deferred + (KeyboardInterrupt,)):
+        return _DEFERRED
+    if isinstance(error, (ConfigurationError, ProxyAuthenticationError, CertificateError)):
+        return _REFUSED
+    if isinstance(error, APIError) and not RetryPolicy._retryable(error):
+        return _REFUSED
+    return _FAILED
+
+
 class _JobState:
     """What a display shows of one job, apart from how it is drawn: the
     phase (upload, processing, download), how far it is, and its outcome.
     Every text in it is already redacted and printable."""
-
-    __slots__ = ("label", "phase", "pct", "message", "sent", "total", "url", "outcome", "started")
 
     def __init__(self, label: Optional[str]) -> None:
         self.label = label
@@ -4211,8 +4359,20 @@ class _JobState:
         self.sent = 0
         self.total = None  # type: Optional[int]
         self.url = None  # type: Optional[str]
-        #: The final line ("done: URL", "saved PATH", "failed: ..."), once ended.
+        #: The outcome's kind (``_SAVED``, ``_FAILED``...) and line, once ended.
+        self.kind = None  # type: Optional[str]
         self.outcome = None  # type: Optional[str]
+
+    def fraction(self) -> Optional[float]:
+        """How far the job is, 0 to 1, or None when unknown or when it
+        ended without success (a bar full of a refused file would lie)."""
+        if self.kind in _SUCCEEDED:
+            return 1.0
+        if self.kind in _UNSUCCESSFUL:
+            return None
+        if self.phase in ("upload", "download"):
+            return min(self.sent / self.total, 1.0) if self.total else None
+        return None if self.pct is None else min(max(self.pct, 0.0), 100.0) / 100.0
 
     def text(self) -> str:
         """The state as a short line, without the bar."""
@@ -4269,6 +4429,240 @@ def _as_is(text: str) -> str:
     return text
 
 
+class _Observer:
+    """What the pipeline tells whoever watches a job, in order: the upload,
+    the job's id, its progress, its end on the server, the download, and
+    how it all ended.  Each does nothing here.  Called with an event, it
+    is an ``on_progress``."""
+
+    def __call__(self, event: ProcessingEvent) -> None:
+        self.progress(event)
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        """``sent`` of ``total`` bytes of the file are out."""
+
+    def submitted(self, submission: Submission) -> None:
+        """The file's job is known: sent now, or found (``adopted``)."""
+
+    def progress(self, event: ProcessingEvent) -> None:
+        """The job advanced on the server."""
+
+    def done(self, done: DoneEvent) -> None:
+        """The job is done on the server; its download follows."""
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        """``received`` of ``total`` bytes of the result are in."""
+
+    def ended(self, outcome: Any) -> None:
+        """The end: a :class:`DoneEvent`, an exception, or an :class:`_Outcome`."""
+
+
+class _Callback(_Observer):
+    """A plain callable as an observer: ``on_progress(event)``, or a
+    transfer's ``(done, total)`` for ``slot="uploading"``/``"downloading"``.
+    The callable is set as the method itself: no extra call per event."""
+
+    def __init__(self, function: Callable[..., Any], slot: str, finish: Any = None) -> None:
+        setattr(self, slot, function)
+        self._finish = finish
+
+    def ended(self, outcome: Any) -> None:
+        if self._finish is not None:
+            self._finish(outcome.text if isinstance(outcome, _Outcome) else outcome)
+
+
+class _Observers(_Observer):
+    """Several observers told the same, in turn (a display and JSON lines)."""
+
+    def __init__(self, *observers: _Observer) -> None:
+        self._all = observers
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        for observer in self._all:
+            observer.uploading(sent, total)
+
+    def submitted(self, submission: Submission) -> None:
+        for observer in self._all:
+            observer.submitted(submission)
+
+    def progress(self, event: ProcessingEvent) -> None:
+        for observer in self._all:
+            observer.progress(event)
+
+    def done(self, done: DoneEvent) -> None:
+        for observer in self._all:
+            observer.done(done)
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        for observer in self._all:
+            observer.downloading(received, total)
+
+    def ended(self, outcome: Any) -> None:
+        for observer in self._all:
+            observer.ended(outcome)
+
+
+def _observer(on_progress: Any, slot: str = "progress") -> _Observer:
+    """``on_progress`` as an observer, whatever it is: None, an observer, a
+    :class:`ProgressBar` or one of its bound methods (the whole display),
+    or a plain callable for ``slot``.  The one place that tells them apart."""
+    if on_progress is None:
+        return _Observer()
+    if isinstance(on_progress, _Observer):
+        return on_progress
+    if isinstance(on_progress, ProgressBar):
+        return on_progress._watch
+    if isinstance(on_progress, types.MethodType) and isinstance(on_progress.__self__, ProgressBar):
+        return on_progress.__self__._watch
+    # wait()'s documented contract: a callable with a finish() is told the end.
+    finish = getattr(on_progress, "finish", None)
+    return _Callback(on_progress, slot, finish if callable(finish) else None)
+
+
+class _JsonLines(_Observer):
+    """The command line's ``--json``: a JSON object per step, through
+    ``record`` (stdout), with the file's name and its job when known."""
+
+    def __init__(
+        self,
+        record: Callable[[Dict[str, Any]], Any],
+        name: Optional[str] = None,
+        job: Optional[str] = None,
+        *,
+        done: bool,
+        error: bool,
+    ) -> None:
+        self._record = record
+        self._name = name
+        self._job = job
+        #: Whether the done event and a failed job's error get a line here
+        #: (the command line may print them as its result instead).
+        self._done = done
+        self._error = error
+
+    def _emit(self, fields: Dict[str, Any], **more: Any) -> None:
+        if self._name is not None:
+            fields.update(file=self._name, denoiseId=self._job)
+        fields.update(more)
+        self._record(fields)
+
+    def submitted(self, submission: Submission) -> None:
+        self._job = submission.denoise_id
+        self._emit({"stage": "submitted"}, **({"adopted": True} if submission.adopted else {}))
+
+    def progress(self, event: ProcessingEvent) -> None:
+        self._emit(event.to_dict())
+
+    def done(self, done: DoneEvent) -> None:
+        if self._done:
+            self._emit(done.to_dict())
+
+    def ended(self, outcome: Any) -> None:
+        if self._error and isinstance(outcome, DenoiseFailedError):
+            self._job = self._job or outcome.denoise_id
+            self._emit(ErrorEvent(outcome.message).to_dict())
+
+
+class _Watch(_Observer):
+    """An observer that keeps one job's state and has a display draw it."""
+
+    def __init__(self, display: Callable[[], "_Display"], label: Optional[str]) -> None:
+        self._display = display
+        self.state = _JobState(label)
+        self._finished = False
+        self._raw = None  # type: Optional[str]  # the message as sent, of state.message
+        #: Whether an error ends the display with its message; the command
+        #: line ends it as it stands, and its error line says the rest.
+        self.shows_errors = True
+
+    def uploading(self, sent: int, total: Optional[int]) -> None:
+        if self._finished:
+            self._new_job()  # a reused display: the next job
+        self._transfer("upload", sent, total)
+
+    def submitted(self, submission: Submission) -> None:
+        text = "submitted as job %s" % submission.denoise_id
+        if submission.adopted:
+            text = "found its job %s (sent earlier): not sent again" % submission.denoise_id
+        self._display().line(self.state, text)
+
+    def progress(self, event: ProcessingEvent) -> None:
+        if self._finished:
+            self._new_job()
+        state = self._resume("processing")
+        message = state.message
+        if event.message != self._raw:  # cleaned once, not at each event
+            self._raw = event.message
+            message = _shown(event.message) if event.message else None
+        changed = message != state.message or state.pct is None
+        state.pct = float(event.pct)
+        state.message = message
+        self._display().changed(state, changed or state.pct >= 100)
+
+    def done(self, done: DoneEvent) -> None:
+        state = self._resume("processing")
+        state.url = _shown(done.url)
+        state.pct = 100.0
+        self._display().milestone(state, "done: %s" % state.url)
+
+    def downloading(self, received: int, total: Optional[int]) -> None:
+        self._transfer("download", received, total)
+
+    def ended(self, outcome: Any) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if isinstance(outcome, BaseException) and not self.shows_errors:
+            outcome = None
+        state = self._state_at_end(outcome)
+        if state.phase is not None or state.outcome is not None:
+            self._display().end(state)
+
+    def note(self, text: str) -> None:
+        display = self._display()
+        display.line(self.state, _shown(display.wording(text)))
+
+    def _state_at_end(self, outcome: Any) -> _JobState:
+        state = self.state
+        if outcome is not None and outcome != "":
+            end = _Outcome.of(outcome)
+            state.kind, state.outcome = end.kind, self._display().wording(end.text)
+            if end.url is not None:
+                state.url = end.url
+                state.pct = 100.0
+        elif state.phase in ("upload", "download") and state.total and state.sent == state.total:
+            state.kind = _ENDED
+            state.outcome = "%s %s" % (
+                "uploaded" if state.phase == "upload" else "downloaded",
+                _size(state.sent),
+            )
+        else:
+            state.kind = _ENDED
+        return state
+
+    def _transfer(self, phase: str, done: int, total: Optional[int]) -> None:
+        changed = self.state.phase != phase
+        state = self._resume(phase)
+        state.sent = done
+        state.total = total if total else None
+        self._display().changed(state, changed or done == total)
+
+    def _resume(self, phase: str) -> _JobState:
+        """The state, moved to ``phase``: an ended display goes on when the
+        same job enters a later phase (a download after ``done``)."""
+        state = self.state
+        if self._finished:
+            self._finished = False
+            state.kind = state.outcome = None
+        state.phase = phase
+        return state
+
+    def _new_job(self) -> None:
+        self.state = _JobState(self.state.label)
+        self._finished = False
+        self._raw = None
+
+
 class ProgressBar:
     """A ready-made progress display for terminals, logs and notebooks.
 
@@ -4277,12 +4671,14 @@ class ProgressBar:
         done = wait(denoise_id, on_progress=ProgressBar())
 
     It shows a job's whole life as one display: the upload (``upload``,
-    or ``transfer`` given as ``submit``'s ``on_upload``), the processing
-    events (call it with each :class:`ProcessingEvent`), the download
-    (``transfer``), then the outcome.
+    or ``transfer`` given as ``submit``'s ``on_upload``), the job's id on a
+    line of its own once it is known, the processing events (call it with
+    each :class:`ProcessingEvent`), the download (``transfer``), then the
+    outcome.
 
     - On a terminal: one line updated in place (bar, percent, message,
-      elapsed time), ended with a newline when the job ends.
+      elapsed time), ended with a newline when the job ends.  The bar
+      shrinks on a narrow terminal, so that the message keeps some room.
     - Not a terminal (cron, a file, a pipe): no carriage returns; one
       timestamped line for each new phase, message or 10-percent step, and
       one for the outcome.
@@ -4313,9 +4709,8 @@ class ProgressBar:
             raise ConfigurationError("mode must be one of %s" % ", ".join(self._MODES))
         self._stream = stream
         self._mode = mode
-        self._state = _JobState(None if label is None else _shown(str(label)))
-        self._view = None  # type: Optional[_View]
-        self._finished = False
+        self._shown_on = None  # type: Optional[_Display]
+        self._watch = _Watch(self._display, None if label is None else _shown(str(label)))
         # How an error's text is worded: the command line's bar shows its
         # flags instead of Python's parameters (_cli_text).
         self._wording = _as_is  # type: Callable[[str], str]
@@ -4336,65 +4731,25 @@ class ProgressBar:
 
     def __call__(self, event: ProcessingEvent) -> None:
         """Show one processing event."""
-        if self._finished:
-            self._new_job()  # a reused display: the next job
-        state = self._resume("processing")
-        message = _shown(event.message) if event.message else None
-        changed = message != state.message or state.pct is None
-        state.pct = float(event.pct)
-        state.message = message
-        self._draw(changed or state.pct >= 100)
+        self._watch.progress(event)
 
     def upload(self, sent: int, total: Optional[int]) -> None:
         """Show an upload's progress: ``sent`` of ``total`` bytes."""
-        if self._finished:
-            self._new_job()
-        self._transfer("upload", sent, total)
+        self._watch.uploading(sent, total)
 
     def transfer(self, received: int, total: Optional[int]) -> None:
         """Show a download's progress: ``received`` of ``total`` bytes."""
-        self._transfer("download", received, total)
+        self._watch.downloading(received, total)
 
     def finish(self, outcome: Union[DoneEvent, BaseException, str, None] = None) -> None:
         """End the display with the outcome: a :class:`DoneEvent`, an
         exception, a line of text (``"saved clean.wav"``), or ``None`` to
         end it as it stands."""
-        if self._finished:
-            return
-        self._finished = True
-        state = self._state
-        if isinstance(outcome, DoneEvent):
-            state.url = _shown(outcome.url)
-            state.pct = 100.0
-            state.outcome = "done: %s" % state.url
-        elif isinstance(outcome, DenoiseFailedError):
-            state.outcome = "failed: %s" % _shown(outcome.message)
-        elif isinstance(outcome, KeyboardInterrupt):
-            state.outcome = "stopped: interrupted"
-        elif isinstance(outcome, BaseException):
-            state.outcome = "stopped: %s" % _shown(
-                self._wording(str(outcome)) or type(outcome).__name__
-            )
-        elif outcome:
-            state.outcome = _shown(self._wording(str(outcome)))
-        elif state.phase in ("upload", "download") and state.total and state.sent == state.total:
-            state.outcome = "%s %s" % (
-                "uploaded" if state.phase == "upload" else "downloaded",
-                _size(state.sent),
-            )
-        if state.phase is not None or state.outcome is not None:
-            self._view_for().end(state)
+        self._watch.ended(outcome)
 
     def note(self, text: str) -> None:
         """Show a line of text (a warning, say) without garbling the display."""
-        self._view_for().note(_shown(self._wording(text)), self._state)
-
-    def _reached(self, done: DoneEvent) -> None:
-        """The job is done and its download follows: show it, do not end."""
-        state = self._resume("processing")
-        state.url = _shown(done.url)
-        state.pct = 100.0
-        self._view_for().milestone(state, "done: %s" % state.url)
+        self._watch.note(text)
 
     def __enter__(self) -> "ProgressBar":
         return self
@@ -4402,88 +4757,165 @@ class ProgressBar:
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.finish(exc)
 
-    def _transfer(self, phase: str, done: int, total: Optional[int]) -> None:
-        state = self._resume(phase)
-        changed = state.phase != phase
-        state.sent = done
-        state.total = total if total else None
-        self._draw(changed or done == total)
-
-    def _resume(self, phase: str) -> _JobState:
-        """The state, moved to ``phase``: a finished display goes on when
-        the same job enters a later phase (a download after ``done``)."""
-        state = self._state
-        if self._finished:
-            self._finished = False
-            state.outcome = None
-            self._view_for().restart()
-        if state.phase != phase:
-            state.phase = phase
-            self._view_for().phase_changed()
-        return state
-
-    def _new_job(self) -> None:
-        self._state = _JobState(self._state.label)
-        self._finished = False
-        self._view_for().restart()
-
-    def _draw(self, important: bool) -> None:
-        self._view_for().update(self._state, important)
-
     def _out(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
 
-    def _view_for(self) -> "_View":
-        if self._view is None:
-            mode = self.mode
-            if mode == "notebook":
-                self._view = _NotebookView(self._out)
-            elif mode == "terminal":
-                self._view = _TerminalView(self._out)
-            else:
-                self._view = _LogView(self._out)
-        return self._view
+    def _display(self, total: Optional[int] = None) -> "_Display":
+        """This bar's display; a batch (``total`` files) gets a new one,
+        which the bar's notes share until the batch is over."""
+        shown = self._shown_on
+        if total is not None or shown is None or shown.closed:
+            shown = self._shown_on = _Display(_renderer(self.mode, self._out), total)
+            shown.wording = self._wording
+        return shown
 
 
-class _View:
-    """How a display draws: the base writes to a stream, safely."""
+class _Display:
+    """The states of the jobs shown on one stream, drawn by one renderer,
+    and for a batch (``total`` files) the totals of their outcomes.  Each
+    change comes here from a :class:`_Watch`, from any thread."""
+
+    def __init__(self, renderer: "_Renderer", total: Optional[int] = None) -> None:
+        self.renderer = renderer
+        self.total = total
+        self.live = []  # type: List[_JobState]
+        self.ended = []  # type: List[_JobState]
+        self.counts = dict.fromkeys(
+            (_DONE, _SAVED, _ALREADY_SAVED, _FAILED, _DEFERRED, _REFUSED, _ENDED), 0
+        )
+        self.started = time.monotonic()
+        self.closed = False
+        self._lock = threading.RLock()
+        self._last = 0.0
+        #: How the outcomes and notes shown here are worded (_cli_text for
+        #: the command line's).
+        self.wording = _as_is  # type: Callable[[str], str]
+
+    def watch(self, label: Optional[str]) -> _Watch:
+        """An observer of one more job, drawn here."""
+        return _Watch(lambda: self, label)
+
+    def changed(self, state: _JobState, important: bool) -> None:
+        with self._lock:
+            if state not in self.live:
+                important = self._enter(state)
+            if self.renderer.throttled and not important:
+                # At most ten redraws a second: a fast stream must not
+                # spend its time drawing.
+                now = time.monotonic()
+                if now - self._last < 0.1:
+                    return
+                self._last = now
+            self.renderer.draw(self, state)
+
+    def milestone(self, state: _JobState, text: str) -> None:
+        with self._lock:
+            self._enter(state)
+            self.renderer.milestone(self, state, text)
+
+    def _enter(self, state: _JobState) -> bool:
+        """Show ``state`` among the jobs in flight; whether it was not."""
+        if state in self.live:
+            return False
+        self.live.append(state)
+        if state in self.ended:
+            self.ended.remove(state)  # the same job goes on (its download)
+        return True
+
+    def line(self, state: Optional[_JobState], text: str) -> None:
+        with self._lock:
+            self.renderer.line(self, state, text)
+
+    def end(self, state: _JobState) -> None:
+        with self._lock:
+            if state in self.live:
+                self.live.remove(state)
+            self.ended = [other for other in self.ended[-49:] if other is not state] + [state]
+            self.counts[state.kind or _ENDED] += 1
+            self.renderer.ended(self, state)
+
+    def close(self) -> None:
+        with self._lock:
+            self.live = []
+            self.closed = True
+            self.renderer.close(self)
+
+    def rows(self) -> List[_JobState]:
+        """What an in-place display shows: the jobs in flight, and the
+        ended ones of a batch (of a single job, its last state)."""
+        if self.total is not None:
+            return self.live + self.ended
+        return self.live or self.ended[-1:]
+
+    def totals(self) -> Optional[str]:
+        """A batch's totals line; None for a single job."""
+        if self.total is None:
+            return None
+        counts = self.counts
+        done = counts[_DONE] + counts[_SAVED] + counts[_ALREADY_SAVED]
+        failed = counts[_FAILED] + counts[_ENDED]
+        parts = ["%d done" % done, "%d failed" % failed]
+        # Deferred and refused files are not failures: a rerun finishes the
+        # first, and the second needs the user's hand, not a rerun.
+        for kind in (_DEFERRED, _REFUSED):
+            if counts[kind]:
+                parts.append("%d %s" % (counts[kind], kind))
+        left = self.total - sum(counts.values())
+        elapsed = "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
+        return "%s, %d left  %s" % (", ".join(parts), left, elapsed)
+
+
+def _renderer(mode: str, out: Callable[[], TextIO]) -> "_Renderer":
+    if mode == "terminal":
+        return _TerminalRenderer(out)
+    if mode == "notebook":
+        try:
+            display = importlib.import_module("IPython.display").display
+        except ImportError:  # mode="notebook" forced outside IPython
+            return _LogRenderer(out)
+        return _NotebookRenderer(out, display)
+    return _LogRenderer(out)
+
+
+class _Renderer:
+    """How a display is drawn on one stream; the base writes safely.  Its
+    methods are called under the display's lock."""
+
+    #: Whether in-place redraws are limited to ten a second.
+    throttled = True
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         self._out = out
         self._dead = False
 
-    def update(self, state: _JobState, important: bool) -> None:
+    def draw(self, display: _Display, state: _JobState) -> None:
+        """``state`` changed."""
         raise NotImplementedError
 
-    def end(self, state: _JobState) -> None:
-        raise NotImplementedError
-
-    def note(self, text: str, state: _JobState) -> None:
-        raise NotImplementedError
-
-    def milestone(self, state: _JobState, text: str) -> None:
+    def milestone(self, display: _Display, state: _JobState, text: str) -> None:
         """A step worth its own line in a log (the job done, before its
         download); elsewhere the display just moves on."""
-        self.update(state, True)
+        self.draw(display, state)
 
-    def restart(self) -> None:
-        """The display goes on after an end (a new phase or a new job)."""
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        """A line of its own: a note, a job's id."""
+        raise NotImplementedError
 
-    def phase_changed(self) -> None:
-        """The job entered a new phase."""
+    def ended(self, display: _Display, state: _JobState) -> None:
+        raise NotImplementedError
+
+    def close(self, display: _Display) -> None:
+        """The batch is over."""
 
     def unicode_ok(self) -> bool:
         encoding = getattr(self._out(), "encoding", None) or ""
         return encoding.lower().replace("-", "").startswith("utf")
 
     def bar(self, state: _JobState, width: int = 24) -> str:
-        if state.phase in ("upload", "download"):
-            pct = 100.0 * state.sent / state.total if state.total else None
-        else:
-            pct = state.pct
-        if pct is None:
+        fraction = state.fraction()
+        if fraction is None or width < 4:
             return ""
-        filled = int(round(width * min(max(pct, 0.0), 100.0) / 100.0))
+        filled = int(round(width * fraction))
         full, empty = ("\u2588", "\u2591") if self.unicode_ok() else ("#", "-")
         return "[%s%s]" % (full * filled, empty * (width - filled))
 
@@ -4504,53 +4936,86 @@ class _View:
             self._dead = True
 
 
-class _TerminalView(_View):
-    """One line, redrawn in place, at most ten times a second."""
+class _TerminalRenderer(_Renderer):
+    """The jobs in flight, a line each, and the totals under them, redrawn
+    in place; an ended job's line and the notes stay above.  One line (a
+    single job) is redrawn with a carriage return and blanked with spaces,
+    which every console shows right; a block needs ANSI cursor moves."""
+
+    _MAX_ROWS = 20
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         super().__init__(out)
-        self._width = 0  # terminal columns of the line now shown
-        self._shown = None  # type: Optional[_JobState]
-        self._last = 0.0
+        self._drawn = 0  # lines of the block now on screen
+        self._width = 0  # terminal columns of its last line
 
-    def update(self, state: _JobState, important: bool) -> None:
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._draw(state, self.bar(state), state.text())
+    def draw(self, display: _Display, state: _JobState) -> None:
+        self._redraw(display, [])
 
-    def end(self, state: _JobState) -> None:
-        text = state.outcome
-        if text is not None and text.startswith("done: "):
-            text = "100%  done"  # the URL follows on stdout, not in the bar
-        if text:
-            self._draw(state, self.bar(state), text)
-        if self._width:
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        # Never cut: it may be the job's id, the line a user needs.
+        label = state.label + "  " if state is not None and state.label else ""
+        self._redraw(display, [_encodable(self._out(), label + text)])
+
+    def ended(self, display: _Display, state: _JobState) -> None:
+        if (
+            state.outcome is None
+            and self._drawn == 1
+            and not display.live
+            and display.total is None
+        ):
+            # Ended as it stands: its line is on screen already.
             self.write("\n")
-            self._width = 0
-        self._shown = None
+            self._drawn = self._width = 0
+            return
+        self._redraw(display, [self._row(state, self._columns())[0]])
 
-    def note(self, text: str, state: _JobState) -> None:
-        shown = self._width
-        self.write(("\r" + " " * shown + "\r" if shown else "") + text + "\n")
-        self._width = 0
-        if shown and self._shown is not None:
-            self._draw(self._shown, self.bar(self._shown), self._shown.text())
+    def close(self, display: _Display) -> None:
+        self._redraw(display, [])
+        if self._drawn:
+            self.write("\n")
+        self._drawn = self._width = 0
 
-    def _draw(self, state: _JobState, bar: str, text: str) -> None:
-        self._shown = state
-        line = "%s %s" % (bar, text) if bar else text
-        if state.label:
-            line = "%s  %s" % (state.label, line)
-        line = _encodable(self._out(), line)
+    def _row(self, state: _JobState, columns: int) -> Tuple[str, int]:
+        """One job's line, fit to the terminal, and the columns it takes."""
+        text = state.text()
+        if state.kind == _DONE:
+            text = "100%  done"  # the URL follows on stdout, not in the bar
+        label = state.label + "  " if state.label else ""
         tail = "  " + state.elapsed()
+        room = columns - 1 - len(tail)
+        # The bar gives way first: a narrow terminal keeps the message.
+        bar = self.bar(state, min(24, room - _fit(label, room)[1] - 22))
+        line = _encodable(self._out(), label + (bar + " " if bar else "") + text)
         # The message is what gets cut, not the elapsed time after it.
-        line, width = _fit(line, self._columns() - 1 - len(tail))
-        line += tail
-        width += len(tail)
-        padding = " " * max(self._width - width, 0)
-        self._width = width
-        self.write("\r" + line + padding)
+        line, width = _fit(line, room)
+        return line + tail, width + len(tail)
+
+    def _redraw(self, display: _Display, above: List[str]) -> None:
+        columns = self._columns()
+        rows = [self._row(state, columns) for state in display.live[: self._MAX_ROWS]]
+        if len(display.live) > self._MAX_ROWS:
+            more = "... and %d more in flight" % (len(display.live) - self._MAX_ROWS)
+            rows.append(_fit(more, columns - 1))
+        totals = display.totals()
+        if totals is not None and (rows or sum(display.counts.values())):
+            rows.append(_fit(totals, columns - 1))
+        if self._drawn > 1 or len(rows) > 1:
+            # Up to the block's first line, clear to the end of the screen,
+            # and write it again: rows never wrap, so the count is exact.
+            text = "\r" + ("\x1b[%dA" % (self._drawn - 1) if self._drawn > 1 else "") + "\x1b[J"
+            text += "".join(line + "\n" for line in above)
+            text += "\n".join(row for row, _ in rows)
+        else:
+            text = "\r"
+            for line in above:
+                text += line + " " * max(self._width - _fit(line, columns)[1], 0) + "\n"
+                self._width = 0
+            if rows:
+                text += rows[0][0] + " " * max(self._width - rows[0][1], 0)
+        self._drawn = len(rows)
+        self._width = rows[-1][1] if rows else 0
+        self.write(text)
 
     def _columns(self) -> int:
         # The stream's own terminal: stdout may well be a pipe ($(...)).
@@ -4562,24 +5027,19 @@ class _TerminalView(_View):
         return columns or shutil.get_terminal_size((80, 24)).columns
 
 
-class _LogView(_View):
-    """Timestamped lines, no carriage returns: one per new phase, message or
-    10-percent step (10 MB when a transfer's size is unknown), and one for
-    the outcome."""
+class _LogRenderer(_Renderer):
+    """Timestamped lines, no carriage returns, prefixed with the job's
+    label: one per new phase, message or 10-percent step (10 MB when a
+    transfer's size is unknown), one for each job's id and outcome, and in
+    a batch the totals after each outcome."""
+
+    throttled = False  # it writes news only
 
     def __init__(self, out: Callable[[], TextIO]) -> None:
         super().__init__(out)
-        self.phase_of = None  # type: Optional[str]
-        self.restart()
+        self._logged = {}  # type: Dict[int, Tuple[Optional[str], int, Optional[str]]]
 
-    def restart(self) -> None:
-        self._step = -1
-        self._message = None  # type: Optional[str]
-
-    def phase_changed(self) -> None:
-        self.restart()
-
-    def update(self, state: _JobState, important: bool) -> None:
+    def draw(self, display: _Display, state: _JobState) -> None:
         if state.phase in ("upload", "download"):
             if state.total:
                 step = int(100 * state.sent / state.total) // 10
@@ -4589,89 +5049,93 @@ class _LogView(_View):
         else:
             step = int((state.pct or 0) // 10)
             message = state.message
-        if step > self._step or (message and message != self._message):
-            self._step = max(step, self._step)
-            self._message = message
-            self.line(state, state.text())
+        phase, last_step, last_message = self._logged.get(id(state), (None, -1, None))
+        if phase != state.phase:
+            last_step, last_message = -1, None
+        if step > last_step or (message and message != last_message):
+            self._logged[id(state)] = (state.phase, max(step, last_step), message)
+            self.line(display, state, state.text())
 
-    def end(self, state: _JobState) -> None:
+    def milestone(self, display: _Display, state: _JobState, text: str) -> None:
+        self.line(display, state, text)
+
+    def ended(self, display: _Display, state: _JobState) -> None:
+        self._logged.pop(id(state), None)
         if state.outcome:
-            self.line(state, state.outcome)
+            self.line(display, state, state.outcome)
+        totals = display.totals()
+        if totals is not None:
+            self.line(display, None, totals)
 
-    def note(self, text: str, state: _JobState) -> None:
-        self.line(state, text)
-
-    def milestone(self, state: _JobState, text: str) -> None:
-        self.line(state, text)
-
-    def line(self, state: Optional[_JobState], text: str) -> None:
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
         label = state.label + ": " if state is not None and state.label else ""
         self.write("%s munsit: %s%s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), label, text))
 
 
-class _NotebookView(_View):
-    """One IPython display, updated in place (at most ten times a second)."""
+class _NotebookRenderer(_Renderer):
+    """One IPython display, updated in place: a row per job (a note shown
+    in its row until the job moves on), and a batch's totals."""
 
-    def __init__(self, out: Callable[[], TextIO]) -> None:
+    def __init__(self, out: Callable[[], TextIO], display: Callable[..., Any]) -> None:
         super().__init__(out)
+        self._display = display
         self._handle = None  # type: Any
-        self._last = 0.0
-        self._fallback = None  # type: Optional[_LogView]
+        self._notes = {}  # type: Dict[int, str]
 
-    def update(self, state: _JobState, important: bool) -> None:
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._show(state, state.text())
+    def draw(self, display: _Display, state: _JobState) -> None:
+        self._notes.pop(id(state), None)
+        self._show(display)
 
-    def end(self, state: _JobState) -> None:
-        self._show(state, state.text())
+    def line(self, display: _Display, state: Optional[_JobState], text: str) -> None:
+        if state is not None:
+            self._notes[id(state)] = text
+        self._show(display)
 
-    def note(self, text: str, state: _JobState) -> None:
-        self._show(state, text)
+    def ended(self, display: _Display, state: _JobState) -> None:
+        self.draw(display, state)
 
-    def _show(self, state: _JobState, text: str) -> None:
+    def close(self, display: _Display) -> None:
+        self._show(display)
+
+    def _show(self, display: _Display) -> None:
         import html
 
-        if self._fallback is not None:
-            self._fallback.line(state, text)
-            return
-        try:
-            display = importlib.import_module("IPython.display").display
-        except ImportError:  # mode="notebook" forced outside IPython
-            self._fallback = _LogView(self._out)
-            self._fallback.line(state, text)
-            return
-        url = state.url
-        body = '<span dir="auto">%s</span>' % html.escape(text)
-        # A link only to a plain http(s) URL: never javascript: or data:.
-        if url and state.outcome is not None and _is_web_url(url):
-            link = '<a href="%s" target="_blank" rel="noopener">%s</a>' % (
-                html.escape(url, quote=True),
-                html.escape(url),
+        rows, plain = [], []
+        for state in display.rows():
+            text = self._notes.get(id(state), state.text())
+            body = html.escape(text)
+            url = state.url
+            # A link only to a plain http(s) URL: never javascript: or data:.
+            if url and state.outcome is not None and _is_web_url(url):
+                link = '<a href="%s" target="_blank" rel="noopener">%s</a>' % (
+                    html.escape(url, quote=True),
+                    html.escape(url),
+                )
+                body = "done: " + link if state.kind == _DONE else body + " (%s)" % link
+            fraction = state.fraction()
+            progress = (
+                ""
+                if fraction is None
+                else '<progress value="%.1f" max="100" style="width: 16em; vertical-align: '
+                'middle"></progress>' % (100.0 * fraction)
             )
-            if state.outcome.startswith("done: "):
-                body = "done: " + link
-            else:
-                body += " (%s)" % link
-        label = '<b dir="auto">%s</b> ' % html.escape(state.label) if state.label else ""
-        pct = (
-            100.0 * state.sent / state.total
-            if state.phase in ("upload", "download") and state.total
-            else state.pct
+            rows.append(
+                '<tr><td dir="auto"><b>%s</b></td><td>%s</td><td dir="auto">%s</td>'
+                '<td style="color: gray">%s</td></tr>'
+                % (html.escape(state.label or ""), progress, body, html.escape(state.elapsed()))
+            )
+            parts = (state.label, self.bar(state), text, state.elapsed())
+            plain.append(" ".join(part for part in parts if part))
+        totals = display.totals()
+        markup = '<div style="font-family: monospace"><table>%s</table>%s</div>' % (
+            "".join(rows),
+            "" if totals is None else "<div>%s</div>" % html.escape(totals),
         )
-        markup = (
-            '<div style="font-family: monospace">%s'
-            '<progress value="%.1f" max="100" style="width: 16em; vertical-align: middle">'
-            '</progress> %s <span style="color: gray">%s</span></div>'
-            % (label, pct or 0.0, body, html.escape(state.elapsed()))
-        )
-        plain = " ".join(
-            part for part in (state.label, self.bar(state), text, state.elapsed()) if part
-        )
-        bundle = {"text/plain": plain, "text/html": markup}
+        if totals is not None:
+            plain.append(totals)
+        bundle = {"text/plain": "\n".join(plain), "text/html": markup}
         if self._handle is None:
-            self._handle = display(bundle, raw=True, display_id=True)
+            self._handle = self._display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
 
@@ -4748,13 +5212,6 @@ def _size(count: int) -> str:
 # --------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------
-
-
-def _transfer_callback(on_progress: Any) -> Optional[Callable[[int, Optional[int]], Any]]:
-    """A display's ``transfer`` method, or the callback itself."""
-    transfer = getattr(on_progress, "transfer", None)
-    chosen = transfer if callable(transfer) else on_progress
-    return cast(Optional[Callable[[int, Optional[int]], Any]], chosen)
 
 
 def _output_path(path: "Union[str, os.PathLike[str]]") -> str:
@@ -4949,20 +5406,16 @@ def _fetch(
                 return
             continue  # the server cannot resume: start again from zero
         except (TransportError, APIError) as exc:
-            if not _is_retryable(exc):
-                raise
             # Only bytes past the furthest point reached count as progress:
             # a server that always drops at the same offset gives up in time.
-            failures = 1 if body.furthest > furthest else failures + 1
-            if failures > policy.max_retries:
-                raise
-            doing = "resuming the download at byte %d" % body.received
-            _pause(
+            failures = policy._pause_after(
                 exc,
                 failures,
-                policy,
-                client.remaining(),
-                doing if body.received else "trying the download again",
+                client.deadline,
+                advanced=body.furthest > furthest,
+                doing="resuming the download at byte %d" % body.received
+                if body.received
+                else "trying the download again",
             )
 
 
@@ -4988,7 +5441,7 @@ def _fetch_once(
         status = response.status_code
         if status == 206 and resuming:
             if not _continues(response, body):
-                _close(response)
+                response.close()
                 _restart(out, body, report)
                 return False
         elif status == 200:
@@ -5002,7 +5455,7 @@ def _fetch_once(
             else:
                 body.validator = response.headers.get("Last-Modified") or None
         elif status == 416 and resuming:
-            _close(response)
+            response.close()
             _restart(out, body, report)
             return False
         elif status == 206:
@@ -5047,10 +5500,10 @@ def _fetch_once(
             )
         return True
     finally:
-        _close(response)
+        response.close()
 
 
-def _continues(response: requests.Response, body: _Body) -> bool:
+def _continues(response: _Exchange, body: _Body) -> bool:
     """Whether a 206 answer is the rest of the same file: its range starts
     where the file stopped, and its total and validator are the first
     answer's (a server that ignores If-Range must not splice two versions)."""
@@ -5097,7 +5550,7 @@ def _denoise_one(
     client: _Client,
     source: _Source,
     target: Optional[Tuple[str, str]],
-    on_progress: Any,
+    observer: _Observer,
     policy: RetryPolicy,
     options: _JobOptions,
     hooks: _Hooks,
@@ -5105,30 +5558,20 @@ def _denoise_one(
     """One file's pipeline: submit (or adopt), follow, save.  The one way a
     file is uploaded, followed and saved; the batch and the command line
     add to it through ``hooks``.  ``target`` is where to save the result
-    (the path to show, the file to write), if anywhere."""
-    finish = _finisher(on_progress)
-    upload = getattr(on_progress, "upload", None)
-    transfer = getattr(on_progress, "transfer", None)
+    (the path to show, the file to write), if anywhere; ``observer`` is
+    told each step."""
     job = hooks.known_id
     adopted = job is not None
     try:
         try:
             for attempt in range(2):
                 if job is None:
-                    submission = _submit(
-                        client,
-                        source,
-                        upload if callable(upload) else None,
-                        policy,
-                        options,
-                        hooks,
-                    )
+                    submission = _submit(client, source, observer.uploading, policy, options, hooks)
                     job, adopted = submission.denoise_id, submission.adopted
                     hooks.submitted(submission)
+                    observer.submitted(submission)
                 try:
-                    done = _follow(
-                        client, job, on_progress if callable(on_progress) else None, policy
-                    )
+                    done = _follow(client, job, observer.progress, policy)
                     break
                 except DenoiseFailedError:
                     if attempt or not adopted or not options.retry_failed:
@@ -5142,25 +5585,22 @@ def _denoise_one(
             if chosen is not None:
                 target = chosen
             if target is None:
-                if finish is not None:
-                    finish(done)
+                observer.ended(done)
                 return done
-            reached = getattr(on_progress, "_reached", None)
-            if callable(reached):
-                reached(done)
+            observer.done(done)
             try:
                 _save(
                     client,
                     done.url,
                     target[1],
-                    transfer if callable(transfer) else None,
+                    observer.downloading,
                     options.max_size,
                     policy,
                     sweep=not hooks.swept,
                 )
             except APIError as exc:
                 if adopted and job is not None and exc.status_code in (403, 404, 410):
-                    raise _result_gone(exc, job) from exc
+                    raise hooks.result_gone(exc, job) from exc
                 raise
         except MunsitError as exc:
             if job is not None:
@@ -5175,11 +5615,9 @@ def _denoise_one(
             saving.denoise_id = job
             raise saving from exc
     except BaseException as exc:
-        if finish is not None:
-            finish(exc)
+        observer.ended(exc)
         raise
-    if finish is not None:
-        finish("saved %s" % target[0])
+    observer.ended(_Outcome(_SAVED, _shown("saved %s" % target[0])))
     return done
 
 
@@ -5687,6 +6125,32 @@ def _import_lines(database: Any, lines: Iterable[bytes]) -> None:
                 _note_output(database, name, _content_id(database, key), values[1], at or 0.0)
 
 
+@contextlib.contextmanager
+def _batch_folder_held(target: Optional[str]) -> Iterator[None]:
+    """Hold the lock of the batch folder that ``target`` is saved in, if it
+    is one (its lock file is there), for as long as one file is denoised
+    into it: a batch running there raises BatchBusyError at once, before
+    anything is sent, and a batch started meanwhile exits as busy.  A
+    folder no batch used gets no lock file; no target, nothing to hold."""
+    if target is None:
+        yield
+        return
+    folder = os.path.dirname(target) or os.curdir
+    try:
+        handle = open(os.path.join(folder, _LOCK_NAME), "r+b")  # noqa: SIM115
+    except OSError:  # no batch's folder, or not ours to lock: nothing to keep
+        yield
+        return
+    with handle:
+        if not _lock_file(handle):
+            raise BatchBusyError(
+                "a batch is running in %s (its journal %s is locked): saving into it now "
+                "could replace a result the batch is writing; nothing was sent"
+                % (_printable(folder), JOURNAL_NAME)
+            )
+        yield
+
+
 def _lock_file(handle: Any) -> bool:
     """Take the OS's exclusive lock on an open file without waiting;
     whether it was free.  The OS drops it when the holder dies."""
@@ -5856,6 +6320,153 @@ def _parse_size(text: str) -> int:
     return int(float(number) * scale)
 
 
+# What a batch does with each input.  One planner decides it, for the run
+# and for --dry-run alike, so that the dry run cannot drift from the run.
+_SEND = "send"
+_LOOK_UP = "look up"
+_FOLLOW = "follow"
+_SKIP = "skip"
+_REFUSE = "refuse"
+_FAILED_JOB = "failed"  # its job failed earlier: not sent again unless asked
+_LATER = "later"
+
+
+class _Decision:
+    """One input's action: ``send`` (or ``look up`` first, an earlier
+    upload's answer lost), ``follow`` (its job is known: ``job``, or the
+    one an earlier input of the same content gets), ``skip`` (``output``
+    is saved already), or ``refuse``, ``failed`` or ``later`` (over the
+    run's caps), which end with ``error``.  ``state`` is what the journal
+    says of its content."""
+
+    __slots__ = ("action", "detail", "job", "output", "error", "state")
+
+    def __init__(
+        self,
+        action: str,
+        detail: str = "",
+        job: Optional[str] = None,
+        output: Optional[str] = None,
+        error: Optional[MunsitError] = None,
+        state: "Optional[_Progress]" = None,
+    ) -> None:
+        self.action = action
+        self.detail = detail
+        self.job = job
+        self.output = output
+        self.error = error
+        self.state = state
+
+    def result(self, path: str) -> FileResult:
+        """The input's result when the decision ends it (skip, refuse,
+        failed, later)."""
+        return FileResult(
+            path,
+            output=self.output,
+            denoise_id=self.job,
+            error=self.error,
+            skipped=self.action == _SKIP,
+        )
+
+
+class _Caps:
+    """What is left of a run's ``max_files`` and ``max_bytes``."""
+
+    def __init__(self, max_files: Optional[int], max_bytes: Optional[int]) -> None:
+        self._files = max_files
+        self._bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> Optional[str]:
+        """Count one upload of ``size`` bytes; or why it is over a cap."""
+        with self._lock:
+            if self._files is not None and self._files <= 0:
+                return "not sent: this run's max_files cap is reached"
+            if self._bytes is not None and size > self._bytes:
+                return "not sent: this run's max_bytes cap is reached"
+            if self._bytes is not None:
+                self._bytes -= size
+            if self._files is not None:
+                self._files -= 1
+            return None
+
+
+class _Planner:
+    """Decides each input's action from the journal (see :class:`_Decision`).
+
+    The run asks it under the content's lock, once any earlier input of the
+    same content has ended, so that the journal has that input's outcome;
+    the dry run asks it in input order.  Only the caps are counted at
+    different moments: the run reserves them right before an upload (an
+    adopted job costs nothing), the dry run when it plans one
+    (:meth:`admit`), since it cannot know what the account has."""
+
+    def __init__(self, journal: _JournalView, options: _JobOptions) -> None:
+        self._journal = journal
+        self._retry_failed = options.retry_failed
+        self._looks = options.tag and options.reuse
+        self._first = {}  # type: Dict[str, str]  # content key -> first input with it
+        self._lock = threading.Lock()
+
+    def decide(self, path: str, stem: str, content: "_Content") -> _Decision:
+        journal = self._journal
+        saved = journal.saved_output(content.key, stem)
+        if saved is not None:
+            shown = _short_path(saved[0])
+            return _Decision(_SKIP, "already saved as %s" % shown, saved[1], saved[0])
+        taken = journal.taken_output(content.key, stem)
+        if taken is not None:
+            # Last night's input of this name had other content: its result
+            # is paid for and must not be replaced.
+            return _Decision(
+                _REFUSE,
+                "%s holds another content's result: move it away first" % os.path.basename(taken),
+                error=ConfigurationError(
+                    "not sent: %s already holds the result of another file of this name, "
+                    "with other content; move that result away (or rename this input) and run "
+                    "again" % _short_path(taken)
+                ),
+            )
+        state = journal.state(content.key)
+        with self._lock:
+            first = self._first.setdefault(content.key, path)
+        if state is not None and state.failed is not None and not self._retry_failed:
+            error = DenoiseFailedError(state.failed)
+            error.denoise_id = state.denoise_id
+            detail = "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id
+            return _Decision(_FAILED_JOB, detail, state.denoise_id, error=error, state=state)
+        if state is not None and state.denoise_id is not None and state.failed is None:
+            detail = "job %s, submitted earlier: no upload" % state.denoise_id
+            return _Decision(_FOLLOW, detail, state.denoise_id, state=state)
+        if first != path:
+            # The run does this one once the first has ended: by then the
+            # journal has its job, or its result.
+            return _Decision(_FOLLOW, "same content as %s: one job for both" % first, state=state)
+        if state is not None and state.sent_at is not None and state.denoise_id is None:
+            detail = "sent by an earlier run without an answer: looked up first"
+            return _Decision(_LOOK_UP, detail, state=state)
+        detail = "unless the account has its job (looked for first)" if self._looks else ""
+        return _Decision(_SEND, detail, state=state)
+
+    @staticmethod
+    def refused(error: MunsitError) -> _Decision:
+        """The decision for an input that cannot be read or sent."""
+        return _Decision(_REFUSE, str(error), error=error)
+
+    @staticmethod
+    def admit(decision: _Decision, size: int, caps: _Caps) -> _Decision:
+        """``decision``, or ``later`` when the upload it plans is over the
+        caps (the dry run's count; the run's is right before its upload)."""
+        if decision.action not in (_SEND, _LOOK_UP):
+            return decision
+        why = caps.reserve(size)
+        if why is None:
+            return decision
+        return _Decision(
+            _LATER, "over this run's --max-files/--max-bytes", error=NotSubmittedError(why)
+        )
+
+
 class _Batch:
     """One run over a folder: the inputs, the journal, the workers."""
 
@@ -5879,7 +6490,7 @@ class _Batch:
         session: Optional[requests.Session] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
-        _Client(session=None, **settings).close()
+        _Client(session=None, policy=policy, **settings).close()
         #: The pool the workers share (a Client's), or None: one each.
         self.session = session
         self.inputs = inputs
@@ -5896,15 +6507,23 @@ class _Batch:
         # The workers' pauses end as soon as the run is stopped.
         self.policy = dataclasses.replace(policy, sleep=self._sleep)
         self._sleep_policy = policy
-        self._files_left = max_files
-        self._bytes_left = max_bytes
-        self._caps = threading.Lock()
+        self.caps = _Caps(max_files, max_bytes)
+        self._shared = threading.Lock()  # the realpath cache, the identities' locks
         self._identities = {}  # type: Dict[str, threading.Lock]
         self.gate = _Gate()
         self._clients = set()  # type: Set[_Client]
         self._clients_lock = threading.Lock()
         self.on_record = on_record
-        self.display = _BatchDisplay(on_progress, len(inputs), on_record)
+        self.on_progress = on_progress
+        #: The batch's display, when it is drawn (on_progress a ProgressBar).
+        self.display = None  # type: Optional[_Display]
+        if isinstance(on_progress, ProgressBar):
+            self.display = on_progress._display(len(inputs))
+        import queue
+
+        # The workers' results; what they give on their way out, once the
+        # run is stopped, is read by leftovers().
+        self._done = queue.Queue()  # type: queue.Queue[Optional[FileResult]]
         try:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
@@ -5922,6 +6541,7 @@ class _Batch:
                     "would pay for it again; save into another folder" % _printable(path)
                 )
         self.journal = _Journal(self.folder)
+        self.planner = _Planner(self.journal, options)
         #: What the journal noted of the inputs' files (--rehash: nothing).
         self._known = {}  # type: Dict[str, Tuple[str, str, List[_NamedOutput]]]
         _sweep_temporaries(self.folder)
@@ -5933,7 +6553,7 @@ class _Batch:
         import queue
 
         pending = queue.Queue()  # type: queue.Queue[Tuple[int, str, str]]
-        done = queue.Queue()  # type: queue.Queue[FileResult]
+        done = self._done
         workers = []  # type: List[threading.Thread]
         try:
             # The inputs the journal knows saved, by their stat, end here,
@@ -5974,6 +6594,21 @@ class _Batch:
         finally:
             self._shut_down(workers)
 
+    def leftovers(self) -> List[FileResult]:
+        """Once :meth:`results` was stopped (Ctrl-C, SIGTERM): the results
+        its workers gave on their way out, which it did not yield: the jobs
+        they were following, the files they had not sent."""
+        import queue
+
+        found = []  # type: List[FileResult]
+        while True:
+            try:
+                result = self._done.get_nowait()
+            except queue.Empty:
+                return found
+            if result is not None:
+                found.append(result)
+
     def _shut_down(self, workers: List[threading.Thread]) -> None:
         self.stop.set()
         with self._clients_lock:
@@ -5982,7 +6617,8 @@ class _Batch:
             client.abort()
         for worker in workers:
             worker.join(10)
-        self.display.close()
+        if self.display is not None:
+            self.display.close()
         self.journal.close()
 
     def _work(self, pending: "Any", done: "Any") -> None:
@@ -6011,12 +6647,12 @@ class _Batch:
 
     def _one(self, path: str, stem: str, session: requests.Session) -> FileResult:
         """Denoise one input, as the journal says it stands."""
-        entry = self.display.entry(os.path.basename(path), path)
+        entry = self._watch(path)
         try:
             self._check_time()
             real, status, known, saved = self._known_input(path, stem)
             if saved is not None:  # saved since the run began (the same content twice)
-                entry.finish("already saved as %s" % _short_path(saved[0]))
+                entry.ended(_already_saved(saved[0]))
                 return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
             source = _Source(path, self.check)
             try:
@@ -6030,7 +6666,7 @@ class _Batch:
             finally:
                 source.close()
         except DenoiseFailedError as exc:
-            entry.finish(exc)
+            entry.ended(exc)
             return FileResult(path, denoise_id=exc.denoise_id, error=exc)
         except (MunsitError, OSError) as exc:
             error = exc  # type: BaseException
@@ -6038,13 +6674,13 @@ class _Batch:
             if isinstance(exc, _Aborted):  # never shown as such: it is ours
                 error = NotSubmittedError("the run was stopped first")
                 if job is not None:
-                    error = TransportError("the run was stopped while the job was followed")
+                    error = _StoppedWhileFollowed("the run was stopped while the job was followed")
                     error.denoise_id = job
             if isinstance(exc, ProxyAuthenticationError):
                 # Each further file would be one more failed login at the
                 # company's directory: the files not yet begun wait.
                 self.held_back = "not sent: the proxy refused its login for another file"
-            entry.finish(error)
+            entry.ended(_Outcome.of(error, _kind_of(exc)))
             return FileResult(path, denoise_id=job, error=error)
 
     def _skipped(self, path: str, stem: str) -> Optional[FileResult]:
@@ -6053,8 +6689,7 @@ class _Batch:
         saved = self._known_input(path, stem)[3]
         if saved is None:
             return None
-        entry = self.display.entry(os.path.basename(path), path)
-        entry.finish("already saved as %s" % _short_path(saved[0]))
+        self._watch(path).ended(_already_saved(saved[0]))
         return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
 
     def _known_input(
@@ -6062,7 +6697,7 @@ class _Batch:
     ) -> "Tuple[str, Optional[os.stat_result], Optional[_Content], Optional[_SavedOutput]]":
         """(its real path, its stat, its content and saved output if the
         journal knows the file by that stat); --rehash knows nothing."""
-        with self._caps:
+        with self._shared:
             real = self._realpath(path)
         try:
             status = os.stat(real)
@@ -6077,16 +6712,6 @@ class _Batch:
                 return real, status, None, (output, job)
         return real, status, _content_of(noted[1]), None
 
-    def _saved_already(
-        self, path: str, stem: str, content: _Content, entry: "_BatchEntry"
-    ) -> Optional[FileResult]:
-        """The result for an input whose output is saved already, if it is."""
-        saved = self.journal.saved_output(content.key, stem)
-        if saved is None:
-            return None
-        entry.finish("already saved as %s" % _short_path(saved[0]))
-        return FileResult(path, output=saved[0], denoise_id=saved[1], skipped=True)
-
     def _check_time(self) -> None:
         """Raise if the run was stopped or its deadline passed."""
         if self.stop.is_set():
@@ -6095,7 +6720,7 @@ class _Batch:
             raise NotSubmittedError("not sent: the run's deadline passed first")
 
     def _identity_lock(self, key: str) -> threading.Lock:
-        with self._caps:
+        with self._shared:
             return self._identities.setdefault(key, threading.Lock())
 
     def _follow_through(
@@ -6105,33 +6730,28 @@ class _Batch:
         source: _Source,
         content: _Content,
         session: requests.Session,
-        entry: "_BatchEntry",
+        entry: _Observer,
     ) -> FileResult:
-        skipped = self._saved_already(path, stem, content, entry)
-        if skipped is not None:
-            return skipped
-        state = self.journal.state(content.key)
-        other = self.journal.taken_output(content.key, stem)
-        if other is not None:
-            # Last night's input of this name had other content: its result
-            # is paid for and must not be replaced.
-            raise ConfigurationError(
-                "not sent: %s already holds the result of another file of this name, with "
-                "other content; move that result away (or rename this input) and run again"
-                % _short_path(other)
+        decision = self.planner.decide(path, stem, content)
+        if decision.action == _REFUSE:
+            raise cast(MunsitError, decision.error)
+        if decision.action == _SKIP:
+            entry.ended(_already_saved(cast(str, decision.output)))
+            return decision.result(path)
+        if decision.action == _FAILED_JOB:
+            entry.ended(cast(MunsitError, decision.error))
+            return decision.result(path)
+        state, known = decision.state, decision.job
+        if self.on_record is not None:
+            records = _JsonLines(
+                self.on_record, os.path.basename(path), known, done=True, error=False
             )
-        known = state.denoise_id if state is not None else None
-        if state is not None and state.failed is not None and not self.options.retry_failed:
-            error = DenoiseFailedError(state.failed)
-            error.denoise_id = known
-            entry.finish(error)
-            return FileResult(path, denoise_id=known, error=error)
-        if state is not None and state.failed is not None:
-            known = None  # send it again, as asked
-        entry._job = known
-        hooks = _BatchHooks(self, path, stem, content, state, entry)
+            entry = _Observers(entry, records)
+        hooks = _BatchHooks(self, path, stem, content, state)
         hooks.known_id = known
-        client = _Client(session=session, deadline=self.deadline, **self.settings)
+        client = _Client(
+            session=session, deadline=self.deadline, policy=self.policy, **self.settings
+        )
         with self._clients_lock:
             self._clients.add(client)
         try:
@@ -6152,18 +6772,21 @@ class _Batch:
         )
         return FileResult(path, output=output, denoise_id=done.denoise_id)
 
+    def _watch(self, path: str) -> _Observer:
+        """An observer of one input: its row in the batch's display, or the
+        caller's ``on_progress(path, event)``."""
+        if self.display is not None:
+            return self.display.watch(_shown(os.path.basename(path)))
+        on_progress = self.on_progress
+        if on_progress is None:
+            return _Observer()
+        return _Callback(lambda event: on_progress(path, event), "progress")
+
     def _reserve(self, size: int) -> None:
         """Count a new upload against the run's caps, or raise."""
-        with self._caps:
-            if self._files_left is not None:
-                if self._files_left <= 0:
-                    raise NotSubmittedError("not sent: this run's max_files cap is reached")
-            if self._bytes_left is not None:
-                if size > self._bytes_left:
-                    raise NotSubmittedError("not sent: this run's max_bytes cap is reached")
-                self._bytes_left -= size
-            if self._files_left is not None:
-                self._files_left -= 1
+        why = self.caps.reserve(size)
+        if why is not None:
+            raise NotSubmittedError(why)
 
 
 class _BatchHooks(_Hooks):
@@ -6177,13 +6800,11 @@ class _BatchHooks(_Hooks):
         stem: str,
         content: _Content,
         state: "Optional[_Progress]",
-        entry: "_BatchEntry",
     ) -> None:
         self._batch = batch
         self._name = os.path.basename(path)
         self._stem = stem
         self._content = content
-        self._entry = entry
         self._reserved = False
         self.swept = True  # by the batch, as it began
         if state is not None:
@@ -6216,16 +6837,6 @@ class _BatchHooks(_Hooks):
 
     def submitted(self, submission: Submission) -> None:
         self._batch.journal.record("submitted", self._content, denoiseId=submission.denoise_id)
-        self._entry._job = submission.denoise_id
-        if self._batch.on_record is not None:
-            fields = {
-                "stage": "submitted",
-                "file": self._name,
-                "denoiseId": submission.denoise_id,
-            }  # type: Dict[str, Any]
-            if submission.adopted:
-                fields["adopted"] = True
-            self._batch.on_record(fields)
 
     def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
         output = os.path.join(self._batch.folder, self._stem + _result_extension(done.url))
@@ -6248,6 +6859,10 @@ def _remember_hashed(
     journal.remember(real, after, content)
 
 
+def _already_saved(output: str) -> _Outcome:
+    return _Outcome(_ALREADY_SAVED, _shown("already saved as %s" % _short_path(output)))
+
+
 def _short_path(path: str) -> str:
     """``path`` relative to the working folder when it is inside it: what a
     display has room for."""
@@ -6262,301 +6877,6 @@ def _short_path(path: str) -> str:
     except ValueError:  # another drive
         return path
     return path if relative.startswith(os.pardir) else relative
-
-
-class _BatchDisplay:
-    """A batch's display: a ProgressBar state for each file, drawn together
-    by one renderer (a block of lines in place on a terminal, prefixed
-    lines in a log, one table in a notebook), plus the totals."""
-
-    def __init__(
-        self,
-        on_progress: Any,
-        total: int,
-        on_record: Optional[Callable[[Dict[str, Any]], Any]] = None,
-    ) -> None:
-        self.on_record = on_record
-        self.lock = threading.RLock()
-        self.total = total
-        self.saved = 0
-        self.failed = 0
-        self.started = time.monotonic()
-        self._callback = None  # type: Optional[Callable[[str, ProcessingEvent], Any]]
-        self._renderer = None  # type: Optional[_BatchRenderer]
-        self._wording = _as_is  # type: Callable[[str], str]
-        if isinstance(on_progress, ProgressBar):
-            self._wording = on_progress._wording
-            renderers = {"terminal": _BatchTerminal, "log": _BatchLog, "notebook": _BatchNotebook}
-            self._renderer = renderers[on_progress.mode](on_progress._out, self)
-        elif callable(on_progress):
-            self._callback = on_progress
-
-    def entry(self, label: str, path: str) -> "_BatchEntry":
-        """The display of one file: a ProgressBar drawn as a row of this one."""
-        bar = _BatchEntry(label, path, self._callback, self.on_record)
-        bar._view = _BatchRow(self)
-        bar._wording = self._wording
-        return bar
-
-    def draw(self, state: _JobState, important: bool) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.update(state, important)
-
-    def line(self, state: _JobState, text: str) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.line(state, text)
-
-    def end(self, state: _JobState, ok: bool) -> None:
-        with self.lock:
-            if ok:
-                self.saved += 1
-            else:
-                self.failed += 1
-            if self._renderer is not None:
-                self._renderer.end(state)
-
-    def totals(self) -> str:
-        left = self.total - self.saved - self.failed
-        elapsed = "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
-        return "%d done, %d failed, %d left  %s" % (self.saved, self.failed, left, elapsed)
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            with self.lock:
-                self._renderer.close()
-
-
-class _BatchEntry(ProgressBar):
-    """One file's state in a batch; also hands its events to a callback,
-    and its steps to ``on_record`` (the command line's JSON lines)."""
-
-    def __init__(
-        self,
-        label: str,
-        path: str,
-        callback: Optional[Callable[[str, ProcessingEvent], Any]],
-        on_record: Optional[Callable[[Dict[str, Any]], Any]],
-    ) -> None:
-        super().__init__(mode="log", label=label)
-        self._path = path
-        self._callback = callback
-        self._on_record = on_record
-        self._job = None  # type: Optional[str]
-
-    def _record(self, fields: Dict[str, Any]) -> None:
-        if self._on_record is not None:
-            fields.update(file=os.path.basename(self._path), denoiseId=self._job)
-            self._on_record(fields)
-
-    def __call__(self, event: ProcessingEvent) -> None:
-        super().__call__(event)
-        self._record(event.to_dict())
-        if self._callback is not None:
-            self._callback(self._path, event)
-
-    def _reached(self, done: DoneEvent) -> None:
-        super()._reached(done)
-        self._record(done.to_dict())
-
-
-class _BatchRow(_View):
-    """A file's view: every change goes to the batch's display."""
-
-    def __init__(self, display: _BatchDisplay) -> None:
-        super().__init__(lambda: sys.stderr)
-        self._display = display
-
-    def update(self, state: _JobState, important: bool) -> None:
-        self._display.draw(state, important)
-
-    def end(self, state: _JobState) -> None:
-        outcome = state.outcome or ""
-        ok = outcome.startswith(("saved ", "already saved ", "done: "))
-        self._display.end(state, ok)
-
-    def note(self, text: str, state: _JobState) -> None:
-        self._display.line(state, text)
-
-    def milestone(self, state: _JobState, text: str) -> None:
-        self._display.line(state, text)
-
-
-class _BatchRenderer(_View):
-    """How a batch is drawn on one stream (under the display's lock)."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out)
-        self.display = display
-
-    def line(self, state: _JobState, text: str) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _BatchTerminal(_BatchRenderer):
-    """The files in flight, a line each, and the totals under them, redrawn
-    in place at most ten times a second; a finished file's line stays above."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._live = []  # type: List[_JobState]
-        self._drawn = 0  # lines of the block now on screen
-        self._last = 0.0
-
-    def update(self, state: _JobState, important: bool) -> None:
-        if state not in self._live:
-            self._live.append(state)
-            important = True
-        now = time.monotonic()
-        if important or now - self._last >= 0.1:
-            self._last = now
-            self._redraw()
-
-    def end(self, state: _JobState) -> None:
-        if state in self._live:
-            self._live.remove(state)
-        self._redraw(above=self._row(state, state.outcome or ""))
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._redraw(above=self._row(state, text))
-
-    def close(self) -> None:
-        self._live = []
-        self._redraw()
-
-    def _row(self, state: _JobState, text: str) -> str:
-        columns = self._columns() - 1
-        label = "%s  " % state.label if state.label else ""
-        bar = self.bar(state) if state.outcome is None else ""
-        body = _encodable(self._out(), "%s%s%s" % (label, bar + " " if bar else "", text))
-        return _fit(body, columns)[0]
-
-    def _redraw(self, above: Optional[str] = None) -> None:
-        # Up to the block's first line, clear to the end of the screen, and
-        # write it again: rows never wrap, so the count of lines is exact.
-        text = "\x1b[%dF\x1b[J" % self._drawn if self._drawn else "\r\x1b[J"
-        if above is not None:
-            text += above + "\n"
-        rows = [self._row(state, state.text()) for state in self._live[:20]]
-        if len(self._live) > 20:
-            rows.append("... and %d more in flight" % (len(self._live) - 20))
-        if self._live or self.display.saved or self.display.failed:
-            rows.append(_fit(self.display.totals(), self._columns() - 1)[0])
-        self._drawn = len(rows)
-        self.write(text + "".join(row + "\n" for row in rows))
-
-    def _columns(self) -> int:
-        try:
-            columns = os.get_terminal_size(self._out().fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-        return columns or shutil.get_terminal_size((80, 24)).columns
-
-
-class _BatchLog(_BatchRenderer):
-    """Timestamped lines, each prefixed with its file's name, throttled per
-    file as a single job's log is; the totals when a file ends."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._files = {}  # type: Dict[int, _LogView]
-
-    def _view(self, state: _JobState) -> _LogView:
-        view = self._files.get(id(state))
-        if view is None:
-            view = self._files[id(state)] = _LogView(self._out)
-        return view
-
-    def update(self, state: _JobState, important: bool) -> None:
-        view = self._view(state)
-        if view.phase_of != state.phase:
-            view.phase_of = state.phase
-            view.restart()
-        view.update(state, important)
-
-    def end(self, state: _JobState) -> None:
-        view = self._files.pop(id(state), None) or _LogView(self._out)
-        if state.outcome:
-            view.line(state, state.outcome)
-        view.line(None, self.display.totals())
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._view(state).line(state, text)
-
-    def close(self) -> None:
-        self._files.clear()
-
-
-class _BatchNotebook(_BatchRenderer):
-    """One IPython display: a row per file in flight, and the totals."""
-
-    def __init__(self, out: Callable[[], TextIO], display: _BatchDisplay) -> None:
-        super().__init__(out, display)
-        self._live = []  # type: List[_JobState]
-        self._ended = []  # type: List[_JobState]
-        self._handle = None  # type: Any
-        self._last = 0.0
-
-    def update(self, state: _JobState, important: bool) -> None:
-        if state not in self._live:
-            self._live.append(state)
-        now = time.monotonic()
-        if important or now - self._last >= 0.2:
-            self._last = now
-            self._show()
-
-    def end(self, state: _JobState) -> None:
-        if state in self._live:
-            self._live.remove(state)
-        self._ended.append(state)
-        self._show()
-
-    def line(self, state: _JobState, text: str) -> None:
-        self._show()
-
-    def close(self) -> None:
-        self._live = []
-        self._show()
-
-    def _show(self) -> None:
-        import html
-
-        try:
-            display = importlib.import_module("IPython.display").display
-        except ImportError:
-            return
-        rows = []
-        for state in self._live + self._ended[-50:]:
-            if state.phase in ("upload", "download") and state.total:
-                pct = 100.0 * state.sent / state.total
-            else:
-                pct = state.pct or 0.0
-            rows.append(
-                '<tr><td dir="auto">%s</td><td><progress value="%.1f" max="100"></progress></td>'
-                '<td dir="auto">%s</td></tr>'
-                % (
-                    html.escape(state.label or ""),
-                    100.0 if state.outcome else pct,
-                    html.escape(state.text()),
-                )
-            )
-        markup = '<div style="font-family: monospace"><table>%s</table><div>%s</div></div>' % (
-            "".join(rows),
-            html.escape(self.display.totals()),
-        )
-        plain = "\n".join(
-            ["%s  %s" % (state.label, state.text()) for state in self._live]
-            + [self.display.totals()]
-        )
-        bundle = {"text/plain": plain, "text/html": markup}
-        if self._handle is None:
-            self._handle = display(bundle, raw=True, display_id=True)
-        else:
-            self._handle.update(bundle, raw=True)
 
 
 # --------------------------------------------------------------------------
@@ -7428,9 +7748,6 @@ class _Console:
                 traceback.print_exc(file=sys.stderr)
         self.err("error: " + text)
 
-    def json(self, event: Event) -> None:
-        self.record(event.to_dict())
-
     def record(self, fields: Mapping[str, Any]) -> None:
         """One JSON object on its own line of stdout, secrets redacted."""
         self.out(
@@ -7491,15 +7808,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         api_key = _cli_key(args)
         return _follow_job(args, console, args.denoise_id, api_key, args.base_url, bar)
 
-    bar = None if args.quiet else _cli_bar()
+    bar = _cli_bar(args)
     return _run_command(args, console, bar, run)
-
-
-def _cli_bar() -> ProgressBar:
-    """The command line's progress display, worded with its flags."""
-    bar = ProgressBar()
-    bar._wording = _cli_text
-    return bar
 
 
 def _run_command(
@@ -7754,7 +8064,7 @@ def _main_command(command: str, argv: List[str]) -> int:
         args.output is not None
         and (os.path.isdir(args.output) or args.output.endswith(("/", os.sep)))
     )
-    bar = None if args.quiet else _cli_bar()
+    bar = _cli_bar(args)
     if many:
         if args.output is None:
             return _usage(parser, "several files need -o DIR, the folder to save them in")
@@ -7815,50 +8125,11 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
     path = args.files[0]
     name = os.path.basename(path)
 
-    class Reporter:
-        """The display, and the JSON lines on stdout with --json."""
-
-        job = None  # type: Optional[str]
-
-        def __call__(self, event: ProcessingEvent) -> None:
-            if args.json:
-                console.record(dict(event.to_dict(), file=name, denoiseId=self.job))
-            if bar is not None:
-                bar(event)
-
-        def upload(self, sent: int, total: Optional[int]) -> None:
-            if bar is not None:
-                bar.upload(sent, total)
-
-        def transfer(self, received: int, total: Optional[int]) -> None:
-            if bar is not None:
-                bar.transfer(received, total)
-
-        def _reached(self, done: DoneEvent) -> None:
-            if bar is not None:
-                bar._reached(done)
-
-        def finish(self, outcome: Any) -> None:
-            if bar is not None:
-                bar.finish(outcome)
-
-    reporter = Reporter()
-
-    class Hooks(_Hooks):
-        def submitted(self, submission: Submission) -> None:
-            reporter.job = submission.denoise_id
-            if submission.adopted:
-                console.note(
-                    "%s: found its job %s (sent earlier): not sent again"
-                    % (name, submission.denoise_id)
-                )
-            else:
-                console.note("%s: submitted as job %s" % (name, submission.denoise_id))
-            if args.json:
-                fields = {"stage": "submitted", "file": name, "denoiseId": submission.denoise_id}
-                if submission.adopted:
-                    fields["adopted"] = True
-                console.record(fields)
+    # The display and --json's lines both watch the job.
+    watchers = [] if bar is None else [bar._watch]  # type: List[_Observer]
+    if args.json:
+        watchers.append(_JsonLines(console.record, name, done=False, error=True))
+    observer = _Observers(*watchers)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
         policy = RetryPolicy()
@@ -7868,6 +8139,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
             base_url,
             None,
             deadline=_deadline(args.timeout, policy.clock),
+            policy=policy,
             allow_http=args.allow_http,
         ) as client:
             target = None  # type: Optional[Tuple[str, str]]
@@ -7875,18 +8147,8 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
                 target = (args.output, _output_path(args.output))
             source = _Source(path, not args.no_check)
             try:
-                done = _denoise_one(client, source, target, reporter, policy, options, Hooks())
-            except DenoiseFailedError as exc:
-                if args.json:
-                    console.record(
-                        {
-                            "stage": "error",
-                            "message": exc.message,
-                            "file": name,
-                            "denoiseId": reporter.job or exc.denoise_id,
-                        }
-                    )
-                raise
+                with _batch_folder_held(None if target is None else target[1]):
+                    done = _denoise_one(client, source, target, observer, policy, options, _Hooks())
             finally:
                 source.close()
         if args.json:
@@ -7941,6 +8203,8 @@ def _outcome(result: FileResult) -> Tuple[int, str]:
     status = _exit_status(error) if isinstance(error, MunsitError) else EXIT_GAVE_UP
     if isinstance(error, NotSubmittedError):
         return status, "not sent yet"
+    if isinstance(error, _StoppedWhileFollowed):
+        return status, "pending"
     return status, dict(_OUTCOMES).get(status, "gave up")
 
 
@@ -7965,33 +8229,80 @@ def _batch_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -> 
             console.record(fields)
 
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
+        policy = RetryPolicy()
         batch = _Batch(
             inputs,
             args.output,
             concurrency=args.jobs,
-            deadline=_deadline(args.timeout, time.monotonic),
+            deadline=_deadline(args.timeout, policy.clock),
             on_progress=bar,
             settings=dict(api_key=api_key, base_url=base_url, allow_http=args.allow_http),
             check=not args.no_check,
             max_files=args.max_files,
             max_bytes=args.max_bytes,
             options=_cli_options(args),
-            policy=RetryPolicy(),
+            policy=policy,
             on_record=record,
             rehash=args.rehash,
             realpath=realpath,
         )
         finished = {}  # type: Dict[str, FileResult]
-        for result in batch.results():
-            finished[result.path] = result
-        results = [
-            finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
-            for path, _ in inputs
-        ]
+        try:
+            for result in batch.results():
+                finished[result.path] = result
+        except KeyboardInterrupt:
+            return _batch_stopped(args, console, batch, inputs, finished)
+        results = _in_order(inputs, finished)
         _batch_report(args, console, results)
+        _failed_hint(console, results)
         return _batch_status(results)
 
     return _with_api(args, console, run)
+
+
+def _batch_stopped(
+    args: Any,
+    console: _Console,
+    batch: _Batch,
+    inputs: List[Tuple[str, str]],
+    finished: Dict[str, FileResult],
+) -> int:
+    """A batch stopped by Ctrl-C or SIGTERM: what is saved, what is pending
+    and under which job, and that a rerun finishes it."""
+    for result in batch.leftovers():
+        finished.setdefault(result.path, result)
+    _batch_report(args, console, _in_order(inputs, finished))
+    console.error(
+        "interrupted; run the same command again to finish: what is saved is kept, "
+        "and the jobs pending are followed, not sent again"
+    )
+    return EXIT_INTERRUPTED
+
+
+def _in_order(inputs: List[Tuple[str, str]], finished: Dict[str, FileResult]) -> List[FileResult]:
+    """Each input's result, in the order given (one never reached: not
+    sent)."""
+    return [
+        finished.get(path) or FileResult(path, error=NotSubmittedError("not reached"))
+        for path, _ in inputs
+    ]
+
+
+def _failed_hint(console: _Console, results: List[FileResult]) -> None:
+    """After a batch, the way to send again the files whose job failed on
+    the server: following those jobs would only replay their error."""
+    failed = [
+        os.path.basename(result.path)
+        for result in results
+        if isinstance(result.error, DenoiseFailedError)
+    ]
+    if not failed:
+        return
+    shown = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+    console.note(
+        "%d file(s) failed on the server (%s): following their jobs only replays the error; "
+        "--retry-failed sends them again, each as a new job" % (len(failed), shown)
+    )
 
 
 def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> None:
@@ -8030,73 +8341,54 @@ def _batch_report(args: Any, console: _Console, results: List[FileResult]) -> No
 
 def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int:
     """What a batch would do, from the journal, without sending anything
-    (nor taking the folder's lock: another run may be using it)."""
+    (nor taking the folder's lock: another run may be using it).  Exits as
+    the run would for what the journal decides: 2 when an input would be
+    refused, 1 when a job failed earlier (without --retry-failed); what
+    the caps hold back is planned, not an error."""
     folder = os.path.abspath(args.output)
     journal = _JournalView.reading(folder)
     try:
-        return _dry_run_with(args, console, inputs, journal)
+        planned = _dry_run_plan(args, inputs, journal)
     finally:
         journal.close()
+    _dry_run_table(console, planned)
+    return _batch_status(
+        [
+            FileResult(path, error=decision.error)
+            for decision, _, path in planned
+            if decision.action != _LATER
+        ]
+    )
 
 
-def _dry_run_with(
-    args: Any, console: _Console, inputs: List[Tuple[str, str]], journal: _JournalView
-) -> int:
-    files_left = args.max_files
-    bytes_left = args.max_bytes
+def _dry_run_plan(
+    args: Any, inputs: List[Tuple[str, str]], journal: _JournalView
+) -> List[Tuple[_Decision, Optional[int], str]]:
+    """Each input's decision, its size if known, and its path."""
+    planner = _Planner(journal, _cli_options(args))
+    caps = _Caps(args.max_files, args.max_bytes)
+    realpath = _RealPaths()
+    planned = []  # type: List[Tuple[_Decision, Optional[int], str]]
+    for path, stem in inputs:
+        content = _dry_run_content(journal, path, args, realpath)
+        if isinstance(content, ConfigurationError):
+            planned.append((planner.refused(content), None, path))
+            continue
+        decision = planner.admit(planner.decide(path, stem, content), content.size, caps)
+        planned.append((decision, content.size, path))
+    return planned
+
+
+def _dry_run_table(console: _Console, planned: List[Tuple[_Decision, Optional[int], str]]) -> None:
+    """The dry run's table, then the line that sums it up."""
     rows = [("ACTION", "SIZE", "FILE", "")]
     counts = {}  # type: Dict[str, int]
-    planned = {}  # type: Dict[str, str]  # identity -> the first input with it
-    realpath = _RealPaths()
     to_send = 0
-    for path, stem in inputs:
-        identity = _dry_run_content(journal, path, args, realpath)
-        if isinstance(identity, ConfigurationError):
-            rows.append(("refuse", "-", path, str(identity)))
-            counts["refuse"] = counts.get("refuse", 0) + 1
-            continue
-        state = journal.state(identity.key)
-        detail = ""
-        found = journal.saved_output(identity.key, stem)
-        saved = found[0] if found is not None else None
-        taken = journal.taken_output(identity.key, stem) if saved is None else None
-        first = planned.setdefault(identity.key, path)
-        if saved is not None:
-            action, detail = "skip", "already saved as %s" % os.path.basename(saved)
-        elif taken is not None:
-            action, detail = (
-                "refuse",
-                "%s holds another content's result: move it away first" % os.path.basename(taken),
-            )
-        elif first != path:
-            action, detail = "follow", "same content as %s: one job for both" % first
-        elif state is not None and state.failed is not None and not args.retry_failed:
-            action, detail = (
-                "failed",
-                "job %s failed earlier (--retry-failed sends it again)" % state.denoise_id,
-            )
-        elif state is not None and state.denoise_id is not None and state.failed is None:
-            action, detail = "follow", "job %s, submitted earlier: no upload" % state.denoise_id
-        else:
-            looked = state is not None and state.sent_at is not None and state.denoise_id is None
-            fits = (files_left is None or files_left > 0) and (
-                bytes_left is None or identity.size <= bytes_left
-            )
-            if not fits:
-                action, detail = "later", "over this run's --max-files/--max-bytes"
-            else:
-                action = "look up" if looked else "send"
-                if looked:
-                    detail = "sent by an earlier run without an answer: looked up first"
-                elif not args.no_tag and not args.no_reuse:
-                    detail = "unless the account has its job (looked for first)"
-                to_send += identity.size
-                if files_left is not None:
-                    files_left -= 1
-                if bytes_left is not None:
-                    bytes_left -= identity.size
-        counts[action] = counts.get(action, 0) + 1
-        rows.append((action, _size(identity.size), path, detail))
+    for decision, size, path in planned:
+        rows.append((decision.action, "-" if size is None else _size(size), path, decision.detail))
+        counts[decision.action] = counts.get(decision.action, 0) + 1
+        if decision.action in (_SEND, _LOOK_UP):
+            to_send += size or 0
     widths = [max(len(_printable(row[column])) for row in rows) for column in range(3)]
     for row in rows:
         cells = [_printable(cell) for cell in row]
@@ -8106,12 +8398,11 @@ def _dry_run_with(
     console.out(
         "would send %d file(s), %s; %s"
         % (
-            counts.get("send", 0) + counts.get("look up", 0),
+            counts.get(_SEND, 0) + counts.get(_LOOK_UP, 0),
             _size(to_send),
             ", ".join("%s %d" % (action, count) for action, count in sorted(counts.items())),
         )
     )
-    return EXIT_OK
 
 
 def _dry_run_content(
@@ -8282,6 +8573,16 @@ def _usage(parser: "argparse.ArgumentParser", text: str) -> int:
     return EXIT_USAGE
 
 
+def _cli_bar(args: Any) -> Optional[ProgressBar]:
+    """The command line's display of one job, unless ``--quiet``."""
+    if args.quiet:
+        return None
+    bar = ProgressBar()
+    bar._watch.shows_errors = False  # the error line says it, once
+    bar._wording = _cli_text  # its flags, not Python's parameters
+    return bar
+
+
 def _end_display(bar: Optional[ProgressBar]) -> None:
     """End the progress line; the error line that follows says the rest."""
     if bar is not None:
@@ -8306,6 +8607,23 @@ class _NoteHandler(logging.Handler):
             self._bar.note("munsit-progress: " + text)
 
 
+class _FollowHooks(_Hooks):
+    """``munsit-progress DENOISE_ID``'s part in the pipeline: the job, and
+    its URL on stdout before its result is saved."""
+
+    def __init__(self, job: str, args: Any, console: _Console) -> None:
+        self.known_id = job
+        self._json = args.json
+        self._console = console
+
+    def output_for(self, done: DoneEvent) -> Optional[Tuple[str, str]]:
+        self._console.result(done, self._json)
+        return None
+
+    def result_gone(self, error: APIError, job: str) -> APIError:
+        return error  # named by the caller: not one found for a file
+
+
 def _follow_job(
     args: Any,
     console: _Console,
@@ -8314,37 +8632,38 @@ def _follow_job(
     base_url: Optional[str],
     bar: Optional[ProgressBar],
 ) -> int:
-    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save."""
-    started = time.monotonic()
-
-    def on_progress(event: ProcessingEvent) -> None:
-        if args.json:
-            console.json(event)
-        if bar is not None:
-            bar(event)
-
-    try:
-        done = wait(
-            job, on_progress=on_progress, timeout=args.timeout, api_key=api_key, base_url=base_url
-        )
-    except DenoiseFailedError as exc:
-        if args.json:
-            console.json(ErrorEvent(exc.message))
-        raise
-    if bar is not None:
-        bar.finish(done)
-    console.result(done, args.json)
+    """``munsit-progress DENOISE_ID``: follow, print the URL, maybe save.
+    The one-file pipeline, from a known job: one deadline, one session."""
+    policy = RetryPolicy()
+    watchers = [] if bar is None else [bar._watch]  # type: List[_Observer]
+    if args.json:
+        watchers.append(_JsonLines(console.record, done=False, error=True))
+    target = None  # type: Optional[Tuple[str, str]]
     if args.output is not None:
-        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
-        download(
-            done,
-            args.output,
-            api_key=api_key,
-            base_url=base_url,
-            timeout=remaining,
-            on_progress=bar,
-            allow_http=args.allow_http,
-        )
+        target = (args.output, _output_path(args.output))
+    with _Client(
+        api_key,
+        base_url,
+        None,
+        deadline=_deadline(args.timeout, policy.clock),
+        policy=policy,
+        allow_http=args.allow_http,
+    ) as client, _batch_folder_held(None if target is None else target[1]):
+        try:
+            _denoise_one(
+                client,
+                _NoFile(job),
+                target,
+                _Observers(*watchers),
+                policy,
+                _JobOptions(),
+                _FollowHooks(job, args, console),
+            )
+        except DenoiseFailedError:
+            raise  # its note says how to send the file again
+        except MunsitError as exc:
+            exc._job_noted = False  # the job is the one the command names
+            raise
     return EXIT_OK
 
 
@@ -8457,7 +8776,7 @@ def _exit_status(exc: MunsitError) -> int:
     if isinstance(exc, (WaitTimeoutError, TransportError, SaveError)):
         return EXIT_GAVE_UP
     if isinstance(exc, APIError):
-        return EXIT_GAVE_UP if _is_retryable(exc) else EXIT_REJECTED
+        return EXIT_GAVE_UP if RetryPolicy._retryable(exc) else EXIT_REJECTED
     return EXIT_PROTOCOL
 
 

@@ -32,6 +32,7 @@ import zlib
 
 import pytest
 import requests
+import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1350,6 +1351,265 @@ def test_clock_and_sleep_of_the_policy_are_used(server):
     server.serve(error_response(500), error_response(500), stream(DONE))
     assert wait_on(server, retry=policy) == EXPECTED_DONE
     assert sleeps == [2.0, 4.0]
+
+
+# Deadlines and retries on a fake clock: no socket (a session that answers
+# from a script), no sleep (the policy's sleep moves the clock).
+
+
+class FakeClock:
+    """A clock that moves only when slept on, or when a scripted request
+    takes its time."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def fake_policy(clock, **kwargs):
+    kwargs.setdefault("backoff_base", 1.0)
+    kwargs.setdefault("backoff_max", 100.0)
+    return RetryPolicy(jitter=False, clock=clock, sleep=clock.sleep, **kwargs)
+
+
+class ScriptEnded(BaseException):
+    """More requests than scripted: not an error the module would retry."""
+
+
+class ScriptedSession(requests.Session):
+    """A session that answers each request from ``script`` (status, headers,
+    body), never opening a socket; each request takes ``cost`` seconds of
+    the fake clock.  A request body is read whole, as a connection would."""
+
+    def __init__(self, clock, script, cost=0.0):
+        super().__init__()
+        self.trust_env = False  # no proxy from the environment
+        self.clock = clock
+        self.script = list(script)
+        self.cost = cost
+        self.requests = []  # (clock reading, method, url, headers)
+
+    def request(self, method, url, headers=None, data=None, **kwargs):
+        self.requests.append((self.clock.now, method, url, dict(headers or {})))
+        if data is not None:
+            while data.read(1 << 20):
+                pass
+        self.clock.now += self.cost
+        if not self.script:
+            raise ScriptEnded("request %d was not scripted" % len(self.requests))
+        status, answer_headers, body = self.script.pop(0)
+        response = requests.Response()
+        response.status_code = status
+        response.reason = "Scripted"
+        response.headers = requests.structures.CaseInsensitiveDict(answer_headers)
+        response.raw = urllib3.HTTPResponse(
+            body=io.BytesIO(body),
+            headers=answer_headers,
+            status=status,
+            preload_content=False,
+            decode_content=False,
+        )
+        response.url = url
+        return response
+
+
+SCRIPTED_URL = "https://munsit.test/api/v1"
+UNAVAILABLE = (503, {"Content-Type": "application/json"}, b'{"message": "busy"}')
+NO_JOBS = (200, {"Content-Type": "application/json"}, b"[]")
+
+
+def throttled(seconds):
+    return (429, {"Retry-After": str(seconds)}, b"")
+
+
+def scripted_list(clock, script, **kwargs):
+    """list_jobs() through a ScriptedSession, kept as scripted_list.session."""
+    session = ScriptedSession(clock, script, kwargs.pop("cost", 0.0))
+    scripted_list.session = session
+    kwargs.setdefault("retry", fake_policy(clock))
+    return mp.list_jobs(api_key=KEY, base_url=SCRIPTED_URL, session=session, **kwargs)
+
+
+def test_fake_clock_max_retries_failures_then_the_last_error():
+    clock = FakeClock()
+    with pytest.raises(APIError) as info:
+        scripted_list(clock, [UNAVAILABLE] * 5, retry=fake_policy(clock, max_retries=3))
+    assert info.value.status_code == 503
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert len(scripted_list.session.requests) == 4
+
+
+def test_fake_clock_retries_until_an_answer_within_the_count():
+    clock = FakeClock()
+    jobs = scripted_list(clock, [UNAVAILABLE, UNAVAILABLE, NO_JOBS])
+    assert jobs == [] and clock.sleeps == [1.0, 2.0]
+
+
+def test_fake_clock_the_deadline_passing_between_retries_ends_the_call():
+    # Each request takes 1.5 s: the first fails at 1.5, the pause of 1 s
+    # fits before the deadline at 3, the second answer comes at 4.0, past it.
+    clock = FakeClock()
+    start = clock.now
+    with pytest.raises(WaitTimeoutError, match="while waiting for the answer"):
+        scripted_list(clock, [UNAVAILABLE, UNAVAILABLE], timeout=3.0, cost=1.5)
+    assert [at - start for at, *_ in scripted_list.session.requests] == [0.0, 2.5]
+    assert clock.sleeps == [1.0]
+
+
+def test_fake_clock_a_pause_that_would_pass_the_deadline_is_not_slept():
+    clock = FakeClock()
+    with pytest.raises(WaitTimeoutError, match="would pass before the next attempt") as info:
+        scripted_list(clock, [UNAVAILABLE] * 3, timeout=2.5)
+    assert clock.sleeps == [1.0]  # the second pause, 2 s, would end at 3
+    assert isinstance(info.value.__cause__, APIError)
+
+
+def test_fake_clock_retry_after_longer_than_the_deadline_gives_up_at_once():
+    clock = FakeClock()
+    with pytest.raises(WaitTimeoutError):
+        scripted_list(clock, [throttled(30), NO_JOBS], timeout=20.0)
+    assert clock.sleeps == [] and len(scripted_list.session.requests) == 1
+
+
+def test_fake_clock_retry_after_is_obeyed_within_the_deadline_and_the_policy():
+    clock = FakeClock()
+    assert scripted_list(clock, [throttled(30), NO_JOBS], timeout=40.0) == []
+    assert clock.sleeps == [30.0]
+    # Longer than the policy waits: the 429 itself, at once.
+    clock = FakeClock()
+    with pytest.raises(APIError) as info:
+        scripted_list(clock, [throttled(30)], retry=fake_policy(clock, max_retry_after=10))
+    assert info.value.status_code == 429 and clock.sleeps == []
+
+
+def sse_answer(*events):
+    return (200, {"Content-Type": "text/event-stream"}, b"".join(events))
+
+
+def scripted_wait(clock, script, **kwargs):
+    """wait() through a ScriptedSession, kept as scripted_wait.session."""
+    session = ScriptedSession(clock, script)
+    scripted_wait.session = session
+    kwargs.setdefault("retry", fake_policy(clock))
+    return wait(JOB, api_key=KEY, base_url=SCRIPTED_URL, session=session, **kwargs)
+
+
+def test_fake_clock_a_connection_that_advanced_resets_the_failure_count():
+    # max_retries=1, and four drops in a row: each connection brought news,
+    # so each pause is the first one's.
+    clock = FakeClock()
+    script = [sse_answer(processing(pct)) for pct in (10, 20, 30, 40)] + [sse_answer(DONE)]
+    done = scripted_wait(clock, script, retry=fake_policy(clock, max_retries=1))
+    assert done == EXPECTED_DONE and clock.sleeps == [1.0] * 4
+    # The same drops replaying one event: the count grows, and ends it.
+    clock = FakeClock()
+    script = [sse_answer(processing(10))] * 4 + [sse_answer(DONE)]
+    with pytest.raises(TransportError):
+        scripted_wait(clock, script, retry=fake_policy(clock, max_retries=1))
+    assert clock.sleeps == [1.0] and len(scripted_wait.session.requests) == 2
+
+
+def test_fake_clock_a_download_that_got_further_resets_the_failure_count(tmp_path):
+    # A 90-byte result that comes 30 bytes per connection: two drops, each
+    # past the furthest byte reached, under max_retries=1.
+    clock = FakeClock()
+    data = bytes(range(90))
+    headers = {"ETag": '"v1"', "Content-Length": "90"}
+    script = [(200, headers, data[:30])]
+    for start in (30, 60):
+        end = start + 30
+        script.append(
+            (
+                206,
+                {"ETag": '"v1"', "Content-Range": "bytes %d-89/90" % start},
+                data[start:end],
+            )
+        )
+    session = ScriptedSession(clock, script)
+    target = str(tmp_path / "out.wav")
+    mp.download(
+        EXPECTED_DONE,
+        target,
+        api_key=KEY,
+        base_url=SCRIPTED_URL,
+        session=session,
+        retry=fake_policy(clock, max_retries=1),
+    )
+    with open(target, "rb") as saved:
+        assert saved.read() == data
+    assert clock.sleeps == [1.0, 1.0]
+    assert [r[3].get("Range") for r in session.requests] == [None, "bytes=30-", "bytes=60-"]
+
+
+def test_fake_clock_a_throttled_upload_gives_the_lock_back_during_the_pause(tmp_path):
+    clock = FakeClock()
+    held = []
+    events = []
+
+    class Lock:
+        def __init__(self, key):
+            pass
+
+        def __enter__(self):
+            held.append(True)
+            events.append(("take", clock.now))
+
+        def __exit__(self, *exc_info):
+            held.pop()
+            events.append(("give", clock.now))
+
+    def sleep(seconds):
+        assert not held, "slept with the lock held"
+        clock.sleep(seconds)
+
+    (tmp_path / "a.wav").write_bytes(b"clip" * 50)
+    answer = json.dumps({"denoiseId": JOB, "jobId": "j-1"}).encode()
+    # The look before each attempt (an empty account), the 429, the look
+    # again, the upload taken.
+    script = [NO_JOBS, throttled(7), NO_JOBS, (200, {}, answer), NO_JOBS]
+    session = ScriptedSession(clock, script)
+    policy = dataclasses.replace(fake_policy(clock), sleep=sleep)
+    job = mp.submit(
+        str(tmp_path / "a.wav"),
+        api_key=KEY,
+        base_url=SCRIPTED_URL,
+        session=session,
+        check=False,
+        lock=Lock,
+        retry=policy,
+    )
+    assert job.denoise_id == JOB and clock.sleeps == [7.0]
+    start = session.requests[0][0]
+    assert [(what, at - start) for what, at in events] == [
+        ("take", 0.0),
+        ("give", 0.0),
+        ("take", 7.0),
+        ("give", 7.0),
+    ]
+    assert [method for _, method, _, _ in session.requests] == ["GET", "POST", "GET", "POST", "GET"]
+
+
+def test_fake_clock_the_batch_gate_pauses_uploads_on_the_policy_clock():
+    clock = FakeClock()
+    policy = fake_policy(clock)
+    gate = mp._Gate()
+    gate.learn(APIError(429, retry_after=10.0), policy)
+    late = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 5.0, policy=policy)
+    with pytest.raises(WaitTimeoutError, match="uploads are paused"):
+        gate.wait_turn(late, policy)
+    assert clock.sleeps == []
+    client = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 60.0, policy=policy)
+    gate.wait_turn(client, policy)
+    assert sum(clock.sleeps) == 10.0 and max(clock.sleeps) <= 1.0
+    late.close()
+    client.close()
 
 
 # --------------------------------------------------------------------------
@@ -3459,6 +3719,16 @@ def test_display_falls_back_to_ascii_on_a_non_utf8_stream():
     assert "?????" in out.getvalue()
 
 
+def test_terminal_bar_shrinks_so_that_a_narrow_terminal_keeps_the_message(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    out = Utf8Stream()
+    bar = mp.ProgressBar(out, mode="terminal")
+    bar(ProcessingEvent(50, "Running noise reduction"))
+    line = out.getvalue().split("\r")[-1]
+    assert "Running" in line and "\u2588" in line
+    assert mp._fit(line, 200)[1] <= 39
+
+
 def test_text_is_measured_in_terminal_columns():
     assert mp._fit("\u062c\u0627\u0631\u064d", 10) == ("\u062c\u0627\u0631\u064d", 3)  # a mark
     assert mp._fit("\u65e5\u672c\u8a9e" * 10, 11) == ("\u65e5\u672c\u8a9e\u65e5\u672c\u2026", 11)
@@ -4830,6 +5100,102 @@ def test_batch_notebook_display_is_one_display_updated(server, tmp_path, fake_ip
     assert all(os.path.basename(p) in final["text/html"] for p in paths)
 
 
+def test_batch_log_has_a_line_per_file_with_its_job_when_it_is_submitted(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = Utf8Stream()
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(out, mode="log"), concurrency=1
+    )
+    lines = out.getvalue().splitlines()
+    assert len(api.jobs) == 2
+    for job in api.jobs:
+        name = api.name_of(job["id"])
+        submitted = [
+            n
+            for n, line in enumerate(lines)
+            if line.endswith(" munsit: %s: submitted as job %s" % (name, job["id"]))
+        ]
+        saved = [n for n, line in enumerate(lines) if " munsit: %s: saved " % name in line]
+        assert len(submitted) == 1 and submitted[0] < saved[0]
+
+
+def test_batch_totals_count_deferred_and_refused_files_apart_from_failed(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 4)
+    server.serve(FakeAPI("ok", "400", echo=True))
+    out = Utf8Stream()
+    results = many_on(
+        server,
+        paths,
+        tmp_path / "out",
+        on_progress=mp.ProgressBar(out, mode="log"),
+        concurrency=1,
+        max_files=2,
+    )
+    assert sorted(type(result.error).__name__ for result in results) == [
+        "APIError",
+        "NoneType",
+        "NotSubmittedError",
+        "NotSubmittedError",
+    ]
+    assert "1 done, 0 failed, 2 deferred, 1 refused, 0 left" in out.getvalue().splitlines()[-1]
+
+
+def test_batch_notebook_shows_no_full_bar_for_a_refused_file(server, tmp_path, fake_ipython):
+    paths = make_inputs(tmp_path / "in", 2)
+    server.serve(FakeAPI("ok", "400", echo=True))
+    many_on(
+        server, paths, tmp_path / "out", on_progress=mp.ProgressBar(mode="notebook"), concurrency=1
+    )
+    rows = fake_ipython.shown[-1]["text/html"].split("<tr>")[1:]
+    refused = [row for row in rows if "in1.wav" in row]
+    saved = [row for row in rows if "in0.wav" in row]
+    assert len(refused) == len(saved) == 1
+    assert 'value="100.0"' in saved[0] and 'value="100.0"' not in refused[0]
+
+
+def terminal_screen(text):
+    """The lines a terminal shows after ``text``: carriage returns, line
+    feeds, cursor up (ESC [n A) and clear to the end (ESC [J), as the
+    terminal display uses them."""
+    lines, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[\d*[AJ]|.|\n", text):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token.endswith("A"):
+            row -= int(token[2:-1] or 1)
+        elif token.endswith("J"):
+            lines[row] = lines[row][:col]
+            del lines[row + 1 :]
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + token + line[col + 1 :]
+            col += 1
+    return [line.rstrip() for line in lines]
+
+
+def test_batch_terminal_keeps_notes_and_ended_files_above_the_block(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = io.StringIO()
+    bar = mp.ProgressBar(out, mode="terminal")
+    display = bar._display(3)
+    first, second = display.watch("a.wav"), display.watch("b.wav")
+    first.progress(ProcessingEvent(10, "one"))
+    second.progress(ProcessingEvent(20, "two"))
+    bar.note("reconnecting in 1 s")
+    first.ended(DenoiseFailedError("corrupt"))
+    second.progress(ProcessingEvent(30, "three"))
+    screen = terminal_screen(out.getvalue())
+    assert screen[0] == "reconnecting in 1 s"
+    assert screen[1].startswith("a.wav  failed: corrupt")
+    assert re.match(r"b\.wav  \[#+-+\]  30%  three  0:00$", screen[2])
+    assert screen[3].startswith("0 done, 1 failed, 2 left") and len(screen) == 4
+
+
 def test_leftover_temporary_files_of_a_killed_run_are_swept(server, tmp_path):
     paths = make_inputs(tmp_path / "in", 1)
     (tmp_path / "out").mkdir()
@@ -5067,11 +5433,18 @@ def test_cli_failed_job_exits_1_with_one_line(server):
     result = run_cli(JOB, "--base-url", server.base_url)
     assert result.returncode == mp.EXIT_JOB_FAILED == 1
     assert result.stdout == ""
-    assert last_line(result) == (
-        "munsit-progress: error: denoise job failed: audio file is corrupt"
-    )
+    assert last_line(result).startswith(
+        "munsit-progress: error: denoise job failed: audio file is corrupt [job %s failed" % JOB
+    )  # and says how to send the file again: following it only replays this
     assert result.stderr.count("corrupt") == 1  # said once, not by the display too
     assert "Traceback" not in result.stderr
+
+
+def test_cli_denoise_of_a_job_that_failed_says_so_once(server, audio_file):
+    server.serve(FakeAPI("ok", progress=stream(processing(5), FAILED)))
+    result = run_cli("denoise", audio_file, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_JOB_FAILED
+    assert result.stderr.count("corrupt") == 1  # by the error line, not by the display too
 
 
 @pytest.mark.parametrize(
@@ -5257,6 +5630,20 @@ def test_cli_terminal_display_under_a_pty(server):
     assert "جارٍ تقليل الضوضاء" in text
     assert text.count("\r") >= 3 and text.rstrip(" ").endswith("\n")
     assert text.count("\n") == 1 or text.replace("\r\n", "\n").count("\n") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_cli_terminal_shows_the_job_id_whole_on_a_line_of_its_own(server, audio_file):
+    api = FakeAPI("ok")
+    server.serve(api)
+    returncode, _, text = run_with_stderr_on_a_pty(
+        ["denoise", audio_file, "--base-url", server.base_url], columns=100, limit=20
+    )
+    assert returncode == 0
+    # What the terminal shows of each line: what follows its last return.
+    shown = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    lines = [line.rstrip() for line in shown if "submitted as job" in line]
+    assert lines == ["submitted as job %s" % api.jobs[0]["id"]]
 
 
 def test_cli_quiet_still_warns_on_stderr_about_repeated_failures(server):
@@ -5633,6 +6020,17 @@ def test_messages_name_python_parameters_and_the_cli_shows_its_flags():
         assert mp._cli_text(python) == mp._cli_text(mp._cli_text(python))
 
 
+def test_a_cli_batch_names_its_flags_in_every_line_about_a_refused_file(server, tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"hello")
+    paths = make_inputs(tmp_path / "in", 1) + [str(tmp_path / "notes.txt")]
+    server.serve(FakeAPI("ok", echo=True))
+    for extra in ((), ("--json",)):
+        result = batch_cli(server, paths, tmp_path / "out", *extra)
+        assert result.returncode == mp.EXIT_USAGE, result.stderr
+        assert "--no-check sends it anyway" in result.stderr + result.stdout
+        assert "check=False" not in result.stderr + result.stdout
+
+
 def test_cli_denoise_failed_job_names_its_id(server, audio_file):
     api = FakeAPI("ok", progress=stream(FAILED))
     server.serve(api)
@@ -5979,8 +6377,10 @@ def test_cli_batch_mixed_outcomes_give_one_status_and_a_summary_in_input_order(s
     server.serve(api)
     result = batch_cli(server, paths, tmp_path / "out", "--timeout", "4", "--jobs", "4")
     assert result.returncode == mp.EXIT_GAVE_UP == 4, result.stderr  # 4 wins over 1
-    summary = [STAMP.sub("", line, count=1) for line in result.stderr.splitlines()[-5:]]
+    lines = result.stderr.splitlines()
+    summary = [STAMP.sub("", line, count=1) for line in lines[-6:-1]]
     assert summary[0].split()[:2] == ["FILE", "OUTCOME"]
+    assert "in1.wav" in lines[-1] and "--retry-failed" in lines[-1]
     assert [line.split()[0] for line in summary[1:]] == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
     assert [line.split()[1] for line in summary[1:]] == ["saved", "failed", "gave", "saved"]
     ids = {untagged(job["file_name"]): job["id"] for job in api.jobs}
@@ -6016,6 +6416,66 @@ def test_cli_batch_colliding_names_are_refused_before_any_upload(server, tmp_pat
     )
     assert result.returncode == 2 and "same name" in result.stderr
     assert_nothing_sent(server)
+
+
+PLAN_A = mp._Content("a" * 64, 100)
+PLAN_B = mp._Content("b" * 64, 200)
+PLAN_JOB = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.mark.parametrize(
+    "steps, retry_failed, expected",
+    [
+        ([], False, [("send", None), ("follow", None)]),  # a.wav, then c.wav: same content
+        ([("submitted", {"denoiseId": PLAN_JOB})], False, [("follow", PLAN_JOB)] * 2),
+        ([("sending", {"file": "a.wav"})], False, [("look up", None), ("follow", None)]),
+        ([("failed", {"denoiseId": PLAN_JOB, "error": "x"})], False, [("failed", PLAN_JOB)] * 2),
+        (
+            [("failed", {"denoiseId": PLAN_JOB, "error": "x"})],
+            True,
+            [("send", None), ("follow", None)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav"})],
+            False,
+            [("skip", PLAN_JOB), ("follow", PLAN_JOB)],
+        ),
+        (
+            [("saved", {"denoiseId": PLAN_JOB, "output": "a.wav", "other": True})],
+            False,
+            [("refuse", None), ("send", None)],
+        ),
+    ],
+)
+def test_the_planner_decides_each_input_from_the_journal(tmp_path, steps, retry_failed, expected):
+    """One table for the decision a batch and its dry run share: a.wav,
+    then c.wav of the same content."""
+    (tmp_path / "a.wav").write_bytes(b"result")
+    journal = mp._Journal(str(tmp_path))
+    try:
+        for event, fields in steps:
+            content = PLAN_B if fields.pop("other", False) else PLAN_A
+            journal.record(event, content, **fields)
+        planner = mp._Planner(journal, mp._JobOptions(retry_failed=retry_failed))
+        decisions = [
+            planner.decide(str(tmp_path / name), stem, PLAN_A)
+            for name, stem in (("in/a.wav", "a"), ("in/c.wav", "c"))
+        ]
+    finally:
+        journal.close()
+    assert [(d.action, d.job) for d in decisions] == expected
+    ends = {"skip": type(None), "refuse": ConfigurationError, "failed": DenoiseFailedError}
+    for decision in decisions:
+        assert isinstance(decision.error, ends.get(decision.action, type(None)))
+
+
+def test_the_caps_hold_back_what_the_planner_would_send_over_them():
+    caps = mp._Caps(max_files=2, max_bytes=250)
+    send = mp._Decision("send")
+    admitted = [mp._Planner.admit(send, size, caps).action for size in (100, 200, 100, 10)]
+    assert admitted == ["send", "later", "send", "later"]  # 200 over the bytes; then the files
+    assert mp._Planner.admit(mp._Decision("follow"), 10**9, caps).action == "follow"
+    assert isinstance(mp._Planner.admit(send, 1, caps).error, mp.NotSubmittedError)
 
 
 def test_cli_batch_dry_run_sends_nothing_and_max_files_caps(server, tmp_path):
@@ -6071,9 +6531,10 @@ def journal_is_whole(folder):
         view.close()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tmp_path, signum):
+def interrupt_a_batch(server, tmp_path, signum):
+    """A batch of 4 inputs, 2 at a time, stopped by ``signum`` while its
+    first two jobs are followed: (the API, the inputs, the process's exit
+    status, its stderr)."""
     paths = make_inputs(tmp_path / "in", 4)
 
     def slow(conn, request, srv):
@@ -6101,7 +6562,7 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=dict(os.environ, MUNSIT_API_KEY=KEY),
+        env=dict(os.environ, MUNSIT_API_KEY=KEY, PYTHONIOENCODING="utf-8"),
     )
     try:
         deadline = time.monotonic() + 15
@@ -6114,8 +6575,15 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
         if process.poll() is None:
             process.kill()
             process.wait(5)
-    assert process.returncode == 130, stderr
-    assert b"Traceback" not in stderr
+    return api, paths, process.returncode, stderr.decode("utf-8")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tmp_path, signum):
+    api, paths, returncode, stderr = interrupt_a_batch(server, tmp_path, signum)
+    assert returncode == 130, stderr
+    assert "Traceback" not in stderr
     out = tmp_path / "out"
     assert journal_is_whole(out)
     assert not [name for name in os.listdir(str(out)) if name.endswith(".part")]
@@ -6125,6 +6593,24 @@ def test_cli_batch_interrupted_exits_130_leaving_a_consistent_journal(server, tm
     assert api.posts_by_name() == {os.path.basename(p): 1 for p in paths}
     for path in paths:
         assert (out / os.path.basename(path)).read_bytes() == open(path, "rb").read()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_batch_shows_what_is_pending_and_that_a_rerun_finishes_it(
+    server, tmp_path, signum
+):
+    api, paths, returncode, stderr = interrupt_a_batch(server, tmp_path, signum)
+    assert returncode == 130, stderr
+    lines = [STAMP.sub("", line, count=1) for line in stderr.splitlines()]
+    table = lines[lines.index(next(line for line in lines if line.startswith("FILE "))) :]
+    rows = {line.split()[0]: line.split() for line in table[1:5]}
+    assert sorted(rows) == ["in0.wav", "in1.wav", "in2.wav", "in3.wav"]
+    for job in api.jobs:  # the jobs being followed, named, as pending
+        row = rows[untagged(job["file_name"])]
+        assert row[1] == "pending" and row[2] == job["id"]
+    assert [rows[name][1:4] for name in ("in2.wav", "in3.wav")] == [["not", "sent", "yet"]] * 2
+    assert "run the same command again" in stderr.splitlines()[-1]
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -6253,6 +6739,90 @@ def test_the_cli_says_how_to_send_a_failed_job_s_file_again(server, tmp_path):
     retried = run_cli(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     assert len(api.posts) == 2
+
+
+def test_following_a_failed_job_by_its_id_says_how_to_send_the_file_again(server):
+    server.serve(stream(processing(5), FAILED))
+    result = run_cli(JOB, "--base-url", server.base_url)
+    assert result.returncode == mp.EXIT_JOB_FAILED
+    assert "--retry-failed" in last_line(result) and "follow it" not in result.stderr
+    error = DenoiseFailedError("audio file is corrupt")
+    error.denoise_id = JOB
+    assert "retry_failed=True" in str(error) and "follow it" not in str(error)
+
+
+def test_a_batch_that_exits_1_for_failed_jobs_ends_saying_retry_failed(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 2)
+    api = FakeAPI("ok", echo=True, by_name={"in0.wav": stream(FAILED)})
+    server.serve(api)
+    for _ in range(2):  # the run where it fails, and a rerun that only reports it
+        result = batch_cli(server, paths, tmp_path / "out")
+        assert result.returncode == mp.EXIT_JOB_FAILED, result.stderr
+        assert "--retry-failed" in last_line(result) and "in0.wav" in last_line(result)
+    assert len(api.posts) == 2
+    quiet = batch_cli(server, paths, tmp_path / "out", "--quiet")
+    assert quiet.returncode == mp.EXIT_JOB_FAILED and quiet.stderr == ""
+
+
+def test_a_single_file_saved_into_a_batch_s_folder_waits_for_no_batch(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    (tmp_path / "out").mkdir()
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    args = ["denoise", str(tmp_path / "a.wav"), "--base-url", server.base_url]
+    holder = mp._Journal(str(tmp_path / "out"))  # a batch, running there
+    try:
+        busy = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
+        followed = run_cli(
+            JOB, "--base-url", server.base_url, "-o", str(tmp_path / "out" / "a.wav")
+        )
+    finally:
+        holder.close()
+    assert busy.returncode == followed.returncode == mp.EXIT_BUSY, busy.stderr
+    assert "batch" in last_line(busy) and "batch" in last_line(followed)
+    assert_nothing_sent(server)
+    done = run_cli(*args, "-o", str(tmp_path / "out" / "a.wav"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "a.wav").read_bytes() == mp._demo_wav()
+    elsewhere = run_cli(*args, "-o", str(tmp_path / "b.wav"))  # no batch's folder: no lock file
+    assert elsewhere.returncode == 0 and not (tmp_path / mp._LOCK_NAME).exists()
+
+
+def test_a_dry_run_exits_with_the_status_the_run_would(server, tmp_path):
+    paths = make_inputs(tmp_path / "in", 3)
+    api = FakeAPI("ok", echo=True, by_name={"in1.wav": stream(FAILED)})
+    server.serve(api)
+    out = tmp_path / "out"
+    assert batch_cli(server, paths, out).returncode == mp.EXIT_JOB_FAILED
+    dry = batch_cli(server, paths, out, "--dry-run")
+    assert dry.returncode == mp.EXIT_JOB_FAILED, dry.stdout  # as the rerun would
+    with open(paths[0], "ab") as changed:  # other content under a saved name
+        changed.write(b"more")
+    dry = batch_cli(server, paths, out, "--dry-run")
+    run = batch_cli(server, paths, out)
+    assert dry.returncode == run.returncode == mp.EXIT_USAGE, (dry.stdout, run.stderr)
+    assert dry.stdout.splitlines()[1].split()[0] == "refuse"
+    assert len(api.posts) == 3
+
+
+def test_following_a_job_by_its_id_and_saving_it_uses_one_session(server, tmp_path, monkeypatch):
+    server.serve(
+        stream(
+            processing(50),
+            sse_data({"stage": "done", "url": server.origin + "/r.wav", "denoiseId": JOB}),
+        ),
+        file_response(AUDIO),
+    )
+    sessions = []
+    new_session = mp._new_session
+    monkeypatch.setattr(
+        mp, "_new_session", lambda *a, **k: sessions.append(1) or new_session(*a, **k)
+    )
+    monkeypatch.setenv("MUNSIT_API_KEY", KEY)
+    out = tmp_path / "r.wav"
+    status = mp.main([JOB, "--base-url", server.base_url, "-o", str(out), "-q", "--timeout", "30"])
+    assert status == 0 and out.read_bytes() == AUDIO
+    assert len(sessions) == 1
 
 
 def test_a_horizon_that_is_not_a_positive_number_of_days_is_a_usage_error(server, tmp_path):
@@ -7236,7 +7806,7 @@ def test_proxy_errors_are_transport_errors_a_refused_login_and_a_certificate_fin
     login = mp.ProxyAuthenticationError("refused", "http://proxy:3128")
     certificate = mp.CertificateError("cannot verify")
     assert isinstance(login, mp.ProxyError) and isinstance(certificate, TransportError)
-    assert not mp._is_retryable(login) and not mp._is_retryable(certificate)
+    assert not mp.RetryPolicy._retryable(login) and not mp.RetryPolicy._retryable(certificate)
     assert mp._exit_status(login) == mp.EXIT_REJECTED == 3
     assert mp._exit_status(certificate) == mp.EXIT_CERTIFICATE == 8
     assert "EXIT_CERTIFICATE" in mp.__all__ and "8    a certificate" in mp._EPILOG
@@ -7257,7 +7827,7 @@ def test_a_proxy_that_is_down_is_named_with_its_cause_in_words(monkeypatch, tls_
         mp._origin_text(tls_server.origin),
     )
     assert info.value.proxy == "http://127.0.0.1:%d" % port
-    assert mp._is_retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
+    assert mp.RetryPolicy._retryable(info.value) and mp._exit_status(info.value) == mp.EXIT_GAVE_UP
 
 
 @pytest.mark.proxy
