@@ -4293,7 +4293,7 @@ def _kind_of(error: BaseException) -> str:
         return _DEFERRED
     if isinstance(error, (ConfigurationError, ProxyAuthenticationError, CertificateError)):
         return _REFUSED
-    if isinstance(error, APIError) and not _is_retryable(error):
+    if isinstance(error, APIError) and not RetryPolicy._retryable(error):
         return _REFUSED
     return _FAILED
 
@@ -8311,7 +8311,7 @@ def _follow_job(
         base_url,
         None,
         deadline=_deadline(args.timeout, policy.clock),
-        clock=policy.clock,
+        policy=policy,
         allow_http=args.allow_http,
     ) as client, _batch_folder_held(None if target is None else target[1]):
         try:
