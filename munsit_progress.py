@@ -925,7 +925,7 @@ class Client:
         progress = None if on_progress is None else observer.progress
         try:
             with self._call(timeout, _READ_TIMEOUT_STREAM, require_key=True) as call:
-                done = _follow(call, job, progress, self._retry)
+                done = _follow_to_end(call, job, progress, self._retry)
         except BaseException as exc:
             if isinstance(exc, MunsitError) and exc.denoise_id is None:
                 exc.denoise_id = job
@@ -1019,19 +1019,19 @@ class Client:
         except BaseException as exc:
             observer.ended(exc)
             raise
-        observer.ended(_Outcome(_SAVED, _shown("saved %s" % path)))
+        observer.ended(_Outcome(_SAVED, _clean("saved %s" % path, None)))
         return path
 
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigurationError("this Client is closed")
 
-    def _call(self, timeout: Optional[float], read_timeout: float, require_key: bool) -> "_Client":
+    def _call(self, timeout: Optional[float], read_timeout: float, require_key: bool) -> "_Call":
         """What one call works under: this client's settings and pool, and
         the call's deadline, ``timeout`` seconds from now on the policy's
         clock."""
         self._check_open()
-        return _Client(
+        return _Call(
             self._api_key,
             self._base_url,
             self._session,
@@ -1448,15 +1448,16 @@ def _printable(text: str) -> str:
     return "".join(out)
 
 
-def _clean(text: str, limit: int = 200) -> str:
-    """Server text, safe to put in a message: redacted, printable, short.
+def _clean(text: str, limit: Optional[int] = 200) -> str:
+    """Text safe to put in a message or a display: redacted, printable, and
+    cut at ``limit`` characters (None: whole).
 
     Give it the whole text: redacted after a cut, a key that crossed the cut
     would leave its start, which no longer matches."""
     text = _redact(text)
     # Made printable after the cut: that is a loop in Python, and the text
     # may be a body of megabytes.
-    return _printable(text if len(text) <= limit else text[:limit] + "...")
+    return _printable(text if limit is None or len(text) <= limit else text[:limit] + "...")
 
 
 # --------------------------------------------------------------------------
@@ -1705,7 +1706,7 @@ def _random_uuid() -> str:
 # --------------------------------------------------------------------------
 # HTTP client: one request path for every endpoint, its time limits, and
 # what a failure means in plain words.  Above it, nothing touches requests'
-# objects: _Client.send returns an _Exchange, read through the client.
+# objects: _Call.send returns an _Exchange, read through the client.
 # --------------------------------------------------------------------------
 
 
@@ -1842,7 +1843,7 @@ _local = threading.local()
 class _Exchange:
     """One request and its response on one connection, and its time limit.
 
-    :meth:`_Client.send` returns it once the response's headers are in:
+    :meth:`_Call.send` returns it once the response's headers are in:
     the rest of the module reads ``status_code`` and ``headers`` here, the
     body through the client (``chunks``, ``read_json``, ``error``), and
     closes it, never touching requests' objects."""
@@ -1859,7 +1860,7 @@ class _Exchange:
         "_reason",
     )
 
-    def __init__(self, client: "_Client") -> None:
+    def __init__(self, client: "_Call") -> None:
         self.client = client
         self.conn = None  # type: Any
         self.response = None  # type: Optional[requests.Response]
@@ -2130,7 +2131,7 @@ def _checked_settings(
     return api_key, base_url
 
 
-class _Client:
+class _Call:
     """What one call works under, and the one path all its requests take.
 
     requests would forward the custom x-api-key header to any host a
@@ -2194,14 +2195,14 @@ class _Client:
         _remember_proxy_passwords(self.session)
 
     def __repr__(self) -> str:
-        return "<_Client %s>" % _redact(self.base_url)
+        return "<_Call %s>" % _redact(self.base_url)
 
     def close(self) -> None:
         """Close the session if this client made it."""
         if self._owned:
             self.session.close()
 
-    def __enter__(self) -> "_Client":
+    def __enter__(self) -> "_Call":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -2830,7 +2831,7 @@ def _read_failure(exc: Exception, read_timeout: float) -> TransportError:
 # --------------------------------------------------------------------------
 
 
-class _Resume:
+class _StreamState:
     """What one connection leaves for the next: the last event id, the
     server's ``retry:`` delay, the unknown stages already logged, and whether
     any connection was made."""
@@ -2848,7 +2849,7 @@ class _Resume:
         return None if self.retry_ms is None else self.retry_ms / 1000.0
 
 
-def _open(client: _Client, denoise_id: str, resume: _Resume) -> _Exchange:
+def _open(client: _Call, denoise_id: str, resume: _StreamState) -> _Exchange:
     """Send the GET and return a 200 ``text/event-stream`` response."""
     headers: Dict[str, Union[str, bytes]] = {
         "Accept": "text/event-stream",
@@ -2875,7 +2876,7 @@ def _open(client: _Client, denoise_id: str, resume: _Resume) -> _Exchange:
     return response
 
 
-def _events(client: _Client, denoise_id: str, resume: _Resume) -> Generator[Event, None, None]:
+def _events(client: _Call, denoise_id: str, resume: _StreamState) -> Generator[Event, None, None]:
     """The events of one connection; the response is closed on every exit."""
     response = _open(client, denoise_id, resume)
     resume.connected = True
@@ -2907,10 +2908,10 @@ def _events(client: _Client, denoise_id: str, resume: _Resume) -> Generator[Even
         response.close()
 
 
-def _owned_events(client: _Client, denoise_id: str) -> Generator[Event, None, None]:
+def _owned_events(client: _Call, denoise_id: str) -> Generator[Event, None, None]:
     """iter_events' generator: one connection, and the client closed after."""
     try:
-        yield from _events(client, denoise_id, _Resume())
+        yield from _events(client, denoise_id, _StreamState())
     finally:
         client.close()
 
@@ -3034,7 +3035,7 @@ class RetryPolicy:
         return failures
 
 
-class _News:
+class _SeenProgress:
     """Tells progress not seen before from a replay, in constant space.
 
     Only news resets wait()'s failure count: a server that replays the same
@@ -3063,15 +3064,15 @@ class _News:
         return True
 
 
-def _follow(
-    client: _Client,
+def _follow_to_end(
+    client: _Call,
     job: str,
     on_progress: Optional[Callable[[ProcessingEvent], Any]],
     policy: RetryPolicy,
 ) -> DoneEvent:
     """wait()'s loop: connect, read, and reconnect until a terminal event."""
-    resume = _Resume()
-    news = _News()
+    resume = _StreamState()
+    news = _SeenProgress()
     failures = 0
     while True:
         advanced = False
@@ -3385,7 +3386,7 @@ class _MultipartBody:
     as the connection sends it: never held whole in memory, and of an exact
     length, since many servers and proxies refuse a chunked upload.
 
-    It is what :meth:`_Client.send` takes as a body: ``read`` and
+    It is what :meth:`_Call.send` takes as a body: ``read`` and
     ``__len__``.  ``finished`` says whether every byte was handed to the
     connection, which tells a lost answer from an upload that never
     completed."""
@@ -3595,7 +3596,7 @@ class _JobHistory:
         self.records_read = 0
         self.requests = 0
 
-    def refresh(self, client: "_Client", policy: RetryPolicy) -> None:
+    def refresh(self, client: "_Call", policy: RetryPolicy) -> None:
         """Read what is new since the last read (the first time: back to
         the horizon)."""
         with self._lock:
@@ -3648,7 +3649,7 @@ class _JobHistory:
 
 
 def _list_again(
-    client: "_Client", limit: Optional[int], offset: int, policy: RetryPolicy
+    client: "_Call", limit: Optional[int], offset: int, policy: RetryPolicy
 ) -> Tuple[List[JobRecord], float]:
     """One page of GET /denoise, tried again after a dropped connection, a
     429 or a 5xx, as the policy allows."""
@@ -3734,7 +3735,7 @@ class _Hooks:
     #: The output's folder was swept of dead runs' temporary files already.
     swept = False
 
-    def before_send(self, client: "_Client", policy: RetryPolicy, name: str) -> None:
+    def before_send(self, client: "_Call", policy: RetryPolicy, name: str) -> None:
         """Right before each POST; may wait, or raise to send nothing."""
 
     def refused(self, error: MunsitError, policy: RetryPolicy) -> None:
@@ -3759,7 +3760,7 @@ class _Hooks:
 
 
 def _submit(
-    client: "_Client",
+    client: "_Call",
     source: _Source,
     report: Optional[Callable[[int, Optional[int]], Any]],
     policy: RetryPolicy,
@@ -3823,7 +3824,7 @@ class _Held:
     Retry-After is obeyed."""
 
     def __init__(
-        self, lock: Optional[Callable[[str], Any]], content: "Optional[_Content]", client: "_Client"
+        self, lock: Optional[Callable[[str], Any]], content: "Optional[_Content]", client: "_Call"
     ) -> None:
         self._lock = lock if content is not None else None
         self._key = content.lock_key if content is not None else ""
@@ -3877,7 +3878,7 @@ class _Held:
 
 
 def _adoptable(
-    client: "_Client",
+    client: "_Call",
     policy: RetryPolicy,
     options: _JobOptions,
     hooks: _Hooks,
@@ -3913,7 +3914,7 @@ def _adoptable(
 
 
 def _warn_if_doubled(
-    client: "_Client",
+    client: "_Call",
     policy: RetryPolicy,
     options: _JobOptions,
     content: "_Content",
@@ -3943,7 +3944,7 @@ def _warn_if_doubled(
 
 
 def _send_once(
-    client: "_Client",
+    client: "_Call",
     source: _Source,
     name: str,
     content: "Optional[_Content]",
@@ -4031,7 +4032,7 @@ class _Gate:
             with self._lock:
                 self._until = max(self._until, policy.clock() + pause)
 
-    def wait_turn(self, client: "_Client", policy: RetryPolicy) -> None:
+    def wait_turn(self, client: "_Call", policy: RetryPolicy) -> None:
         """Return when an upload may start; raise if none may."""
         while True:
             if self.refused is not None:
@@ -4070,7 +4071,7 @@ def _fresh_body(
     return made[-1]
 
 
-def _submission(client: "_Client", response: _Exchange, name: str, size: int) -> Submission:
+def _submission(client: "_Call", response: _Exchange, name: str, size: int) -> Submission:
     payload = client.read_json(response, _ANSWER_LIMIT, "the answer to the upload")
     denoise_id = payload.get("denoiseId") if isinstance(payload, dict) else None
     canonical = _canonical_uuid(denoise_id) if isinstance(denoise_id, str) else None
@@ -4083,7 +4084,7 @@ def _submission(client: "_Client", response: _Exchange, name: str, size: int) ->
 
 
 def _look_up(
-    client: "_Client",
+    client: "_Call",
     source: _Source,
     name: str,
     content: "Optional[_Content]",
@@ -4157,7 +4158,7 @@ def _look_up(
 
 
 def _jobs_since(
-    client: "_Client", began: float, wanted: "_Wanted"
+    client: "_Call", began: float, wanted: "_Wanted"
 ) -> Tuple[List[JobRecord], List[JobRecord]]:
     """The jobs created since ``began`` that are this upload, and those that
     may be it, newest first; read in pages back to the first older job.
@@ -4223,7 +4224,7 @@ def _epoch(text: Optional[str]) -> Optional[float]:
     return seconds
 
 
-def _list(client: _Client, limit: Optional[int], offset: int) -> Tuple[List[JobRecord], float]:
+def _list(client: _Call, limit: Optional[int], offset: int) -> Tuple[List[JobRecord], float]:
     """One GET /denoise: the records, and the server's clock minus ours
     (from its Date header; 0 if it sent none)."""
     query = "offset=%d" % offset + ("&limit=%d" % limit if limit is not None else "")
@@ -4319,17 +4320,17 @@ class _Outcome:
         if isinstance(outcome, _Outcome):
             return outcome
         if isinstance(outcome, DoneEvent):
-            url = _shown(outcome.url)
+            url = _clean(outcome.url, None)
             return cls(_DONE, "done: %s" % url, url)
         if isinstance(outcome, DenoiseFailedError):
-            return cls(kind or _FAILED, "failed: %s" % _shown(outcome.message))
+            return cls(kind or _FAILED, "failed: %s" % _clean(outcome.message, None))
         if isinstance(outcome, KeyboardInterrupt):
             return cls(kind or _DEFERRED, "stopped: interrupted")
         if isinstance(outcome, BaseException):
-            text = _shown(str(outcome) or type(outcome).__name__)
+            text = _clean(str(outcome) or type(outcome).__name__, None)
             kind = kind or _kind_of(outcome)
             return cls(kind, "%s: %s" % ("refused" if kind == _REFUSED else "stopped", text))
-        return cls(kind or _ENDED, _shown(str(outcome)))
+        return cls(kind or _ENDED, _clean(str(outcome), None))
 
 
 def _kind_of(error: BaseException) -> str:
@@ -4390,10 +4391,6 @@ class _JobState:
 
     def elapsed(self) -> str:
         return "%d:%02d" % divmod(int(time.monotonic() - self.started), 60)
-
-
-def _shown(text: str) -> str:
-    return _printable(_redact(text))
 
 
 # Library messages name the Python parameter that changes a choice; the
@@ -4589,19 +4586,19 @@ class _Watch(_Observer):
     def progress(self, event: ProcessingEvent) -> None:
         if self._finished:
             self._new_job()
-        state = self._resume("processing")
+        state = self._move_to("processing")
         message = state.message
         if event.message != self._raw:  # cleaned once, not at each event
             self._raw = event.message
-            message = _shown(event.message) if event.message else None
+            message = _clean(event.message, None) if event.message else None
         changed = message != state.message or state.pct is None
         state.pct = float(event.pct)
         state.message = message
         self._display().changed(state, changed or state.pct >= 100)
 
     def done(self, done: DoneEvent) -> None:
-        state = self._resume("processing")
-        state.url = _shown(done.url)
+        state = self._move_to("processing")
+        state.url = _clean(done.url, None)
         state.pct = 100.0
         self._display().milestone(state, "done: %s" % state.url)
 
@@ -4620,7 +4617,7 @@ class _Watch(_Observer):
 
     def note(self, text: str) -> None:
         display = self._display()
-        display.line(self.state, _shown(display.wording(text)))
+        display.line(self.state, _clean(display.wording(text), None))
 
     def _state_at_end(self, outcome: Any) -> _JobState:
         state = self.state
@@ -4642,12 +4639,12 @@ class _Watch(_Observer):
 
     def _transfer(self, phase: str, done: int, total: Optional[int]) -> None:
         changed = self.state.phase != phase
-        state = self._resume(phase)
+        state = self._move_to(phase)
         state.sent = done
         state.total = total if total else None
         self._display().changed(state, changed or done == total)
 
-    def _resume(self, phase: str) -> _JobState:
+    def _move_to(self, phase: str) -> _JobState:
         """The state, moved to ``phase``: an ended display goes on when the
         same job enters a later phase (a download after ``done``)."""
         state = self.state
@@ -4710,7 +4707,7 @@ class ProgressBar:
         self._stream = stream
         self._mode = mode
         self._shown_on = None  # type: Optional[_Display]
-        self._watch = _Watch(self._display, None if label is None else _shown(str(label)))
+        self._watch = _Watch(self._display, None if label is None else _clean(str(label), None))
         # How an error's text is worded: the command line's bar shows its
         # flags instead of Python's parameters (_cli_text).
         self._wording = _as_is  # type: Callable[[str], str]
@@ -5338,7 +5335,7 @@ def _replace(temporary: str, target: str) -> None:
 
 
 def _save(
-    client: _Client,
+    client: _Call,
     url: str,
     target: str,
     report: Optional[Callable[[int, Optional[int]], Any]],
@@ -5376,7 +5373,7 @@ def _save(
 _CONTENT_RANGE = _Regex(r"bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)", re.ASCII)
 
 
-class _Body:
+class _DownloadState:
     """What is known of the result being downloaded, across attempts."""
 
     __slots__ = ("received", "furthest", "total", "validator")
@@ -5389,7 +5386,7 @@ class _Body:
 
 
 def _fetch(
-    client: _Client,
+    client: _Call,
     url: str,
     out: Any,
     report: Optional[Callable[[int, Optional[int]], Any]],
@@ -5397,7 +5394,7 @@ def _fetch(
     policy: RetryPolicy,
 ) -> None:
     """Fetch ``url`` into ``out``, resuming across dropped connections."""
-    body = _Body()
+    body = _DownloadState()
     failures = 0
     while True:
         furthest = body.furthest
@@ -5420,12 +5417,12 @@ def _fetch(
 
 
 def _fetch_once(
-    client: _Client,
+    client: _Call,
     url: str,
     out: Any,
     report: Optional[Callable[[int, Optional[int]], Any]],
     max_size: int,
-    body: _Body,
+    body: _DownloadState,
 ) -> bool:
     """One GET; False when it has to start again from zero."""
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}  # type: Dict[str, Union[str, bytes]]
@@ -5438,52 +5435,9 @@ def _fetch_once(
         _restart(out, body, report)
     response = client.send("GET", url, headers, foreign=True)
     try:
-        status = response.status_code
-        if status == 206 and resuming:
-            if not _continues(response, body):
-                response.close()
-                _restart(out, body, report)
-                return False
-        elif status == 200:
-            if body.received:
-                _restart(out, body, report)  # the server sent the whole file again
-            length = _ascii_int(response.headers.get("Content-Length"))
-            body.total = length
-            etag = response.headers.get("ETag", "")
-            if etag and not etag.startswith("W/"):  # If-Range takes strong ETags only
-                body.validator = etag
-            else:
-                body.validator = response.headers.get("Last-Modified") or None
-        elif status == 416 and resuming:
-            response.close()
-            _restart(out, body, report)
+        if not _usable_answer(client, response, out, report, body, resuming):
             return False
-        elif status == 206:
-            # Part of the file, though all of it was asked for: usable only
-            # if the part is the whole.
-            body.received = 0
-            if not _continues(response, body) or body.total is None:
-                raise ProtocolError(
-                    "the server sent part of the result when all of it was asked for"
-                )
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if match is None or int(match.group(2)) + 1 != body.total:
-                raise ProtocolError(
-                    "the server sent part of the result when all of it was asked for"
-                )
-        else:
-            raise client.error(response, for_job=False)
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise ProtocolError(
-                "the result came %s-encoded although it was asked for as sent"
-                % _clean(encoding, 40)
-            )
-        if body.total is not None and body.total > max_size:
-            raise ProtocolError(
-                "the result is %d bytes, more than the %d allowed (max_size)"
-                % (body.total, max_size)
-            )
+        _check_result_headers(response, body, max_size)
         for chunk in client.chunks(response, decode=False):
             if body.received + len(chunk) > max_size:
                 raise ProtocolError(
@@ -5503,7 +5457,65 @@ def _fetch_once(
         response.close()
 
 
-def _continues(response: _Exchange, body: _Body) -> bool:
+def _usable_answer(
+    client: _Call,
+    response: _Exchange,
+    out: Any,
+    report: Optional[Callable[[int, Optional[int]], Any]],
+    body: _DownloadState,
+    resuming: bool,
+) -> bool:
+    """Whether the answer's body is to be read (its status and range fit
+    what was asked); False when the file must start again from zero.
+    Raises for an answer that is an error."""
+    status = response.status_code
+    if status == 206 and resuming:
+        if not _continues(response, body):
+            response.close()
+            _restart(out, body, report)
+            return False
+    elif status == 200:
+        if body.received:
+            _restart(out, body, report)  # the server sent the whole file again
+        body.total = _ascii_int(response.headers.get("Content-Length"))
+        etag = response.headers.get("ETag", "")
+        if etag and not etag.startswith("W/"):  # If-Range takes strong ETags only
+            body.validator = etag
+        else:
+            body.validator = response.headers.get("Last-Modified") or None
+    elif status == 416 and resuming:
+        response.close()
+        _restart(out, body, report)
+        return False
+    elif status == 206:
+        # Part of the file, though all of it was asked for: usable only
+        # if the part is the whole.
+        body.received = 0
+        match = None
+        if _continues(response, body) and body.total is not None:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        if match is None or int(match.group(2)) + 1 != body.total:
+            raise ProtocolError("the server sent part of the result when all of it was asked for")
+    else:
+        raise client.error(response, for_job=False)
+    return True
+
+
+def _check_result_headers(response: _Exchange, body: _DownloadState, max_size: int) -> None:
+    """Refuse, before a byte is written, a result that comes encoded or
+    larger than ``max_size``."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(
+            "the result came %s-encoded although it was asked for as sent" % _clean(encoding, 40)
+        )
+    if body.total is not None and body.total > max_size:
+        raise ProtocolError(
+            "the result is %d bytes, more than the %d allowed (max_size)" % (body.total, max_size)
+        )
+
+
+def _continues(response: _Exchange, body: _DownloadState) -> bool:
     """Whether a 206 answer is the rest of the same file: its range starts
     where the file stopped, and its total and validator are the first
     answer's (a server that ignores If-Range must not splice two versions)."""
@@ -5526,7 +5538,9 @@ def _continues(response: _Exchange, body: _Body) -> bool:
     return True
 
 
-def _restart(out: Any, body: _Body, report: Optional[Callable[[int, Optional[int]], Any]]) -> None:
+def _restart(
+    out: Any, body: _DownloadState, report: Optional[Callable[[int, Optional[int]], Any]]
+) -> None:
     out.seek(0)
     out.truncate()
     body.received = 0
@@ -5547,7 +5561,7 @@ def _shown_path(path: Any) -> str:
 
 
 def _denoise_one(
-    client: _Client,
+    client: _Call,
     source: _Source,
     target: Optional[Tuple[str, str]],
     observer: _Observer,
@@ -5571,7 +5585,7 @@ def _denoise_one(
                     hooks.submitted(submission)
                     observer.submitted(submission)
                 try:
-                    done = _follow(client, job, observer.progress, policy)
+                    done = _follow_to_end(client, job, observer.progress, policy)
                     break
                 except DenoiseFailedError:
                     if attempt or not adopted or not options.retry_failed:
@@ -5617,7 +5631,7 @@ def _denoise_one(
     except BaseException as exc:
         observer.ended(exc)
         raise
-    observer.ended(_Outcome(_SAVED, _shown("saved %s" % target[0])))
+    observer.ended(_Outcome(_SAVED, _clean("saved %s" % target[0], None)))
     return done
 
 
@@ -5728,7 +5742,7 @@ class _JournalView:
         with self._lock:
             return list(self._db.execute(query, parameters))
 
-    def state(self, key: str) -> "Optional[_Progress]":
+    def state(self, key: str) -> "Optional[_JournalEntry]":
         """What the journal says of this content, or None if nothing."""
         rows = self._rows(
             "SELECT event, at, file, denoise_id, output, error FROM events "
@@ -5737,7 +5751,7 @@ class _JournalView:
         )
         if not rows:
             return None
-        state = _Progress()
+        state = _JournalEntry()
         for event, at, name, job, output, error in rows:
             record = {"event": event, "at": at, "file": name, "denoiseId": job}
             record.update(output=output, error=error)
@@ -6177,7 +6191,7 @@ def _lock_descriptor(fd: int) -> bool:
     return True
 
 
-class _Progress:
+class _JournalEntry:
     """What the journal says of one input's content."""
 
     __slots__ = ("sent_at", "denoise_id", "saved", "failed", "earlier", "names")
@@ -6348,7 +6362,7 @@ class _Decision:
         job: Optional[str] = None,
         output: Optional[str] = None,
         error: Optional[MunsitError] = None,
-        state: "Optional[_Progress]" = None,
+        state: "Optional[_JournalEntry]" = None,
     ) -> None:
         self.action = action
         self.detail = detail
@@ -6490,7 +6504,7 @@ class _Batch:
         session: Optional[requests.Session] = None,
     ) -> None:
         # A client made now checks the key and the base URL before anything.
-        _Client(session=None, policy=policy, **settings).close()
+        _Call(session=None, policy=policy, **settings).close()
         #: The pool the workers share (a Client's), or None: one each.
         self.session = session
         self.inputs = inputs
@@ -6511,7 +6525,7 @@ class _Batch:
         self._shared = threading.Lock()  # the realpath cache, the identities' locks
         self._identities = {}  # type: Dict[str, threading.Lock]
         self.gate = _Gate()
-        self._clients = set()  # type: Set[_Client]
+        self._clients = set()  # type: Set[_Call]
         self._clients_lock = threading.Lock()
         self.on_record = on_record
         self.on_progress = on_progress
@@ -6662,7 +6676,7 @@ class _Batch:
                 if known is None and status is not None:
                     _remember_hashed(self.journal, real, status, content)
                 with self._identity_lock(content.key):
-                    return self._follow_through(path, stem, source, content, session, entry)
+                    return self._denoise_input(path, stem, source, content, session, entry)
             finally:
                 source.close()
         except DenoiseFailedError as exc:
@@ -6723,7 +6737,7 @@ class _Batch:
         with self._shared:
             return self._identities.setdefault(key, threading.Lock())
 
-    def _follow_through(
+    def _denoise_input(
         self,
         path: str,
         stem: str,
@@ -6749,9 +6763,7 @@ class _Batch:
             entry = _Observers(entry, records)
         hooks = _BatchHooks(self, path, stem, content, state)
         hooks.known_id = known
-        client = _Client(
-            session=session, deadline=self.deadline, policy=self.policy, **self.settings
-        )
+        client = _Call(session=session, deadline=self.deadline, policy=self.policy, **self.settings)
         with self._clients_lock:
             self._clients.add(client)
         try:
@@ -6776,7 +6788,7 @@ class _Batch:
         """An observer of one input: its row in the batch's display, or the
         caller's ``on_progress(path, event)``."""
         if self.display is not None:
-            return self.display.watch(_shown(os.path.basename(path)))
+            return self.display.watch(_clean(os.path.basename(path), None))
         on_progress = self.on_progress
         if on_progress is None:
             return _Observer()
@@ -6799,7 +6811,7 @@ class _BatchHooks(_Hooks):
         path: str,
         stem: str,
         content: _Content,
-        state: "Optional[_Progress]",
+        state: "Optional[_JournalEntry]",
     ) -> None:
         self._batch = batch
         self._name = os.path.basename(path)
@@ -6818,7 +6830,7 @@ class _BatchHooks(_Hooks):
             since = time.time() - batch.options.history.horizon - 86400.0
             self.excluded = self.excluded | batch.journal.jobs_of_others(content.key, since)
 
-    def before_send(self, client: _Client, policy: RetryPolicy, name: str) -> None:
+    def before_send(self, client: _Call, policy: RetryPolicy, name: str) -> None:
         if not self._reserved:
             self._batch._reserve(self._content.size)
             self._reserved = True
@@ -6860,7 +6872,7 @@ def _remember_hashed(
 
 
 def _already_saved(output: str) -> _Outcome:
-    return _Outcome(_ALREADY_SAVED, _shown("already saved as %s" % _short_path(output)))
+    return _Outcome(_ALREADY_SAVED, _clean("already saved as %s" % _short_path(output), None))
 
 
 def _short_path(path: str) -> str:
@@ -7313,187 +7325,192 @@ def _demo_disposition(headers: str) -> Tuple[Optional[str], Optional[str]]:
 
 def _demo_handler(state: _DemoState) -> Any:
     """The simulator's request handler class, bound to one ``state``."""
+    import http.server  # only the demo needs it: keep it off the import path
+
+    settings = {"demo": state, "protocol_version": "HTTP/1.1"}
+    return type("Handler", (_DemoRoutes, http.server.BaseHTTPRequestHandler), settings)
+
+
+if TYPE_CHECKING:
     import http.server
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        demo = state
-        protocol_version = "HTTP/1.1"
+    _DemoBase = http.server.BaseHTTPRequestHandler
+else:
+    _DemoBase = object
 
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("demo server: " + format, *args)
 
-        def _keyed(self) -> bool:
-            if (self.headers.get("x-api-key") or "").strip():
-                return True
+class _DemoRoutes(_DemoBase):
+    """The simulator's answers, route by route; mixed into a
+    ``BaseHTTPRequestHandler`` by :func:`_demo_handler`, which sets
+    ``demo``."""
+
+    demo: "_DemoState"  # set by _demo_handler
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("demo server: " + format, *args)
+
+    def _keyed(self) -> bool:
+        if (self.headers.get("x-api-key") or "").strip():
+            return True
+        self._send_json(401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"})
+        return False
+
+    def do_POST(self) -> None:
+        path = self.path.split("?")[0].strip("/").split("/")
+        length = _ascii_int(self.headers.get("Content-Length"))
+        if path != ["api", "v1", "denoise"] or length is None:
+            self._discard(length)
+            self._send_json(404 if length is not None else 411, {"message": "Not found"})
+            return
+        if not self._keyed():
+            return
+        content_type = self.headers.get("Content-Type", "")
+        boundary = None
+        if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+            import email.message
+
+            message = email.message.Message()
+            message["Content-Type"] = content_type
+            boundary = message.get_param("boundary")
+        if not isinstance(boundary, str) or not boundary:
+            self._discard(length)
+            self._send_json(400, {"errorCode": "40000", "errorMessage": "No audio file provided"})
+            return
+        job = _random_uuid()
+        stored = os.path.join(self.demo.folder, job)
+        upload = _DemoUpload(self.rfile.read, length, boundary.encode("utf-8"))
+        with open(stored, "wb") as out:
+            upload.parse(out)
+        self._discard(upload._left)
+        if upload.name is None or not upload.size:
+            os.unlink(stored)
+            self._send_json(400, {"errorCode": "40000", "errorMessage": "No audio file provided"})
+        elif upload.size > self.demo.max_upload:
+            os.unlink(stored)
             self._send_json(
-                401, {"errorCode": "40101", "errorMessage": "Invalid or missing API key"}
+                400,
+                {
+                    "errorCode": "40001",
+                    "errorMessage": "File size exceeds the maximum limit of 200MB. "
+                    "File size: %dMB" % round(upload.size / 1e6),
+                },
             )
-            return False
+        else:
+            self.demo.add(_DemoJob(job, upload.name, upload.size, stored, self.demo.fail))
+            self._send_json(200, {"jobId": job, "denoiseId": job})
 
-        def do_POST(self) -> None:
-            path = self.path.split("?")[0].strip("/").split("/")
-            length = _ascii_int(self.headers.get("Content-Length"))
-            if path != ["api", "v1", "denoise"] or length is None:
-                self._discard(length)
-                self._send_json(404 if length is not None else 411, {"message": "Not found"})
-                return
+    def _discard(self, length: Optional[int]) -> None:
+        left = length or 0
+        while left > 0:
+            piece = self.rfile.read(min(left, 256 * 1024))
+            if not piece:
+                break
+            left -= len(piece)
+
+    def do_GET(self) -> None:
+        target, _, query = self.path.partition("?")
+        parts = target.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "files"] and len(parts) == 4:
+            self._send_result(parts[3])
+        elif parts == ["api", "v1", "denoise"]:
+            if self._keyed():
+                self._send_list(query)
+        elif len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress":
+            job = _canonical_uuid(parts[3])
             if not self._keyed():
                 return
-            content_type = self.headers.get("Content-Type", "")
-            boundary = None
-            if content_type.split(";")[0].strip().lower() == "multipart/form-data":
-                import email.message
-
-                message = email.message.Message()
-                message["Content-Type"] = content_type
-                boundary = message.get_param("boundary")
-            if not isinstance(boundary, str) or not boundary:
-                self._discard(length)
-                self._send_json(
-                    400, {"errorCode": "40000", "errorMessage": "No audio file provided"}
-                )
-                return
-            job = _random_uuid()
-            stored = os.path.join(self.demo.folder, job)
-            upload = _DemoUpload(self.rfile.read, length, boundary.encode("utf-8"))
-            with open(stored, "wb") as out:
-                upload.parse(out)
-            self._discard(upload._left)
-            if upload.name is None or not upload.size:
-                os.unlink(stored)
-                self._send_json(
-                    400, {"errorCode": "40000", "errorMessage": "No audio file provided"}
-                )
-            elif upload.size > self.demo.max_upload:
-                os.unlink(stored)
-                self._send_json(
-                    400,
-                    {
-                        "errorCode": "40001",
-                        "errorMessage": "File size exceeds the maximum limit of 200MB. "
-                        "File size: %dMB" % round(upload.size / 1e6),
-                    },
-                )
+            if job is None:
+                self._send_json(404, {"message": "Denoising job not found"})
             else:
-                self.demo.add(_DemoJob(job, upload.name, upload.size, stored, self.demo.fail))
-                self._send_json(200, {"jobId": job, "denoiseId": job})
+                self._send_progress(job)
+        else:
+            self._send_json(404, {"message": "Not found"})
 
-        def _discard(self, length: Optional[int]) -> None:
-            left = length or 0
-            while left > 0:
-                piece = self.rfile.read(min(left, 256 * 1024))
-                if not piece:
-                    break
-                left -= len(piece)
+    def _send_list(self, query: str) -> None:
+        from urllib.parse import parse_qs
 
-        def do_GET(self) -> None:
-            target, _, query = self.path.partition("?")
-            parts = target.strip("/").split("/")
-            if parts[:3] == ["api", "v1", "files"] and len(parts) == 4:
-                self._send_result(parts[3])
-            elif parts == ["api", "v1", "denoise"]:
-                if self._keyed():
-                    self._send_list(query)
-            elif (
-                len(parts) == 5 and parts[:3] == ["api", "v1", "denoise"] and parts[4] == "progress"
-            ):
-                job = _canonical_uuid(parts[3])
-                if not self._keyed():
-                    return
-                if job is None:
-                    self._send_json(404, {"message": "Denoising job not found"})
-                else:
-                    self._send_progress(job)
-            else:
-                self._send_json(404, {"message": "Not found"})
+        asked = parse_qs(query)
+        offset = _ascii_int((asked.get("offset") or ["0"])[0]) or 0
+        limit = _ascii_int((asked.get("limit") or [""])[0])
+        records = self.demo.records()[offset:]
+        self._send_json(200, records[:limit] if limit else records)
 
-        def _send_list(self, query: str) -> None:
-            from urllib.parse import parse_qs
+    def _send_json(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode("utf-8")
+        # One answer per connection, so no handler thread outlives the server.
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-            asked = parse_qs(query)
-            offset = _ascii_int((asked.get("offset") or ["0"])[0]) or 0
-            limit = _ascii_int((asked.get("limit") or [""])[0])
-            records = self.demo.records()[offset:]
-            self._send_json(200, records[:limit] if limit else records)
-
-        def _send_json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload).encode("utf-8")
-            # One answer per connection, so no handler thread outlives the server.
-            self.close_connection = True
-            self.send_response(status)
+    def _send_result(self, name: str) -> None:
+        job = self.demo.job(name.split("_")[0])
+        self.close_connection = True
+        if job is None:
+            body = _demo_wav()
+            self.send_response(200)
             self.send_header("Connection", "close")
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "audio/wav")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(job.size))
+        self.end_headers()
+        with open(job.path, "rb") as stored:
+            for piece in iter(functools.partial(stored.read, 256 * 1024), b""):
+                self.wfile.write(piece)
 
-        def _send_result(self, name: str) -> None:
-            job = self.demo.job(name.split("_")[0])
-            self.close_connection = True
-            if job is None:
-                body = _demo_wav()
-                self.send_response(200)
-                self.send_header("Connection", "close")
-                self.send_header("Content-Type", "audio/wav")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(job.size))
-            self.end_headers()
-            with open(job.path, "rb") as stored:
-                for piece in iter(functools.partial(stored.read, 256 * 1024), b""):
-                    self.wfile.write(piece)
+    def _send_progress(self, job: str) -> None:
+        demo = self.demo
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        started = demo.start_of(job)
+        submitted = demo.job(job)
+        last = len(_DEMO_STEPS)
+        fail = submitted.fail if submitted is not None else demo.fail
+        failing_at = last // 2 if fail else None
+        self._chunk("retry: 1000\n\n")
+        step = min(max(int((time.time() - started) / demo.interval), 0), last)
+        while step <= last:  # at most one pass over the steps
+            if failing_at is not None and step >= failing_at:  # replayed to latecomers
+                self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
+                break
+            if step == last:
+                if submitted is not None:
+                    path = _demo_result_path(submitted)
+                else:
+                    path = "/api/v1/files/%s_denoised.wav" % job
+                url = "http://%s%s" % (self.headers.get("Host"), path)
+                self._event(step, {"stage": "done", "url": url, "denoiseId": job})
+                break
+            pct, message = _DEMO_STEPS[step]
+            self._event(step, {"stage": "processing", "pct": pct, "message": message})
+            due = started + (step + 1) * demo.interval
+            while time.time() < due:
+                if demo.stop.wait(min(demo.interval / 2, max(due - time.time(), 0))):
+                    return
+                self._chunk(": keep-alive\n\n")
+            step += 1
+        self.wfile.write(b"0\r\n\r\n")
 
-        def _send_progress(self, job: str) -> None:
-            demo = self.demo
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            started = demo.start_of(job)
-            submitted = demo.job(job)
-            last = len(_DEMO_STEPS)
-            fail = submitted.fail if submitted is not None else demo.fail
-            failing_at = last // 2 if fail else None
-            self._chunk("retry: 1000\n\n")
-            step = min(max(int((time.time() - started) / demo.interval), 0), last)
-            while step <= last:  # at most one pass over the steps
-                if failing_at is not None and step >= failing_at:  # replayed to latecomers
-                    self._event(step, {"stage": "error", "message": _DEMO_FAILURE})
-                    break
-                if step == last:
-                    if submitted is not None:
-                        path = _demo_result_path(submitted)
-                    else:
-                        path = "/api/v1/files/%s_denoised.wav" % job
-                    url = "http://%s%s" % (self.headers.get("Host"), path)
-                    self._event(step, {"stage": "done", "url": url, "denoiseId": job})
-                    break
-                pct, message = _DEMO_STEPS[step]
-                self._event(step, {"stage": "processing", "pct": pct, "message": message})
-                due = started + (step + 1) * demo.interval
-                while time.time() < due:
-                    if demo.stop.wait(min(demo.interval / 2, max(due - time.time(), 0))):
-                        return
-                    self._chunk(": keep-alive\n\n")
-                step += 1
-            self.wfile.write(b"0\r\n\r\n")
+    def _event(self, step: int, payload: Dict[str, Any]) -> None:
+        self._chunk("id: %d\ndata: %s\n\n" % (step, json.dumps(payload, ensure_ascii=False)))
 
-        def _event(self, step: int, payload: Dict[str, Any]) -> None:
-            self._chunk("id: %d\ndata: %s\n\n" % (step, json.dumps(payload, ensure_ascii=False)))
-
-        def _chunk(self, text: str) -> None:
-            data = text.encode("utf-8")
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-    return Handler
+    def _chunk(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
 
 def _demo_wav() -> bytes:
@@ -7804,9 +7821,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             ) as base_url:
                 job = args.denoise_id or _random_uuid()
                 console.note(_demo_banner(folder, job))
-                return _follow_job(args, console, job, "demo", base_url, bar)
+                return _follow_id_command(args, console, job, "demo", base_url, bar)
         api_key = _cli_key(args)
-        return _follow_job(args, console, args.denoise_id, api_key, args.base_url, bar)
+        return _follow_id_command(args, console, args.denoise_id, api_key, args.base_url, bar)
 
     bar = _cli_bar(args)
     return _run_command(args, console, bar, run)
@@ -8134,7 +8151,7 @@ def _denoise_command(args: Any, console: _Console, bar: Optional[ProgressBar]) -
     def run(api_key: Optional[str], base_url: Optional[str]) -> int:
         policy = RetryPolicy()
         options = _cli_options(args)
-        with _Client(
+        with _Call(
             api_key,
             base_url,
             None,
@@ -8624,7 +8641,7 @@ class _FollowHooks(_Hooks):
         return error  # named by the caller: not one found for a file
 
 
-def _follow_job(
+def _follow_id_command(
     args: Any,
     console: _Console,
     job: str,
@@ -8641,7 +8658,7 @@ def _follow_job(
     target = None  # type: Optional[Tuple[str, str]]
     if args.output is not None:
         target = (args.output, _output_path(args.output))
-    with _Client(
+    with _Call(
         api_key,
         base_url,
         None,

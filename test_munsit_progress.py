@@ -1601,11 +1601,11 @@ def test_fake_clock_the_batch_gate_pauses_uploads_on_the_policy_clock():
     policy = fake_policy(clock)
     gate = mp._Gate()
     gate.learn(APIError(429, retry_after=10.0), policy)
-    late = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 5.0, policy=policy)
+    late = mp._Call(KEY, SCRIPTED_URL, None, deadline=clock.now + 5.0, policy=policy)
     with pytest.raises(WaitTimeoutError, match="uploads are paused"):
         gate.wait_turn(late, policy)
     assert clock.sleeps == []
-    client = mp._Client(KEY, SCRIPTED_URL, None, deadline=clock.now + 60.0, policy=policy)
+    client = mp._Call(KEY, SCRIPTED_URL, None, deadline=clock.now + 60.0, policy=policy)
     gate.wait_turn(client, policy)
     assert sum(clock.sleeps) == 10.0 and max(clock.sleeps) <= 1.0
     late.close()
@@ -1741,7 +1741,7 @@ def test_key_never_appears_in_errors_or_logs(server, caplog):
     assert "reconnecting" in caplog.text
     for text in (caplog.text, str(info.value), repr(info.value)):
         assert KEY not in text
-    assert KEY not in repr(mp._Client(KEY, server.base_url, None))
+    assert KEY not in repr(mp._Call(KEY, server.base_url, None))
 
 
 def echo_key(status, where):
@@ -2806,7 +2806,7 @@ def test_the_lookup_pages_back_past_many_newer_jobs(server, audio_file):
                 "visible_at": 0,
             }
         )
-    client = mp._Client(KEY, server.base_url, None)
+    client = mp._Call(KEY, server.base_url, None)
     source = mp._Source(audio_file, True)
     try:
         content = source.identify(lambda: None)
