@@ -658,6 +658,10 @@ class Client:
         ``denoise_id`` (attribute and message), the errors of saving the
         result included (:class:`SaveError`: a full disk, a folder gone).
 
+        An ``output`` in a folder where :meth:`denoise_many` is running
+        raises :class:`BatchBusyError` before anything is sent; while this
+        call saves there, a batch started in that folder is refused.
+
         Example::
 
             done = client.denoise("interview.wav", "clean.wav", timeout=3600)
@@ -670,7 +674,10 @@ class Client:
             source = _Source(path, check)
             try:
                 observer = _observer(on_progress)
-                return _denoise_one(call, source, target, observer, self._retry, options, _Hooks())
+                with _batch_folder_held(None if target is None else target[1]):
+                    return _denoise_one(
+                        call, source, target, observer, self._retry, options, _Hooks()
+                    )
             finally:
                 source.close()
 

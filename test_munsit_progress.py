@@ -8089,3 +8089,17 @@ def test_a_client_can_be_sent_to_another_process(keep_alive):
     assert copy.list_jobs() == []
     client.close()
     copy.close()
+
+
+def test_denoise_into_a_running_batch_s_folder_is_refused_before_sending(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(mp._demo_wav())
+    (tmp_path / "out").mkdir()
+    server.serve(FakeAPI("ok", echo=True))
+    holder = mp._Journal(str(tmp_path / "out"))  # a batch, running there
+    try:
+        with mp.Client(KEY, server.base_url, retry=QUICK) as client:
+            with pytest.raises(mp.BatchBusyError):
+                client.denoise(str(tmp_path / "a.wav"), str(tmp_path / "out" / "a.wav"))
+    finally:
+        holder.close()
+    assert_nothing_sent(server)
