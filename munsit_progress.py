@@ -87,7 +87,7 @@ import urllib3
 if TYPE_CHECKING:  # the CLI imports argparse only when it runs
     import argparse
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "APIError",
