@@ -1099,14 +1099,8 @@ def denoise(
 
         done = denoise("interview.wav", "clean.wav", on_progress=ProgressBar(), timeout=3600)
     """
-    with Client(
-        api_key,
-        base_url,
-        session=session,
-        retry=retry,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        allow_http=allow_http,
+    with _client_for_call(
+        api_key, base_url, session, retry, connect_timeout, read_timeout, allow_http
     ) as client:
         return client.denoise(
             path,
@@ -1156,13 +1150,8 @@ def denoise_many(
         for result in denoise_many(sorted(glob.glob("in/*.wav")), "out", concurrency=8):
             print(result.path, result.output or result.error)
     """
-    client = Client(
-        api_key,
-        base_url,
-        retry=retry,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        allow_http=allow_http,
+    client = _client_for_call(
+        api_key, base_url, None, retry, connect_timeout, read_timeout, allow_http
     )
     try:
         results = client.denoise_many(
@@ -1214,13 +1203,8 @@ def submit(
         job = submit("interview.wav", on_upload=ProgressBar())
         done = wait(job.denoise_id)
     """
-    with Client(
-        api_key,
-        base_url,
-        session=session,
-        retry=retry,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+    with _client_for_call(
+        api_key, base_url, session, retry, connect_timeout, read_timeout
     ) as client:
         return client.submit(
             path,
@@ -1256,13 +1240,8 @@ def list_jobs(
         for job in list_jobs(limit=10):
             print(job.created_at, job.status, job.file_name)
     """
-    with Client(
-        api_key,
-        base_url,
-        session=session,
-        retry=retry,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+    with _client_for_call(
+        api_key, base_url, session, retry, connect_timeout, read_timeout
     ) as client:
         return client.list_jobs(limit=limit, offset=offset, timeout=timeout)
 
@@ -1287,13 +1266,8 @@ def wait(
         done = wait(denoise_id, on_progress=lambda e: print(e.pct), timeout=3600)
     """
     job = _job_id(denoise_id)
-    with Client(
-        api_key,
-        base_url,
-        session=session,
-        retry=retry,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+    with _client_for_call(
+        api_key, base_url, session, retry, connect_timeout, read_timeout
     ) as client:
         return client.wait(job, on_progress=on_progress, timeout=timeout)
 
@@ -1317,13 +1291,7 @@ def iter_events(
             print(event)
     """
     job = _job_id(denoise_id)
-    client = Client(
-        api_key,
-        base_url,
-        session=session,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
+    client = _client_for_call(api_key, base_url, session, None, connect_timeout, read_timeout)
     try:
         events = client.iter_events(job)
     except BaseException:
@@ -1355,7 +1323,25 @@ def download(
 
         download(done, "clean.wav", on_progress=ProgressBar())
     """
-    with Client(
+    with _client_for_call(
+        api_key, base_url, session, retry, connect_timeout, read_timeout, allow_http
+    ) as client:
+        return client.download(
+            done, path, timeout=timeout, on_progress=on_progress, max_size=max_size
+        )
+
+
+def _client_for_call(
+    api_key: Optional[str],
+    base_url: Optional[str],
+    session: Optional[requests.Session],
+    retry: "Optional[RetryPolicy]",
+    connect_timeout: float,
+    read_timeout: float,
+    allow_http: bool = False,
+) -> Client:
+    """The client a module function makes for its one call."""
+    return Client(
         api_key,
         base_url,
         session=session,
@@ -1363,10 +1349,7 @@ def download(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         allow_http=allow_http,
-    ) as client:
-        return client.download(
-            done, path, timeout=timeout, on_progress=on_progress, max_size=max_size
-        )
+    )
 
 
 def _closing(items: Iterator[Any], client: Client) -> Iterator[Any]:
