@@ -2907,7 +2907,7 @@ def _owned_events(client: _Call, denoise_id: str) -> Generator[Event, None, None
 
 
 # --------------------------------------------------------------------------
-# Retry policy and wait()
+# Retry policy: when to try again, and following a job to its end
 # --------------------------------------------------------------------------
 
 
@@ -3093,7 +3093,7 @@ def _follow_to_end(
 
 
 # --------------------------------------------------------------------------
-# Upload and list: submit() and list_jobs()
+# The file sent: its checks, its name and its multipart body
 # --------------------------------------------------------------------------
 
 #: The largest file submit() sends (200 MiB).  The API's "200 MB" may mean
@@ -3652,7 +3652,7 @@ def _list_again(
 
 
 # --------------------------------------------------------------------------
-# Upload: submit()
+# Upload: submit() (or adopt) and list_jobs()
 # --------------------------------------------------------------------------
 
 
@@ -5541,7 +5541,7 @@ def _restart(
 
 
 # --------------------------------------------------------------------------
-# One call: denoise()
+# The one-file pipeline: submit (or adopt), follow, save
 # --------------------------------------------------------------------------
 
 
@@ -6882,7 +6882,7 @@ def _short_path(path: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# Demo server: a local simulator of the progress endpoint
+# Demo server: a local simulator of the API (upload, list, progress, result)
 # --------------------------------------------------------------------------
 
 _DEMO_STEPS = (
