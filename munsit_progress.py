@@ -4491,19 +4491,51 @@ class _Observers(_Observer):
 
 def _observer(on_progress: Any, slot: str = "progress") -> _Observer:
     """``on_progress`` as an observer, whatever it is: None, an observer, a
-    :class:`ProgressBar` or one of its bound methods (the whole display),
-    or a plain callable for ``slot``.  The one place that tells them apart."""
+    :class:`ProgressBar` or one of its bound methods (its display), or a
+    caller's callable or display object, told as ``slot`` says.  The one
+    place that tells them apart."""
     if on_progress is None:
         return _Observer()
     if isinstance(on_progress, _Observer):
         return on_progress
-    if isinstance(on_progress, ProgressBar):
+    if type(on_progress) is ProgressBar:
         return on_progress._watch
-    if isinstance(on_progress, types.MethodType) and isinstance(on_progress.__self__, ProgressBar):
+    if isinstance(on_progress, types.MethodType) and type(on_progress.__self__) is ProgressBar:
         return on_progress.__self__._watch
-    # wait()'s documented contract: a callable with a finish() is told the end.
-    finish = getattr(on_progress, "finish", None)
-    return _Callback(on_progress, slot, finish if callable(finish) else None)
+    return _CallerDisplay(on_progress, slot)
+
+
+def _ignore(*args: Any) -> None:
+    """What a display that is not callable is called with: nothing."""
+
+
+class _CallerDisplay(_Callback):
+    """A caller's own callable or display, told as the public functions
+    document it (and as 0.7 told it): called with each event; its
+    ``upload`` and ``transfer`` methods, where it has them, with the upload
+    and the download; its ``finish`` (or its owner's, for a bound method)
+    with the end.  A :class:`ProgressBar` subclass is one too, so that the
+    methods it overrides are called; its display still shows the job's id
+    and its end on the server.  ``slot`` is what a bare callable is for:
+    ``progress`` events, or a transfer's ``uploading``/``downloading``
+    ``(done, total)``."""
+
+    def __init__(self, target: Any, slot: str) -> None:
+        owner = getattr(target, "__self__", target)
+        finish = getattr(target, "finish", None)
+        if not callable(finish):
+            finish = getattr(owner, "finish", None)
+        upload = getattr(owner if slot == "uploading" else target, "upload", None)
+        transfer = getattr(target, "transfer", None)
+        function = target if callable(target) else _ignore
+        super().__init__(function, slot, finish if callable(finish) else None)
+        if callable(upload) and slot in ("progress", "uploading"):
+            self.uploading = upload  # type: ignore[method-assign]
+        if callable(transfer) and slot in ("progress", "downloading"):
+            self.downloading = transfer  # type: ignore[method-assign]
+        if isinstance(owner, ProgressBar):
+            self.submitted = owner._watch.submitted  # type: ignore[method-assign]
+            self.done = owner._watch.done  # type: ignore[method-assign]
 
 
 class _JsonLines(_Observer):

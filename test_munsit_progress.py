@@ -8103,3 +8103,69 @@ def test_denoise_into_a_running_batch_s_folder_is_refused_before_sending(server,
     finally:
         holder.close()
     assert_nothing_sent(server)
+
+
+def test_a_progress_bar_subclass_and_a_display_of_ones_own_are_called_as_documented(tmp_path):
+    calls = []
+
+    class MyBar(mp.ProgressBar):
+        def __call__(self, event):
+            calls.append("call")
+            super().__call__(event)
+
+        def upload(self, sent, total):
+            calls.append("upload")
+            super().upload(sent, total)
+
+        def transfer(self, received, total):
+            calls.append("transfer")
+            super().transfer(received, total)
+
+        def finish(self, outcome=None):
+            calls.append("finish")
+            super().finish(outcome)
+
+    class Display:  # not a ProgressBar: duck-typed, as the docstrings allow
+        def __init__(self):
+            self.log = []
+
+        def __call__(self, event):
+            self.log.append("call")
+
+        def update(self, event):
+            self.log.append("update")
+
+        def upload(self, sent, total):
+            self.log.append("upload")
+
+        def transfer(self, received, total):
+            self.log.append("transfer")
+
+        def finish(self, outcome=None):
+            self.log.append("finish")
+
+    source = tmp_path / "in.wav"
+    source.write_bytes(mp._demo_wav())
+    with mp.demo_server(duration=0.3) as base_url:
+        client = mp.Client("demo-key-0123", base_url, retry=FAST)
+        text = io.StringIO()
+        done = client.denoise(
+            str(source), str(tmp_path / "a.wav"), on_progress=MyBar(text, mode="log")
+        )
+        assert {"call", "upload", "transfer", "finish"} <= set(calls)
+        assert "submitted as job %s" % done.denoise_id in text.getvalue()
+        calls.clear()
+        client.download(done, str(tmp_path / "b.wav"), on_progress=MyBar(io.StringIO(), mode="log"))
+        assert set(calls) == {"transfer", "finish"}
+        display = Display()
+        client.download(done, str(tmp_path / "c.wav"), on_progress=display)
+        assert "transfer" in display.log and display.log[-1] == "finish"
+        display = Display()
+        client.wait(done.denoise_id, on_progress=display.update)
+        assert display.log[-1] == "finish"  # a bound method's owner is finished
+        display = Display()
+        client.submit(str(source), on_upload=display.transfer)  # adopted: nothing sent
+        client.submit(str(source), on_upload=display.transfer, reuse=False)
+        assert "upload" in display.log  # its owner's upload, as 0.7 chose
+        client.close()
+    assert (tmp_path / "c.wav").read_bytes() == source.read_bytes()
