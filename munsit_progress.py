@@ -6178,7 +6178,9 @@ def _batch_folder_held(target: Optional[str]) -> Iterator[None]:
         yield
         return
     with handle:
-        if not _lock_file(handle):
+        # Shared: single files saved there at once do not exclude each
+        # other; a batch, which takes it exclusively, excludes them all.
+        if not _lock_file(handle, shared=True):
             raise BatchBusyError(
                 "a batch is running in %s (its journal %s is locked): saving into it now "
                 "could replace a result the batch is writing; nothing was sent"
@@ -6187,15 +6189,16 @@ def _batch_folder_held(target: Optional[str]) -> Iterator[None]:
         yield
 
 
-def _lock_file(handle: Any) -> bool:
-    """Take the OS's exclusive lock on an open file without waiting;
-    whether it was free.  The OS drops it when the holder dies."""
+def _lock_file(handle: Any, shared: bool = False) -> bool:
+    """Take the OS's lock on an open file without waiting, exclusive or
+    ``shared``; whether it was free.  The OS drops it when the holder dies."""
     handle.seek(0)
-    return _lock_descriptor(handle.fileno())
+    return _lock_descriptor(handle.fileno(), shared)
 
 
-def _lock_descriptor(fd: int) -> bool:
-    """_lock_file() for a file descriptor (at its start, on Windows)."""
+def _lock_descriptor(fd: int, shared: bool = False) -> bool:
+    """_lock_file() for a file descriptor (at its start, on Windows, where
+    every lock is exclusive)."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -6207,7 +6210,7 @@ def _lock_descriptor(fd: int) -> bool:
             return False
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
         return False
     return True

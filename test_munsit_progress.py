@@ -8169,3 +8169,33 @@ def test_a_progress_bar_subclass_and_a_display_of_ones_own_are_called_as_documen
         assert "upload" in display.log  # its owner's upload, as 0.7 chose
         client.close()
     assert (tmp_path / "c.wav").read_bytes() == source.read_bytes()
+
+
+def test_single_files_saved_at_once_into_a_batch_s_folder_do_not_exclude_each_other(tmp_path):
+    names = ("a.wav", "b.wav", "c.wav")
+    for n, name in enumerate(names):
+        (tmp_path / name).write_bytes(mp._demo_wav() + bytes([n]) * (n + 1))
+    out = tmp_path / "out"
+    with mp.demo_server(duration=0.5) as base_url, mp.Client("demo-key-0123", base_url) as client:
+        for result in client.denoise_many([str(tmp_path / "a.wav")], str(out)):
+            assert result.error is None  # the folder is a batch's now: its lock file stays
+        errors = []
+
+        def one(name):
+            try:
+                client.denoise(str(tmp_path / name), str(out / name), timeout=60)
+            except BaseException as exc:  # shown by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(name,)) for name in names[1:]]
+        for thread in threads:
+            thread.start()
+        held = mp._batch_folder_held(str(out / "x.wav"))
+        with held:  # a third single file, while they run
+            with pytest.raises(mp.BatchBusyError):
+                mp._Journal(str(out))  # a batch cannot start meanwhile
+        for thread in threads:
+            thread.join(60)
+    assert not errors
+    for name in names[1:]:
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes()
