@@ -6506,6 +6506,17 @@ class _Planner:
         )
 
 
+def _check_outside(folder: str, inputs: List[Tuple[str, str]], realpath: _RealPaths) -> None:
+    """Refuse an input in the output folder (the run and --dry-run alike)."""
+    real_folder = os.path.realpath(folder)
+    for path, _ in inputs:
+        if os.path.dirname(realpath(path)) == real_folder:
+            raise ConfigurationError(
+                "%s is in the output folder: its result would replace it, and the next run "
+                "would pay for it again; save into another folder" % _printable(path)
+            )
+
+
 class _Batch:
     """One run over a folder: the inputs, the journal, the workers."""
 
@@ -6571,14 +6582,8 @@ class _Batch:
             ) from None
         if not os.access(self.folder, os.W_OK):
             raise ConfigurationError("cannot write in %s" % _printable(self.folder))
-        real_folder = os.path.realpath(self.folder)
         self._realpath = realpath or _RealPaths()
-        for path, _ in inputs:
-            if os.path.dirname(self._realpath(path)) == real_folder:
-                raise ConfigurationError(
-                    "%s is in the output folder: its result would replace it, and the next run "
-                    "would pay for it again; save into another folder" % _printable(path)
-                )
+        _check_outside(self.folder, inputs, self._realpath)
         self.journal = _Journal(self.folder)
         self.planner = _Planner(self.journal, options)
         #: What the journal noted of the inputs' files (--rehash: nothing).
@@ -8388,6 +8393,7 @@ def _dry_run(args: Any, console: _Console, inputs: List[Tuple[str, str]]) -> int
     refused, 1 when a job failed earlier (without --retry-failed); what
     the caps hold back is planned, not an error."""
     folder = os.path.abspath(args.output)
+    _check_outside(folder, inputs, _RealPaths())
     journal = _JournalView.reading(folder)
     try:
         planned = _dry_run_plan(args, inputs, journal)
@@ -8453,18 +8459,19 @@ def _dry_run_content(
     """An input's content as a run would know it: by its stat when the
     journal knows the file unchanged, else read; or why it is refused."""
     real = realpath(path)
-    if not args.rehash:
-        with contextlib.suppress(OSError):
-            status = os.stat(real)
-            if _stat.S_ISREG(status.st_mode):
-                known = journal.known_content(real, status)
-                if known is not None:
-                    return known
     try:
+        # The run opens and checks every input, known or not.
         source = _Source(path, not args.no_check)
     except ConfigurationError as exc:
         return exc
     try:
+        if not args.rehash:
+            with contextlib.suppress(OSError):
+                status = os.stat(real)
+                if _stat.S_ISREG(status.st_mode):
+                    known = journal.known_content(real, status)
+                    if known is not None:
+                        return known
         return source.identify(lambda: None)
     finally:
         source.close()

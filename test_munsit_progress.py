@@ -8199,3 +8199,31 @@ def test_single_files_saved_at_once_into_a_batch_s_folder_do_not_exclude_each_ot
     assert not errors
     for name in names[1:]:
         assert (out / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
+def test_a_dry_run_refuses_what_the_run_refuses_before_it_starts(server, tmp_path):
+    api = FakeAPI("ok", echo=True)
+    server.serve(api)
+    out = tmp_path / "out"
+    out.mkdir()
+    inside = out / "a.wav"
+    inside.write_bytes(mp._demo_wav())
+    (tmp_path / "b.wav").write_bytes(mp._demo_wav() + b"b")
+    paths = [str(inside), str(tmp_path / "b.wav")]
+    dry = batch_cli(server, paths, out, "--dry-run")
+    run = batch_cli(server, paths, out)
+    assert dry.returncode == run.returncode == mp.EXIT_USAGE, (dry.stdout, run.stderr)
+    assert "is in the output folder" in dry.stderr
+    # An input the journal knows by its stat is still checked, as the run checks it.
+    text = tmp_path / "c.txt"
+    text.write_bytes(mp._demo_wav())
+    old = time.time() - 7200
+    os.utime(str(text), (old, old))
+    out = tmp_path / "out2"
+    pair = [str(tmp_path / "b.wav"), str(text)]
+    first = batch_cli(server, pair, out, "--no-check", "--max-files", "1", "--jobs", "1")
+    assert first.returncode != 0  # c.txt held back, but its content is noted
+    dry = batch_cli(server, [str(text)], out, "--dry-run")
+    run = batch_cli(server, [str(text)], out)
+    assert dry.returncode == run.returncode == mp.EXIT_USAGE, (dry.stdout, run.stderr)
+    assert len(api.posts) == 1
