@@ -747,6 +747,11 @@ class Client:
         """
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ConfigurationError("concurrency must be a whole number >= 1")
+        if on_progress is not None and not callable(on_progress):
+            raise ConfigurationError(
+                "on_progress must be a ProgressBar or a callable (path, event), got %s"
+                % type(on_progress).__name__
+            )
         for name, cap in (("max_files", max_files), ("max_bytes", max_bytes)):
             if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
                 raise ConfigurationError("%s must be a whole number >= 0" % name)
@@ -772,7 +777,9 @@ class Client:
             policy=self._retry,
             rehash=rehash,
             realpath=realpath,
-            session=self._session,
+            # More workers than the pool holds: each its own, as urllib3
+            # would otherwise drop (and warn of) every connection past it.
+            session=self._session if concurrency <= _CLIENT_POOL or not self._owned else None,
         )
         return batch.results()
 
@@ -7272,6 +7279,9 @@ class _DemoUpload:
         self._delimiter = b"\r\n--" + boundary
         self.name = None  # type: Optional[str]
         self.size = 0
+        #: Whether the closing delimiter came: a body cut short makes no job,
+        #: as the API takes a job only once it has the whole upload.
+        self.complete = False
 
     def _more(self) -> bool:
         if self._left <= 0:
@@ -7298,7 +7308,8 @@ class _DemoUpload:
             while len(self._buffer) < 2 and self._more():
                 pass
             if self._buffer[:2] == b"--":
-                return  # the closing delimiter
+                self.complete = True  # the closing delimiter
+                return
             end = self._buffer.find(b"\r\n\r\n")
             while end < 0 and len(self._buffer) < 16384 and self._more():
                 end = self._buffer.find(b"\r\n\r\n")
@@ -7412,7 +7423,7 @@ class _DemoRoutes(_DemoBase):
         with open(stored, "wb") as out:
             upload.parse(out)
         self._discard(upload._left)
-        if upload.name is None or not upload.size:
+        if upload.name is None or not upload.size or not upload.complete:
             os.unlink(stored)
             self._send_json(400, {"errorCode": "40000", "errorMessage": "No audio file provided"})
         elif upload.size > self.demo.max_upload:

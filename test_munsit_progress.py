@@ -8227,3 +8227,40 @@ def test_a_dry_run_refuses_what_the_run_refuses_before_it_starts(server, tmp_pat
     run = batch_cli(server, [str(text)], out)
     assert dry.returncode == run.returncode == mp.EXIT_USAGE, (dry.stdout, run.stderr)
     assert len(api.posts) == 1
+
+
+def test_the_demo_makes_no_job_of_an_upload_cut_short(tmp_path):
+    with mp.demo_server(duration=0.2, state_dir=str(tmp_path / "state")) as base_url:
+        port = int(base_url.split(":")[2].split("/")[0])
+        head = (
+            b'--b\r\nContent-Disposition: form-data; name="audio"; filename="cut.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n"
+        )
+        whole = len(head) + 100000 + len(b"\r\n--b--\r\n")
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall(
+            b"POST /api/v1/denoise HTTP/1.1\r\nHost: x\r\nx-api-key: demo\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: %d\r\n\r\n" % whole
+        )
+        conn.sendall(head + b"A" * 30000)  # 30% of the file, then the client is gone
+        conn.shutdown(socket.SHUT_WR)
+        answer = conn.recv(65536)
+        conn.close()
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+        assert mp.list_jobs(api_key="demo", base_url=base_url) == []
+
+
+def test_a_client_batch_wider_than_its_pool_drops_no_connection(tmp_path, caplog):
+    paths = make_inputs(tmp_path / "in", 24)
+    with mp.demo_server(duration=1.0) as base_url, mp.Client("demo-key-0123", base_url) as client:
+        with caplog.at_level(logging.WARNING, logger="urllib3"):
+            results = list(client.denoise_many(paths, str(tmp_path / "out"), concurrency=24))
+    assert all(result.error is None for result in results) and len(results) == 24
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_a_batch_s_on_progress_that_cannot_be_called_is_refused_before_anything(tmp_path):
+    paths = make_inputs(tmp_path / "in", 1)
+    with pytest.raises(ConfigurationError, match="on_progress"):
+        mp.denoise_many(paths, str(tmp_path / "out"), api_key=KEY, on_progress="bar")
+    assert not (tmp_path / "out").exists()
