@@ -8070,7 +8070,11 @@ def test_the_module_functions_are_the_client_methods():
 
 def test_the_readme_examples_against_the_simulator_run(tmp_path, monkeypatch):
     """The README's examples that use demo_server() run as written."""
-    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")).read()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+    if not os.path.exists(path):
+        pytest.skip("the module and its tests were copied without the README")
+    with open(path, encoding="utf-8") as handle:
+        readme = handle.read()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "demo_server(" in b]
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
